@@ -1,0 +1,3 @@
+//! Bench modules.
+
+pub mod data;

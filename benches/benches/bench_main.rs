@@ -1,0 +1,6 @@
+//! criterion benches of the siamese workspace, one module per topic (as candle's
+//! `benches/bench_main.rs`). Run with `cargo bench -p siamese-benches`.
+
+mod bench;
+
+criterion::criterion_main!(bench::data::benches);

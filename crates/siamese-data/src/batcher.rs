@@ -1,0 +1,94 @@
+//! The one place where tensors are made: pixels become `f32` in `[0, 1]` shaped
+//! `[B, 1, H, W]`, and pair labels become `same [B]` (1.0 = same class).
+
+use candle_core::{Device, Tensor};
+
+use crate::dataset::ImageSet;
+use crate::error::DataError;
+use crate::sampler::PairBatch;
+
+/// A batch of pairs as tensors.
+#[derive(Debug, Clone)]
+pub struct PairTensors {
+    /// First images, `[B, 1, H, W]` f32 in `[0, 1]`.
+    pub left: Tensor,
+    /// Second images, `[B, 1, H, W]` f32 in `[0, 1]`.
+    pub right: Tensor,
+    /// `[B]` f32: 1.0 when the pair is from the same class, else 0.0.
+    pub same: Tensor,
+}
+
+/// Turns index batches into tensors on one device.
+#[derive(Debug, Clone)]
+pub struct Batcher {
+    device: Device,
+}
+
+impl Batcher {
+    /// A batcher that puts its tensors on `device`.
+    pub fn new(device: Device) -> Self {
+        Self { device }
+    }
+
+    /// The device tensors are put on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The images at `indices`, as `[B, 1, H, W]` f32 in `[0, 1]`.
+    pub fn images(&self, set: &ImageSet, indices: &[usize]) -> Result<Tensor, DataError> {
+        let n = set.image_len();
+        let mut data = Vec::with_capacity(indices.len() * n);
+        for &i in indices {
+            if i >= set.len() {
+                return Err(DataError::Unexpected {
+                    what: "image index".into(),
+                    expected: format!("below {}", set.len()),
+                    found: i.to_string(),
+                });
+            }
+            // Division rather than a multiplication by 1/255: exact rounding, so 51 -> 0.2.
+            data.extend(set.image(i).iter().map(|&p| f32::from(p) / 255.0));
+        }
+        Ok(Tensor::from_vec(
+            data,
+            (indices.len(), 1, set.rows(), set.cols()),
+            &self.device,
+        )?)
+    }
+
+    /// Both sides of a pair batch, and its labels.
+    pub fn pairs(&self, set: &ImageSet, batch: &PairBatch) -> Result<PairTensors, DataError> {
+        let same: Vec<f32> = batch.same.iter().map(|&s| f32::from(u8::from(s))).collect();
+        Ok(PairTensors {
+            left: self.images(set, &batch.left)?,
+            right: self.images(set, &batch.right)?,
+            same: Tensor::from_vec(same, batch.len(), &self.device)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn pixels_are_scaled_and_shaped() {
+        let set =
+            ImageSet::new(1, 2, 2, vec![0, 255, 51, 102], vec![0, 1], Path::new("t")).unwrap();
+        let batcher = Batcher::new(Device::Cpu);
+        let batch = PairBatch {
+            left: vec![1, 0],
+            right: vec![0, 0],
+            same: vec![false, true],
+        };
+        let t = batcher.pairs(&set, &batch).unwrap();
+        assert_eq!(t.left.dims(), &[2, 1, 1, 2]);
+        let left: Vec<f32> = t.left.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(left, vec![0.2, 0.4, 0.0, 1.0]);
+        assert_eq!(t.same.to_vec1::<f32>().unwrap(), vec![0.0, 1.0]);
+        let err = batcher.images(&set, &[2]).unwrap_err().to_string();
+        assert!(err.contains("below 2"), "{err}");
+    }
+}

@@ -1,0 +1,57 @@
+//! Data for Siamese metric learning: the IDX codec, MNIST and Fashion-MNIST with the
+//! reference program's splits, their sources (a local folder, `SIAMESE_DATA_DIR`, the
+//! cache, the Hugging Face Hub), pair samplers, and the batcher that makes tensors.
+//!
+//! Everything but [`batcher`] is tensor-free: samplers produce indices and labels.
+//!
+//! ```
+//! use siamese_data::{Batcher, BalancedPairs, ImageSet, PairSampler};
+//! use candle_core::Device;
+//!
+//! // Six 2x2 images of three classes (a real set comes from `siamese_data::load`).
+//! let pixels: Vec<u8> = (0..24).map(|i| (i * 10) as u8).collect();
+//! let labels = vec![0, 0, 1, 1, 2, 2];
+//! let set = ImageSet::new(2, 2, 3, pixels, labels, "example".as_ref())?;
+//!
+//! // Half of every batch are same-class pairs; the seed fixes the whole sequence.
+//! let mut sampler = BalancedPairs::new(set.labels(), set.num_classes(), 0.5, 42)?;
+//! let pairs = sampler.sample(4);
+//! assert_eq!(pairs.positives(), 2);
+//!
+//! let batch = Batcher::new(Device::Cpu).pairs(&set, &pairs)?;
+//! assert_eq!(batch.left.dims(), &[4, 1, 2, 2]);
+//! assert_eq!(batch.same.dims(), &[4]);
+//! # Ok::<(), siamese_data::DataError>(())
+//! ```
+//!
+//! Loading MNIST looks in `SIAMESE_DATA_DIR/mnist/`, then the cache, then downloads:
+//!
+//! ```no_run
+//! use siamese_data::{load, DatasetSpec, LoadOptions};
+//! let (mnist, origin) = load(&DatasetSpec::mnist(), &LoadOptions::from_env())?;
+//! println!("{} train images from {origin}", mnist.train.len());
+//! # Ok::<(), siamese_data::DataError>(())
+//! ```
+//!
+//! Labels: `same = 1` means the two images are of the same class, as in the reference
+//! program (Chopra et al. 2005 write `Y = 0` for genuine pairs).
+
+pub mod batcher;
+pub mod dataset;
+pub mod error;
+mod fsutil;
+pub mod hub;
+pub mod idx;
+pub mod rng;
+pub mod sampler;
+pub mod source;
+
+pub use batcher::{Batcher, PairTensors};
+pub use dataset::{Dataset, DatasetSpec, ImageSet, Part, PartSpec, Split, KNOWN_DATASETS};
+pub use error::DataError;
+pub use fsutil::write_atomic;
+pub use rng::Rng;
+pub use sampler::{
+    evaluation_pairs, BalancedPairs, PairBatch, PairSampler, RandomPairs, SamplerState,
+};
+pub use source::{load, load_folder, LoadOptions, Origin};
