@@ -3,4 +3,4 @@
 
 mod bench;
 
-criterion::criterion_main!(bench::data::benches);
+criterion::criterion_main!(bench::data::benches, bench::loss::benches);

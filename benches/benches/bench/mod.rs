@@ -1,3 +1,4 @@
-//! Bench modules.
+//! Bench modules, one per topic.
 
 pub mod data;
+pub mod loss;
