@@ -3,4 +3,8 @@
 
 mod bench;
 
-criterion::criterion_main!(bench::data::benches, bench::loss::benches);
+criterion::criterion_main!(
+    bench::data::benches,
+    bench::loss::benches,
+    bench::model::benches
+);

@@ -1,0 +1,217 @@
+//! Self-describing safetensors checkpoints.
+//!
+//! Tensors carry PyTorch-style names and layouts (see the crate docs for the mapping to
+//! `torch.nn`), and the file's metadata holds `format = "siamese-tower"`,
+//! `format_version = "1"` and `model_config` (the [`TowerConfig`] as JSON), plus any
+//! extra entries the caller adds (the trainer stores the verification threshold). So
+//! loading needs only the file.
+//!
+//! Saving is atomic: the bytes go to a temporary file beside the target, which is
+//! flushed and then renamed over it. A crash mid-save leaves the previous checkpoint
+//! intact, and weights holding NaN or infinity are refused before anything is written.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use safetensors::SafeTensors;
+
+use crate::config::TowerConfig;
+use crate::error::ModelError;
+use crate::tower::{assign, ConvTower};
+
+/// Value of the `format` metadata entry.
+pub const FORMAT: &str = "siamese-tower";
+/// The format version this crate writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Metadata keys this module owns; extra entries may not use them.
+pub const RESERVED_KEYS: [&str; 3] = ["format", "format_version", "model_config"];
+
+/// A checkpoint read and validated.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    /// The tower's configuration.
+    pub config: TowerConfig,
+    /// Every parameter, by name.
+    pub tensors: HashMap<String, Tensor>,
+    /// Extra metadata entries (everything but [`RESERVED_KEYS`]).
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Saves the tower parameters held in `varmap` with `config` and `extra` metadata.
+pub fn save(
+    path: &Path,
+    varmap: &VarMap,
+    config: &TowerConfig,
+    extra: &BTreeMap<String, String>,
+) -> Result<(), ModelError> {
+    let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+    let mut tensors = Vec::new();
+    for (name, _) in config.parameter_shapes() {
+        let var = data.get(&name).ok_or_else(|| {
+            ModelError::Config(format!("the model has no parameter {name:?} to save"))
+        })?;
+        let t = var.as_tensor().clone();
+        // 0 * x is 0 for every finite x and NaN for NaN or infinity; one scalar read.
+        let zero_if_finite = t.affine(0.0, 0.0)?.sum_all()?.to_scalar::<f32>()?;
+        if zero_if_finite != 0.0 {
+            return Err(ModelError::NonFinite { name });
+        }
+        tensors.push((name, t));
+    }
+    drop(data);
+    let mut metadata: HashMap<String, String> = extra
+        .iter()
+        .filter(|(k, _)| !RESERVED_KEYS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    metadata.insert("format".into(), FORMAT.into());
+    metadata.insert("format_version".into(), FORMAT_VERSION.to_string());
+    metadata.insert(
+        "model_config".into(),
+        serde_json::to_string(config).expect("configs serialise"),
+    );
+    let bytes = safetensors::serialize(tensors, Some(metadata)).map_err(|e| {
+        ModelError::NotSafetensors {
+            path: path.to_path_buf(),
+            detail: format!("serialising: {e}"),
+        }
+    })?;
+    write_atomic(path, &bytes)
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
+    let io = |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp: PathBuf = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
+        .and_then(|_| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(io)
+}
+
+/// Reads and validates a checkpoint: the file, its metadata, and every tensor's
+/// presence, name, shape and dtype against the config it carries.
+pub fn read(path: &Path, device: &Device) -> Result<Checkpoint, ModelError> {
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::NotSafetensors {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    let (_, header) =
+        SafeTensors::read_metadata(&bytes).map_err(|e| ModelError::NotSafetensors {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+    let meta_err = |detail: String| ModelError::Metadata {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let meta = header.metadata().clone().ok_or_else(|| {
+        meta_err("no metadata: this is not a siamese checkpoint (expected format, format_version and model_config entries)".into())
+    })?;
+    match meta.get("format") {
+        Some(f) if f == FORMAT => {}
+        other => {
+            return Err(meta_err(format!(
+                "metadata format is {other:?}, expected {FORMAT:?}"
+            )))
+        }
+    }
+    let version = meta
+        .get("format_version")
+        .ok_or_else(|| meta_err("metadata has no format_version".into()))?;
+    if version.parse::<u32>().ok() != Some(FORMAT_VERSION) {
+        return Err(meta_err(format!(
+            "unsupported format_version {version:?}: this build reads version {FORMAT_VERSION}"
+        )));
+    }
+    let config_json = meta
+        .get("model_config")
+        .ok_or_else(|| meta_err("metadata has no model_config".into()))?;
+    let config: TowerConfig = serde_json::from_str(config_json)
+        .map_err(|e| meta_err(format!("model_config is not a valid tower config: {e}")))?;
+    config
+        .validate()
+        .map_err(|e| meta_err(format!("model_config: {e}")))?;
+
+    let expected = config.parameter_shapes();
+    let known: HashMap<&str, &Vec<usize>> = expected.iter().map(|(n, s)| (n.as_str(), s)).collect();
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    if let Some(name) = names.iter().find(|n| !known.contains_key(n.as_str())) {
+        return Err(ModelError::UnexpectedTensor {
+            path: path.to_path_buf(),
+            name: name.clone(),
+        });
+    }
+    let mut tensors = HashMap::new();
+    for (name, shape) in &expected {
+        let view = st.tensor(name).map_err(|_| ModelError::MissingTensor {
+            path: path.to_path_buf(),
+            name: name.clone(),
+            expected: shape.clone(),
+        })?;
+        if view.dtype() != safetensors::Dtype::F32 {
+            return Err(ModelError::TensorDType {
+                path: path.to_path_buf(),
+                name: name.clone(),
+                found: format!("{:?}", view.dtype()),
+            });
+        }
+        if view.shape() != shape.as_slice() {
+            return Err(ModelError::TensorShape {
+                path: path.to_path_buf(),
+                name: name.clone(),
+                expected: shape.clone(),
+                found: view.shape().to_vec(),
+            });
+        }
+        let t = Tensor::from_raw_buffer(view.data(), DType::F32, shape, device)?;
+        tensors.insert(name.clone(), t);
+    }
+    let metadata = meta
+        .into_iter()
+        .filter(|(k, _)| !RESERVED_KEYS.contains(&k.as_str()))
+        .collect();
+    Ok(Checkpoint {
+        config,
+        tensors,
+        metadata,
+    })
+}
+
+/// Loads a tower from a checkpoint; its parameters live in the returned `VarMap`
+/// (so training can continue from them). Dropout is seeded with `dropout_seed`.
+pub fn load_tower(
+    path: &Path,
+    device: &Device,
+    dropout_seed: u64,
+) -> Result<(ConvTower, VarMap, Checkpoint), ModelError> {
+    let checkpoint = read(path, device)?;
+    let (tower, varmap) = ConvTower::init(&checkpoint.config, device, dropout_seed)?;
+    tower.set_dropout_state(crate::DropoutState {
+        seed: dropout_seed,
+        word_pos: 0,
+    });
+    for (name, value) in &checkpoint.tensors {
+        assign(&varmap, name, value)?;
+    }
+    Ok((tower, varmap, checkpoint))
+}

@@ -1,0 +1,298 @@
+//! The tower's configuration (serde, saved in every checkpoint) and what follows from
+//! it: layer shapes, padding, the flatten size, and the names and shapes of all
+//! parameters.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ModelError;
+
+/// How convolutions pad their input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Padding {
+    /// TensorFlow's `SAME`, as the reference program: output size `ceil(in / stride)`;
+    /// when the total padding is odd the extra row and column go at the bottom and
+    /// right (for 3x3 stride-2 convolutions of even inputs, 0 before and 1 after).
+    #[default]
+    TfSame,
+    /// `kernel / 2` on every side, as `torch.nn.Conv2d(..., padding=k // 2)`.
+    Symmetric,
+}
+
+/// The conv tower: convolutions with ReLU, then fully connected layers with ReLU,
+/// dropout and batch norm, then a linear embedding. The defaults are the reference
+/// program's architecture exactly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TowerConfig {
+    /// Input channels (1 for grayscale).
+    pub input_channels: usize,
+    /// Input height in pixels.
+    pub input_height: usize,
+    /// Input width in pixels.
+    pub input_width: usize,
+    /// Output channels of each convolution.
+    pub conv_channels: Vec<usize>,
+    /// Stride of each convolution (same length as `conv_channels`).
+    pub conv_strides: Vec<usize>,
+    /// Square kernel size of every convolution.
+    pub kernel_size: usize,
+    /// Padding rule of every convolution.
+    pub padding: Padding,
+    /// Widths of the hidden fully connected layers.
+    pub fc_widths: Vec<usize>,
+    /// Embedding dimension (2 in the reference program, so it can be plotted directly).
+    pub embedding_dim: usize,
+    /// Dropout probability after each hidden fully connected layer (the reference
+    /// program's keep probability 0.6 is a drop probability of 0.4).
+    pub dropout: f64,
+    /// Batch norm after each hidden fully connected layer.
+    pub batch_norm: bool,
+    /// Weight of the current batch in the running statistics (TensorFlow's
+    /// `momentum = 0.99` is 0.01 here, PyTorch's convention).
+    pub batch_norm_momentum: f64,
+    /// Added to the variance in batch norm (TensorFlow's default 1e-3).
+    pub batch_norm_eps: f64,
+    /// Standard deviation of the truncated-normal initial weights.
+    pub init_std: f64,
+}
+
+impl Default for TowerConfig {
+    fn default() -> Self {
+        Self {
+            input_channels: 1,
+            input_height: 28,
+            input_width: 28,
+            conv_channels: vec![32, 64, 128],
+            conv_strides: vec![1, 2, 2],
+            kernel_size: 3,
+            padding: Padding::TfSame,
+            fc_widths: vec![1024, 512],
+            embedding_dim: 2,
+            dropout: 0.4,
+            batch_norm: true,
+            batch_norm_momentum: 0.01,
+            batch_norm_eps: 1e-3,
+            init_std: 0.05,
+        }
+    }
+}
+
+/// Padding of one convolution: `(before, after)` rows (and columns).
+pub type PadAmount = (usize, usize);
+
+impl TowerConfig {
+    /// Checks that the numbers make a network.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let fail = |msg: String| Err(ModelError::Config(msg));
+        if self.conv_channels.len() != self.conv_strides.len() {
+            return fail(format!(
+                "{} conv channel counts but {} strides",
+                self.conv_channels.len(),
+                self.conv_strides.len()
+            ));
+        }
+        let positive = [
+            ("input_channels", self.input_channels),
+            ("input_height", self.input_height),
+            ("input_width", self.input_width),
+            ("kernel_size", self.kernel_size),
+            ("embedding_dim", self.embedding_dim),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return fail(format!("{name} must be positive"));
+        }
+        if self.conv_channels.contains(&0)
+            || self.conv_strides.contains(&0)
+            || self.fc_widths.contains(&0)
+        {
+            return fail("layer widths and strides must be positive".into());
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return fail(format!("dropout must be in [0, 1), found {}", self.dropout));
+        }
+        if !(0.0..=1.0).contains(&self.batch_norm_momentum) || self.batch_norm_eps <= 0.0 {
+            return fail("batch norm momentum must be in [0, 1] and eps positive".into());
+        }
+        if !(self.init_std > 0.0 && self.init_std.is_finite()) {
+            return fail(format!(
+                "init_std must be positive, found {}",
+                self.init_std
+            ));
+        }
+        let mut h = self.input_height;
+        let mut w = self.input_width;
+        for (i, &s) in self.conv_strides.iter().enumerate() {
+            if self.padding == Padding::Symmetric
+                && (h + 2 * (self.kernel_size / 2) < self.kernel_size
+                    || w + 2 * (self.kernel_size / 2) < self.kernel_size)
+            {
+                return fail(format!(
+                    "conv{} input {h}x{w} is smaller than its kernel",
+                    i + 1
+                ));
+            }
+            (h, w) = (self.out_size(h, s), self.out_size(w, s));
+        }
+        Ok(())
+    }
+
+    fn out_size(&self, input: usize, stride: usize) -> usize {
+        match self.padding {
+            Padding::TfSame => input.div_ceil(stride),
+            Padding::Symmetric => {
+                let p = self.kernel_size / 2;
+                (input + 2 * p - self.kernel_size) / stride + 1
+            }
+        }
+    }
+
+    /// Padding of each convolution, `(before, after)`, and its output `(height, width)`.
+    pub fn conv_geometry(&self) -> Vec<(PadAmount, PadAmount, (usize, usize))> {
+        let (mut h, mut w) = (self.input_height, self.input_width);
+        let mut out = Vec::with_capacity(self.conv_strides.len());
+        for &s in &self.conv_strides {
+            let pad = |input: usize| -> PadAmount {
+                match self.padding {
+                    Padding::TfSame => {
+                        let out = input.div_ceil(s);
+                        let total = ((out - 1) * s + self.kernel_size).saturating_sub(input);
+                        (total / 2, total - total / 2)
+                    }
+                    Padding::Symmetric => (self.kernel_size / 2, self.kernel_size / 2),
+                }
+            };
+            let (ph, pw) = (pad(h), pad(w));
+            (h, w) = (self.out_size(h, s), self.out_size(w, s));
+            out.push((ph, pw, (h, w)));
+        }
+        out
+    }
+
+    /// Length of the flattened conv output, the input width of `fc1`.
+    pub fn flatten_size(&self) -> usize {
+        let (h, w) = self
+            .conv_geometry()
+            .last()
+            .map(|g| g.2)
+            .unwrap_or((self.input_height, self.input_width));
+        let c = self
+            .conv_channels
+            .last()
+            .copied()
+            .unwrap_or(self.input_channels);
+        c * h * w
+    }
+
+    /// Every parameter's name and shape, in a fixed order, PyTorch-style:
+    /// `conv{i}.weight [out, in, k, k]`, `conv{i}.bias`, `fc{j}.weight [out, in]`,
+    /// `fc{j}.bias`, `bn{j}.{weight, bias, running_mean, running_var}`; the embedding
+    /// layer is the last `fc`.
+    pub fn parameter_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let mut shapes = Vec::new();
+        let mut c_in = self.input_channels;
+        let k = self.kernel_size;
+        for (i, &c) in self.conv_channels.iter().enumerate() {
+            shapes.push((format!("conv{}.weight", i + 1), vec![c, c_in, k, k]));
+            shapes.push((format!("conv{}.bias", i + 1), vec![c]));
+            c_in = c;
+        }
+        let mut f_in = self.flatten_size();
+        for (j, &f) in self.fc_widths.iter().enumerate() {
+            shapes.push((format!("fc{}.weight", j + 1), vec![f, f_in]));
+            shapes.push((format!("fc{}.bias", j + 1), vec![f]));
+            if self.batch_norm {
+                for stat in ["weight", "bias", "running_mean", "running_var"] {
+                    shapes.push((format!("bn{}.{stat}", j + 1), vec![f]));
+                }
+            }
+            f_in = f;
+        }
+        let head = self.fc_widths.len() + 1;
+        shapes.push((format!("fc{head}.weight"), vec![self.embedding_dim, f_in]));
+        shapes.push((format!("fc{head}.bias"), vec![self.embedding_dim]));
+        shapes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_geometry() {
+        let c = TowerConfig::default();
+        c.validate().unwrap();
+        let g = c.conv_geometry();
+        assert_eq!(g[0], ((1, 1), (1, 1), (28, 28)));
+        // TensorFlow SAME, stride 2 on 28: nothing before, one row after.
+        assert_eq!(g[1], ((0, 1), (0, 1), (14, 14)));
+        assert_eq!(g[2], ((0, 1), (0, 1), (7, 7)));
+        assert_eq!(c.flatten_size(), 6272);
+        let shapes = c.parameter_shapes();
+        assert_eq!(shapes[0], ("conv1.weight".into(), vec![32, 1, 3, 3]));
+        assert!(shapes.contains(&("fc1.weight".into(), vec![1024, 6272])));
+        assert!(shapes.contains(&("bn2.running_var".into(), vec![512])));
+        assert_eq!(shapes.last().unwrap(), &("fc3.bias".into(), vec![2]));
+        let total: usize = shapes
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum();
+        // 6,981,762 parameters and batch-norm statistics.
+        assert_eq!(
+            total,
+            320 + 18_496 + 73_856 + 6_423_552 + 4 * 1024 + 524_800 + 4 * 512 + 1026
+        );
+    }
+
+    #[test]
+    fn flatten_follows_the_input_size() {
+        for (h, w, flat) in [(56, 46, 128 * 14 * 12), (112, 92, 128 * 28 * 23)] {
+            let c = TowerConfig {
+                input_height: h,
+                input_width: w,
+                ..Default::default()
+            };
+            c.validate().unwrap();
+            assert_eq!(c.flatten_size(), flat, "{h}x{w}");
+        }
+        let sym = TowerConfig {
+            padding: Padding::Symmetric,
+            ..Default::default()
+        };
+        assert_eq!(sym.flatten_size(), 6272);
+    }
+
+    #[test]
+    fn bad_configs_are_rejected() {
+        let bad = [
+            TowerConfig {
+                conv_strides: vec![1, 2],
+                ..Default::default()
+            },
+            TowerConfig {
+                dropout: 1.0,
+                ..Default::default()
+            },
+            TowerConfig {
+                embedding_dim: 0,
+                ..Default::default()
+            },
+            TowerConfig {
+                fc_widths: vec![0],
+                ..Default::default()
+            },
+        ];
+        for c in bad {
+            assert!(c.validate().is_err(), "{c:?}");
+        }
+        let json = r#"{"embedding_dim": 3, "bogus": 1}"#;
+        assert!(
+            serde_json::from_str::<TowerConfig>(json).is_err(),
+            "unknown fields are errors"
+        );
+        let json = r#"{"embedding_dim": 3}"#;
+        let c: TowerConfig = serde_json::from_str(json).unwrap();
+        assert_eq!((c.embedding_dim, c.fc_widths.len()), (3, 2));
+    }
+}

@@ -1,0 +1,95 @@
+//! Errors of the model crate. Checkpoint errors name the file and, where one is
+//! involved, the tensor, with what was expected and what was found.
+
+use std::path::PathBuf;
+
+/// What can go wrong building, running, saving or loading a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The model configuration is unusable.
+    #[error("invalid model config: {0}")]
+    Config(String),
+    /// An input tensor has the wrong shape.
+    #[error("{what}: expected shape {expected}, found {found:?}")]
+    Input {
+        /// Which input.
+        what: &'static str,
+        /// The shape required.
+        expected: String,
+        /// The shape given.
+        found: Vec<usize>,
+    },
+    /// The file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not a (complete) safetensors file.
+    #[error("{}: not a valid safetensors file: {detail}", path.display())]
+    NotSafetensors {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        detail: String,
+    },
+    /// The checkpoint's metadata is missing or unusable.
+    #[error("{}: {detail}", path.display())]
+    Metadata {
+        /// The file.
+        path: PathBuf,
+        /// What is missing or wrong.
+        detail: String,
+    },
+    /// A tensor the model needs is absent.
+    #[error("{}: missing tensor {name:?} (expected shape {expected:?})", path.display())]
+    MissingTensor {
+        /// The file.
+        path: PathBuf,
+        /// The tensor name.
+        name: String,
+        /// Its expected shape.
+        expected: Vec<usize>,
+    },
+    /// The file holds a tensor the model does not have.
+    #[error("{}: unexpected tensor {name:?}: the model config has no such parameter", path.display())]
+    UnexpectedTensor {
+        /// The file.
+        path: PathBuf,
+        /// The tensor name.
+        name: String,
+    },
+    /// A tensor has the wrong shape.
+    #[error("{}: tensor {name:?} has shape {found:?}, expected {expected:?}", path.display())]
+    TensorShape {
+        /// The file.
+        path: PathBuf,
+        /// The tensor name.
+        name: String,
+        /// The shape the config implies.
+        expected: Vec<usize>,
+        /// The shape in the file.
+        found: Vec<usize>,
+    },
+    /// A tensor has the wrong dtype.
+    #[error("{}: tensor {name:?} has dtype {found}, expected F32", path.display())]
+    TensorDType {
+        /// The file.
+        path: PathBuf,
+        /// The tensor name.
+        name: String,
+        /// The dtype in the file.
+        found: String,
+    },
+    /// A parameter holds NaN or infinity; such weights are never written.
+    #[error("tensor {name:?} holds non-finite values; refusing to save it")]
+    NonFinite {
+        /// The tensor name.
+        name: String,
+    },
+    /// An error inside candle.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}

@@ -1,0 +1,241 @@
+//! The conv tower (one side of the Siamese network) and the [`Embedder`] trait that the
+//! trainer sees.
+//!
+//! Training and inference differ by a flag, not by a copy (candle-nn's `ModuleT`): in
+//! training, dropout is on and batch norm normalises with the batch's statistics and
+//! updates its running statistics; in inference, dropout is off and batch norm uses the
+//! running statistics, so an image's embedding does not depend on its batch.
+
+use std::sync::Mutex;
+
+use candle_core::{DType, Device, Module, ModuleT, Tensor, Var};
+use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Linear, VarBuilder, VarMap};
+use rand::{Rng as _, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{PadAmount, TowerConfig};
+use crate::error::ModelError;
+
+/// Maps an image batch to embeddings.
+pub trait Embedder {
+    /// `[B, C, H, W]` images to `[B, D]` embeddings; `train` switches dropout and batch
+    /// norm to their training behaviour.
+    fn forward_t(&self, images: &Tensor, train: bool) -> Result<Tensor, ModelError>;
+    /// `D`, the embedding dimension.
+    fn embedding_dim(&self) -> usize;
+}
+
+/// Where the dropout generator stands, for checkpoints: a resumed run continues the
+/// same masks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropoutState {
+    /// The seed the generator was made from.
+    pub seed: u64,
+    /// How many 32-bit words it has produced.
+    pub word_pos: u64,
+}
+
+struct ConvLayer {
+    conv: Conv2d,
+    /// Extra zero rows/columns added before the convolution when the padding is
+    /// asymmetric (TensorFlow SAME with stride 2); `None` when the conv pads itself.
+    explicit_pad: Option<(PadAmount, PadAmount)>,
+}
+
+struct HiddenLayer {
+    fc: Linear,
+    bn: Option<BatchNorm>,
+}
+
+/// The tower of DESIGN.md: convolutions with ReLU, fully connected layers with ReLU,
+/// dropout and batch norm, and a linear embedding.
+pub struct ConvTower {
+    config: TowerConfig,
+    convs: Vec<ConvLayer>,
+    hidden: Vec<HiddenLayer>,
+    head: Linear,
+    dropout: Mutex<(u64, ChaCha8Rng)>,
+}
+
+impl std::fmt::Debug for ConvTower {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConvTower")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConvTower {
+    /// Builds the tower from `vb` (a `VarMap` for training, loaded tensors for
+    /// inference); parameter names are those of [`TowerConfig::parameter_shapes`].
+    /// `dropout_seed` fixes the dropout masks.
+    pub fn new(
+        config: &TowerConfig,
+        vb: VarBuilder,
+        dropout_seed: u64,
+    ) -> Result<Self, ModelError> {
+        config.validate()?;
+        let mut convs = Vec::new();
+        let mut c_in = config.input_channels;
+        for (i, ((&c, &stride), (ph, pw, _))) in config
+            .conv_channels
+            .iter()
+            .zip(&config.conv_strides)
+            .zip(config.conv_geometry())
+            .enumerate()
+        {
+            // candle pads symmetrically; an asymmetric SAME padding is done by hand.
+            let symmetric = ph.0 == ph.1 && pw.0 == pw.1 && ph.0 == pw.0;
+            let cfg = Conv2dConfig {
+                padding: if symmetric { ph.0 } else { 0 },
+                stride,
+                ..Default::default()
+            };
+            let conv = candle_nn::conv2d(
+                c_in,
+                c,
+                config.kernel_size,
+                cfg,
+                vb.pp(format!("conv{}", i + 1)),
+            )?;
+            convs.push(ConvLayer {
+                conv,
+                explicit_pad: (!symmetric).then_some((ph, pw)),
+            });
+            c_in = c;
+        }
+        let mut hidden = Vec::new();
+        let mut f_in = config.flatten_size();
+        for (j, &f) in config.fc_widths.iter().enumerate() {
+            let fc = candle_nn::linear(f_in, f, vb.pp(format!("fc{}", j + 1)))?;
+            let bn = if config.batch_norm {
+                let cfg = BatchNormConfig {
+                    eps: config.batch_norm_eps,
+                    momentum: config.batch_norm_momentum,
+                    ..Default::default()
+                };
+                Some(candle_nn::batch_norm(
+                    f,
+                    cfg,
+                    vb.pp(format!("bn{}", j + 1)),
+                )?)
+            } else {
+                None
+            };
+            hidden.push(HiddenLayer { fc, bn });
+            f_in = f;
+        }
+        let head = candle_nn::linear(
+            f_in,
+            config.embedding_dim,
+            vb.pp(format!("fc{}", config.fc_widths.len() + 1)),
+        )?;
+        Ok(Self {
+            config: config.clone(),
+            convs,
+            hidden,
+            head,
+            dropout: Mutex::new((dropout_seed, ChaCha8Rng::seed_from_u64(dropout_seed))),
+        })
+    }
+
+    /// A freshly initialised tower for training: its parameters live in the returned
+    /// `VarMap`, initialised as the reference program (truncated normal weights,
+    /// zero biases) from `seed`, which also seeds dropout.
+    pub fn init(
+        config: &TowerConfig,
+        device: &Device,
+        seed: u64,
+    ) -> Result<(Self, VarMap), ModelError> {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+        let tower = Self::new(config, vb, seed.wrapping_add(1))?;
+        crate::init::reference_init(&varmap, config, seed)?;
+        Ok((tower, varmap))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &TowerConfig {
+        &self.config
+    }
+
+    /// The dropout generator's position.
+    pub fn dropout_state(&self) -> DropoutState {
+        let guard = self.dropout.lock().unwrap_or_else(|e| e.into_inner());
+        DropoutState {
+            seed: guard.0,
+            word_pos: guard.1.get_word_pos() as u64,
+        }
+    }
+
+    /// Continues the dropout masks from a saved position.
+    pub fn set_dropout_state(&self, state: DropoutState) {
+        let mut guard = self.dropout.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rng = ChaCha8Rng::seed_from_u64(state.seed);
+        rng.set_word_pos(u128::from(state.word_pos));
+        *guard = (state.seed, rng);
+    }
+
+    /// Inverted dropout with masks from the tower's own seeded generator (candle's CPU
+    /// generator cannot be seeded, and runs must be reproducible).
+    fn dropout(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        let p = self.config.dropout;
+        let scale = (1.0 / (1.0 - p)) as f32;
+        let mut guard = self.dropout.lock().unwrap_or_else(|e| e.into_inner());
+        let rng = &mut guard.1;
+        let mask: Vec<f32> = (0..x.elem_count())
+            .map(|_| if rng.random::<f64>() < p { 0.0 } else { scale })
+            .collect();
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        Ok((x * mask)?)
+    }
+}
+
+impl Embedder for ConvTower {
+    fn forward_t(&self, images: &Tensor, train: bool) -> Result<Tensor, ModelError> {
+        let c = &self.config;
+        let expected = [c.input_channels, c.input_height, c.input_width];
+        if images.rank() != 4 || images.dims()[1..] != expected {
+            return Err(ModelError::Input {
+                what: "images",
+                expected: format!("[batch, {}, {}, {}]", expected[0], expected[1], expected[2]),
+                found: images.dims().to_vec(),
+            });
+        }
+        let mut x = images.clone();
+        for layer in &self.convs {
+            if let Some(((top, bottom), (left, right))) = layer.explicit_pad {
+                x = x
+                    .pad_with_zeros(2, top, bottom)?
+                    .pad_with_zeros(3, left, right)?;
+            }
+            x = layer.conv.forward(&x)?.relu()?;
+        }
+        x = x.flatten_from(1)?;
+        for layer in &self.hidden {
+            x = layer.fc.forward(&x)?.relu()?;
+            if train && c.dropout > 0.0 {
+                x = self.dropout(&x)?;
+            }
+            if let Some(bn) = &layer.bn {
+                x = bn.forward_t(&x, train)?;
+            }
+        }
+        Ok(self.head.forward(&x)?)
+    }
+
+    fn embedding_dim(&self) -> usize {
+        self.config.embedding_dim
+    }
+}
+
+/// Copies `tensors` into the variables of `varmap` with the same names.
+pub(crate) fn assign(varmap: &VarMap, name: &str, value: &Tensor) -> Result<(), ModelError> {
+    let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+    let var: &Var = data
+        .get(name)
+        .ok_or_else(|| ModelError::Config(format!("the model has no parameter {name:?}")))?;
+    var.set(value)?;
+    Ok(())
+}

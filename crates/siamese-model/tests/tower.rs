@@ -1,0 +1,269 @@
+//! Behaviour of the tower and the pair model: inference independent of the batch,
+//! batch norm statistics moving only in training, shared weights reached by gradients
+//! from both sides, reproducible dropout, and TensorFlow SAME padding.
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use siamese_model::{ConvTower, Embedder, SiameseModel, TowerConfig};
+
+/// A small tower so the tests stay quick; the same code paths as the reference one.
+fn small() -> TowerConfig {
+    TowerConfig {
+        input_height: 12,
+        input_width: 10,
+        conv_channels: vec![4, 8],
+        conv_strides: vec![1, 2],
+        fc_widths: vec![32, 16],
+        embedding_dim: 3,
+        ..Default::default()
+    }
+}
+
+fn images(n: usize, seed: u64, config: &TowerConfig) -> Tensor {
+    let len = n * config.input_height * config.input_width;
+    let values: Vec<f32> = (0..len)
+        .map(|i| (((i as u64 + 1) * (seed * 2 + 7919)) % 1000) as f32 / 1000.0)
+        .collect();
+    Tensor::from_vec(
+        values,
+        (n, 1, config.input_height, config.input_width),
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+fn var(varmap: &VarMap, name: &str) -> Tensor {
+    varmap.data().lock().unwrap()[name]
+        .as_tensor()
+        .copy()
+        .unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn inference_is_independent_of_the_batch_and_repeatable() {
+    let config = TowerConfig::default();
+    let (tower, _) = ConvTower::init(&config, &Device::Cpu, 1).unwrap();
+    // Move the running statistics away from the identity first, so the check means something.
+    for s in 0..3 {
+        tower.forward_t(&images(32, s, &config), true).unwrap();
+    }
+    let batch = images(100, 42, &config);
+    let all = tower.forward_t(&batch, false).unwrap();
+    let again = tower.forward_t(&batch, false).unwrap();
+    assert_eq!(
+        all.to_vec2::<f32>().unwrap(),
+        again.to_vec2::<f32>().unwrap()
+    );
+    for i in [0, 37, 99] {
+        let alone = tower
+            .forward_t(&batch.narrow(0, i, 1).unwrap(), false)
+            .unwrap();
+        let diff = max_abs_diff(&alone, &all.narrow(0, i, 1).unwrap());
+        // Same numbers up to the summation order of the matrix products.
+        assert!(
+            diff < 1e-5,
+            "image {i}: alone vs in a batch of 100 differ by {diff}"
+        );
+    }
+}
+
+#[test]
+fn running_statistics_move_in_training_only() {
+    let config = small();
+    let (tower, varmap) = ConvTower::init(&config, &Device::Cpu, 2).unwrap();
+    let (mean0, var0) = (
+        var(&varmap, "bn1.running_mean"),
+        var(&varmap, "bn1.running_var"),
+    );
+    tower.forward_t(&images(16, 3, &config), false).unwrap();
+    assert_eq!(max_abs_diff(&mean0, &var(&varmap, "bn1.running_mean")), 0.0);
+    tower.forward_t(&images(16, 3, &config), true).unwrap();
+    assert!(max_abs_diff(&mean0, &var(&varmap, "bn1.running_mean")) > 0.0);
+    assert!(max_abs_diff(&var0, &var(&varmap, "bn1.running_var")) > 0.0);
+}
+
+#[test]
+fn training_mode_applies_dropout_and_inference_does_not() {
+    let config = small();
+    let (tower, _) = ConvTower::init(&config, &Device::Cpu, 4).unwrap();
+    let x = images(8, 5, &config);
+    let a = tower.forward_t(&x, true).unwrap();
+    let b = tower.forward_t(&x, true).unwrap();
+    assert!(
+        max_abs_diff(&a, &b) > 0.0,
+        "two training passes must draw different dropout masks"
+    );
+    let no_dropout = TowerConfig {
+        dropout: 0.0,
+        batch_norm: false,
+        ..small()
+    };
+    let (plain, _) = ConvTower::init(&no_dropout, &Device::Cpu, 4).unwrap();
+    let t = plain.forward_t(&x, true).unwrap();
+    let e = plain.forward_t(&x, false).unwrap();
+    assert_eq!(
+        max_abs_diff(&t, &e),
+        0.0,
+        "without dropout and batch norm, the modes agree"
+    );
+}
+
+#[test]
+fn dropout_is_reproducible_from_the_seed_and_resumable() {
+    let config = small();
+    let x = images(8, 6, &config);
+    let (a, _) = ConvTower::init(&config, &Device::Cpu, 9).unwrap();
+    let (b, _) = ConvTower::init(&config, &Device::Cpu, 9).unwrap();
+    let (ya, yb) = (
+        a.forward_t(&x, true).unwrap(),
+        b.forward_t(&x, true).unwrap(),
+    );
+    assert_eq!(ya.to_vec2::<f32>().unwrap(), yb.to_vec2::<f32>().unwrap());
+
+    // Resuming: a fresh tower set to a saved position draws the same next masks. No
+    // batch norm here, so that only the masks could make the outputs differ.
+    let nobn = TowerConfig {
+        batch_norm: false,
+        ..small()
+    };
+    let (c, _) = ConvTower::init(&nobn, &Device::Cpu, 9).unwrap();
+    let (d, _) = ConvTower::init(&nobn, &Device::Cpu, 9).unwrap();
+    c.forward_t(&x, true).unwrap();
+    let state = c.dropout_state();
+    assert!(state.word_pos > 0);
+    let expected = c.forward_t(&x, true).unwrap();
+    d.set_dropout_state(state);
+    assert_eq!(
+        d.forward_t(&x, true).unwrap().to_vec2::<f32>().unwrap(),
+        expected.to_vec2::<f32>().unwrap()
+    );
+}
+
+#[test]
+fn pair_model_shares_one_set_of_parameters_reached_from_both_sides() {
+    let config = small();
+    let (tower, varmap) = ConvTower::init(&config, &Device::Cpu, 7).unwrap();
+    // One set of parameters: exactly the config's, each once.
+    let mut names: Vec<String> = varmap.data().lock().unwrap().keys().cloned().collect();
+    names.sort();
+    let mut expected: Vec<String> = config
+        .parameter_shapes()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    expected.sort();
+    assert_eq!(names, expected);
+
+    let model = SiameseModel::new(tower);
+    let (left_images, right_images) = (images(4, 1, &config), images(4, 2, &config));
+    let conv1 = varmap.data().lock().unwrap()["conv1.weight"].clone();
+    for side in 0..2 {
+        let (l, r) = model
+            .forward_pair(&left_images, &right_images, true)
+            .unwrap();
+        let only = if side == 0 { l } else { r };
+        let grads = only.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let g = grads
+            .get(conv1.as_tensor())
+            .expect("gradient reaches the shared conv1");
+        let norm = g
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(norm > 0.0, "side {side}: zero gradient on conv1.weight");
+    }
+    // In inference, a pair's embeddings equal the tower applied to each side alone.
+    let (l, r) = model
+        .forward_pair(&left_images, &right_images, false)
+        .unwrap();
+    let alone = model.tower.forward_t(&right_images, false).unwrap();
+    assert!(max_abs_diff(&r, &alone) < 1e-5);
+    assert_eq!(l.dims(), &[4, 3]);
+    assert!(model
+        .forward_pair(&left_images, &images(3, 2, &config), false)
+        .is_err());
+}
+
+#[test]
+fn wrong_input_shape_is_an_error() {
+    let (tower, _) = ConvTower::init(&small(), &Device::Cpu, 0).unwrap();
+    let bad = Tensor::zeros((2, 1, 28, 28), DType::F32, &Device::Cpu).unwrap();
+    let msg = tower.forward_t(&bad, false).unwrap_err().to_string();
+    assert!(
+        msg.contains("[batch, 1, 12, 10]") && msg.contains("[2, 1, 28, 28]"),
+        "{msg}"
+    );
+}
+
+/// TensorFlow SAME on a 4x4 input with a 3x3 stride-2 kernel: output 2x2, padding one
+/// row and column at the bottom and right only. Checked against a plain loop.
+#[test]
+fn tf_same_padding_matches_a_naive_convolution() {
+    let config = TowerConfig {
+        input_height: 4,
+        input_width: 4,
+        conv_channels: vec![1],
+        conv_strides: vec![2],
+        fc_widths: vec![],
+        embedding_dim: 4,
+        dropout: 0.0,
+        batch_norm: false,
+        ..Default::default()
+    };
+    let (tower, varmap) = ConvTower::init(&config, &Device::Cpu, 0).unwrap();
+    let kernel: Vec<f32> = (1..=9).map(|k| k as f32 * 0.1).collect();
+    {
+        let data = varmap.data().lock().unwrap();
+        data["conv1.weight"]
+            .set(&Tensor::from_vec(kernel.clone(), (1, 1, 3, 3), &Device::Cpu).unwrap())
+            .unwrap();
+        // The head is the identity, so the embedding is the conv output itself.
+        data["fc1.weight"]
+            .set(&Tensor::eye(4, DType::F32, &Device::Cpu).unwrap())
+            .unwrap();
+    }
+    let input: Vec<f32> = (0..16).map(|i| i as f32).collect();
+    let x = Tensor::from_vec(input.clone(), (1, 1, 4, 4), &Device::Cpu).unwrap();
+    let out = tower
+        .forward_t(&x, false)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let mut naive = Vec::new();
+    for oy in 0..2 {
+        for ox in 0..2 {
+            let mut s = 0.0;
+            for ky in 0..3 {
+                for kx in 0..3 {
+                    // pad_top = pad_left = 0 for TF SAME here.
+                    let (iy, ix) = (oy * 2 + ky, ox * 2 + kx);
+                    if iy < 4 && ix < 4 {
+                        s += input[iy * 4 + ix] * kernel[ky * 3 + kx];
+                    }
+                }
+            }
+            naive.push(f32::max(s, 0.0));
+        }
+    }
+    for (o, n) in out.iter().zip(&naive) {
+        assert!((o - n).abs() < 1e-4, "tower {out:?} vs naive {naive:?}");
+    }
+}
