@@ -72,6 +72,20 @@ pub trait PairSampler: Send {
     fn restore(&mut self, state: &SamplerState) -> Result<(), DataError>;
 }
 
+impl<T: PairSampler + ?Sized> PairSampler for Box<T> {
+    fn sample(&mut self, batch_size: usize) -> PairBatch {
+        (**self).sample(batch_size)
+    }
+
+    fn state(&self) -> SamplerState {
+        (**self).state()
+    }
+
+    fn restore(&mut self, state: &SamplerState) -> Result<(), DataError> {
+        (**self).restore(state)
+    }
+}
+
 fn restore_rng(kind: &str, rng: &mut Rng, state: &SamplerState) -> Result<(), DataError> {
     if state.kind != kind {
         return Err(DataError::Sampler(format!(

@@ -15,6 +15,12 @@ pub trait PairLoss {
     fn terms(&self, distance: &Tensor, same: &Tensor) -> Result<Tensor, LossError>;
 }
 
+impl<T: PairLoss + ?Sized> PairLoss for Box<T> {
+    fn terms(&self, distance: &Tensor, same: &Tensor) -> Result<Tensor, LossError> {
+        (**self).terms(distance, same)
+    }
+}
+
 /// Chopra, Hadsell & LeCun 2005, with `E` the distance and `q` its upper bound:
 ///
 /// `L = same * (2/q) * E^2 + (1 - same) * 2q * exp(-2.77 E / q)`

@@ -1,0 +1,34 @@
+//! Training and evaluation of Siamese networks: a trainer generic over the pair
+//! sampler, the embedder and the pair loss; Adam with saved moments; the evaluation
+//! protocol (ROC AUC, EER, accuracy at a validation threshold, kNN-5); and run folders
+//! that resume exactly.
+//!
+//! ```no_run
+//! use siamese_data::{load, DatasetSpec, LoadOptions};
+//! use siamese_train::{run, RunOptions, Silent, TrainConfig};
+//!
+//! let (mnist, _) = load(&DatasetSpec::mnist(), &LoadOptions::from_env())?;
+//! let config = TrainConfig::default_preset();
+//! let summary = run(&config, &mnist, "runs/example".as_ref(), &RunOptions::default(), &mut Silent)?;
+//! println!("{:?}", summary.report);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod config;
+pub mod error;
+pub mod eval;
+pub mod metrics;
+pub mod optim;
+pub mod run;
+pub mod trainer;
+
+pub use config::{LossConfig, OptimConfig, SamplerConfig, Schedule, TrainConfig, PRESETS};
+pub use error::TrainError;
+pub use eval::{evaluate, EvalReport};
+pub use metrics::{accuracy_at, knn_accuracy, pair_metrics, PairMetrics};
+pub use optim::{Adam, AdamConfig};
+pub use run::{
+    final_evaluation, load_run_config, run, EvalRecord, Reporter, RunOptions, RunSummary, Silent,
+    StepRecord,
+};
+pub use trainer::Trainer;

@@ -1,0 +1,235 @@
+//! Evaluation metrics, computed in plain Rust on distances and embeddings: ROC AUC,
+//! equal error rate, accuracy at a threshold (and the threshold that maximises it), and
+//! k-nearest-neighbour accuracy. A pair is predicted "same" when its distance is at most
+//! the threshold.
+
+use serde::{Deserialize, Serialize};
+
+/// Verification metrics of a set of pairs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PairMetrics {
+    /// Area under the ROC curve: the probability that a same-class pair is closer than a
+    /// different-class pair (ties count half).
+    pub roc_auc: f64,
+    /// Equal error rate: where false accepts and false rejects are equal.
+    pub eer: f64,
+    /// The threshold with the best accuracy on these pairs.
+    pub best_threshold: f64,
+    /// The accuracy at that threshold.
+    pub best_accuracy: f64,
+}
+
+/// Fraction of pairs classified right when "same" means `distance <= threshold`.
+pub fn accuracy_at(distances: &[f32], same: &[bool], threshold: f64) -> f64 {
+    let right = distances
+        .iter()
+        .zip(same)
+        .filter(|(&d, &s)| (f64::from(d) <= threshold) == s)
+        .count();
+    right as f64 / distances.len().max(1) as f64
+}
+
+/// ROC AUC, EER and the best threshold of a set of pairs. With only one kind of pair
+/// present, AUC and EER are undefined and reported as NaN.
+pub fn pair_metrics(distances: &[f32], same: &[bool]) -> PairMetrics {
+    assert_eq!(distances.len(), same.len(), "one label per distance");
+    let n = distances.len();
+    let positives = same.iter().filter(|&&s| s).count();
+    let negatives = n - positives;
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| distances[a].total_cmp(&distances[b]));
+
+    // Walk the distances upwards, one group of equal values at a time. After each group,
+    // the threshold sits between this group and the next.
+    let (mut tp, mut fp) = (0usize, 0usize);
+    let mut auc_sum = 0.0;
+    let mut best = (
+        negatives as f64 / n.max(1) as f64,
+        f64::from(
+            distances
+                .get(order.first().copied().unwrap_or(0))
+                .copied()
+                .unwrap_or(0.0),
+        ) - 1.0,
+    );
+    let mut eer = (f64::INFINITY, f64::NAN);
+    let consider =
+        |tp: usize, fp: usize, threshold: f64, best: &mut (f64, f64), eer: &mut (f64, f64)| {
+            let accuracy = (tp + negatives - fp) as f64 / n as f64;
+            if accuracy > best.0 {
+                *best = (accuracy, threshold);
+            }
+            if positives > 0 && negatives > 0 {
+                let far = fp as f64 / negatives as f64;
+                let frr = (positives - tp) as f64 / positives as f64;
+                if (far - frr).abs() < eer.0 {
+                    *eer = ((far - frr).abs(), (far + frr) / 2.0);
+                }
+            }
+        };
+    consider(0, 0, best.1, &mut best, &mut eer);
+    let mut i = 0;
+    while i < n {
+        let d = distances[order[i]];
+        let mut j = i;
+        let (mut group_pos, mut group_neg) = (0usize, 0usize);
+        while j < n && distances[order[j]] == d {
+            if same[order[j]] {
+                group_pos += 1;
+            } else {
+                group_neg += 1;
+            }
+            j += 1;
+        }
+        // Each negative in the group beats the positives strictly below, ties half.
+        auc_sum += group_neg as f64 * (tp as f64 + 0.5 * group_pos as f64);
+        tp += group_pos;
+        fp += group_neg;
+        let threshold = if j < n {
+            (f64::from(d) + f64::from(distances[order[j]])) / 2.0
+        } else {
+            f64::from(d) + 1.0
+        };
+        consider(tp, fp, threshold, &mut best, &mut eer);
+        i = j;
+    }
+    let defined = positives > 0 && negatives > 0;
+    PairMetrics {
+        roc_auc: if defined {
+            auc_sum / (positives as f64 * negatives as f64)
+        } else {
+            f64::NAN
+        },
+        eer: if defined { eer.1 } else { f64::NAN },
+        best_threshold: best.1,
+        best_accuracy: best.0,
+    }
+}
+
+/// Accuracy of k-nearest-neighbour classification of `test` embeddings against `train`
+/// embeddings (row-major, `dim` columns), Euclidean. Votes tied between classes go to
+/// the class with the nearest member.
+pub fn knn_accuracy(
+    train: &[f32],
+    train_labels: &[u8],
+    test: &[f32],
+    test_labels: &[u8],
+    dim: usize,
+    k: usize,
+) -> f64 {
+    assert!(k > 0 && dim > 0);
+    assert_eq!(train.len(), train_labels.len() * dim);
+    assert_eq!(test.len(), test_labels.len() * dim);
+    let classes = train_labels
+        .iter()
+        .copied()
+        .max()
+        .map_or(0, |m| m as usize + 1);
+    let mut right = 0usize;
+    let mut nearest: Vec<(f32, u8)> = Vec::with_capacity(k + 1);
+    let mut votes = vec![0usize; classes];
+    for (q, &truth) in test.chunks_exact(dim).zip(test_labels) {
+        nearest.clear();
+        for (x, &label) in train.chunks_exact(dim).zip(train_labels) {
+            let d: f32 = q.iter().zip(x).map(|(a, b)| (a - b) * (a - b)).sum();
+            if nearest.len() < k || d < nearest[nearest.len() - 1].0 {
+                let at = nearest.partition_point(|&(e, _)| e <= d);
+                nearest.insert(at, (d, label));
+                nearest.truncate(k);
+            }
+        }
+        votes.iter_mut().for_each(|v| *v = 0);
+        for &(_, l) in &nearest {
+            votes[l as usize] += 1;
+        }
+        let top = votes.iter().copied().max().unwrap_or(0);
+        let predicted = nearest
+            .iter()
+            .find(|&&(_, l)| votes[l as usize] == top)
+            .map(|&(_, l)| l);
+        if predicted == Some(truth) {
+            right += 1;
+        }
+    }
+    right as f64 / test_labels.len().max(1) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn perfect_separation() {
+        let d = [0.1, 0.2, 0.9, 1.0];
+        let s = [true, true, false, false];
+        let m = pair_metrics(&d, &s);
+        assert_eq!(m.roc_auc, 1.0);
+        assert_eq!(m.eer, 0.0);
+        assert_eq!(m.best_accuracy, 1.0);
+        assert!((m.best_threshold - 0.55).abs() < 1e-6);
+        assert_eq!(accuracy_at(&d, &s, m.best_threshold), 1.0);
+    }
+
+    /// Against the definition, a double loop over (positive, negative) pairs.
+    #[test]
+    fn auc_matches_the_pairwise_definition_with_ties() {
+        let d = [0.3f32, 0.5, 0.5, 0.1, 0.9, 0.5, 0.2, 0.7];
+        let s = [true, false, true, false, false, true, true, false];
+        let mut wins = 0.0;
+        let mut count = 0.0;
+        for i in 0..d.len() {
+            for j in 0..d.len() {
+                if s[i] && !s[j] {
+                    count += 1.0;
+                    wins += if d[i] < d[j] {
+                        1.0
+                    } else if d[i] == d[j] {
+                        0.5
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+        let m = pair_metrics(&d, &s);
+        assert!(
+            (m.roc_auc - wins / count).abs() < 1e-12,
+            "{} vs {}",
+            m.roc_auc,
+            wins / count
+        );
+        // The best threshold really is the best of all cut points.
+        let best = d
+            .iter()
+            .map(|&t| accuracy_at(&d, &s, f64::from(t)))
+            .fold(0.0, f64::max);
+        assert!(m.best_accuracy >= best - 1e-12);
+        assert_eq!(accuracy_at(&d, &s, m.best_threshold), m.best_accuracy);
+    }
+
+    #[test]
+    fn reversed_scores_give_auc_zero_and_eer_one() {
+        let m = pair_metrics(&[0.9, 0.8, 0.1, 0.2], &[true, true, false, false]);
+        assert_eq!(m.roc_auc, 0.0);
+        assert_eq!(m.eer, 1.0);
+        assert_eq!(m.best_accuracy, 0.5);
+    }
+
+    #[test]
+    fn knn_votes_and_breaks_ties_by_nearest() {
+        // 1-D embeddings: class 0 near 0, class 1 near 10.
+        let train = [0.0, 0.5, 1.0, 10.0, 10.5, 11.0];
+        let labels = [0, 0, 0, 1, 1, 1];
+        assert_eq!(
+            knn_accuracy(&train, &labels, &[0.2, 10.2], &[0, 1], 1, 3),
+            1.0
+        );
+        assert_eq!(
+            knn_accuracy(&train, &labels, &[0.2, 10.2], &[1, 1], 1, 3),
+            0.5
+        );
+        // k = 2 at 5.4: one neighbour of each class; class 1 (10.0) is nearer than 1.0? no:
+        // |5.4 - 1.0| = 4.4 < |5.4 - 10.0| = 4.6, so class 0 wins the tie.
+        assert_eq!(knn_accuracy(&train, &labels, &[5.4], &[0], 1, 2), 1.0);
+    }
+}

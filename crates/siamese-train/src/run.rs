@@ -1,0 +1,450 @@
+//! A training run in its folder (`runs/<name>/`):
+//!
+//! - `config.json`: the [`TrainConfig`], written before any work;
+//! - `model.safetensors`: the model with the best validation EER so far (with the
+//!   distance threshold in its metadata);
+//! - `last.safetensors`: everything a resumed run needs (weights and batch-norm
+//!   statistics, Adam's moments, the sampler's and dropout's generators, the step),
+//!   written atomically every `checkpoint_every` steps;
+//! - `metrics.jsonl`: one JSON record per logged step and per evaluation;
+//! - at the end, `metrics.json` (the evaluation protocol's report) and
+//!   `test_embeddings.safetensors` (`embeddings [n, dim]`, `labels [n]`).
+//!
+//! A run stopped at any moment (kill -9 included) and resumed ends with the same weights
+//! and losses as an uninterrupted one: all randomness is in saved generators, and
+//! records logged after the last checkpoint are dropped on resume and logged again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+use siamese_data::{Batcher, Dataset, SamplerState};
+use siamese_model::{checkpoint, ConvTower, DropoutState, SiameseModel};
+
+use crate::config::TrainConfig;
+use crate::error::TrainError;
+use crate::eval::{embed_set, evaluate, pair_metrics_of, EvalReport, VALIDATION_PAIRS_SEED};
+use crate::metrics::PairMetrics;
+use crate::trainer::Trainer;
+
+/// File names inside a run folder.
+pub mod files {
+    /// The run's configuration.
+    pub const CONFIG: &str = "config.json";
+    /// The best model.
+    pub const MODEL: &str = "model.safetensors";
+    /// The resume checkpoint.
+    pub const LAST: &str = "last.safetensors";
+    /// Logged records.
+    pub const METRICS_LOG: &str = "metrics.jsonl";
+    /// The final report.
+    pub const METRICS: &str = "metrics.json";
+    /// Test embeddings and labels.
+    pub const TEST_EMBEDDINGS: &str = "test_embeddings.safetensors";
+}
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Continue the run in the folder from its last checkpoint.
+    pub resume: bool,
+    /// Stop abruptly after this many steps, writing nothing more (tests use it to stand
+    /// in for a killed process).
+    pub stop_after: Option<u64>,
+    /// Run the full evaluation protocol at the end.
+    pub final_eval: bool,
+    /// Where tensors live.
+    pub device: Device,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            resume: false,
+            stop_after: None,
+            final_eval: true,
+            device: Device::Cpu,
+        }
+    }
+}
+
+/// One logged training step.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// Steps done.
+    pub step: u64,
+    /// The loss of the last step.
+    pub loss: f64,
+    /// Its learning rate.
+    pub lr: f64,
+    /// Training pairs per second since the previous record.
+    pub pairs_per_s: f64,
+}
+
+/// One evaluation on validation pairs during training.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EvalRecord {
+    /// Steps done.
+    pub step: u64,
+    /// Metrics on the validation pairs.
+    pub validation: PairMetrics,
+}
+
+/// Receives progress, for a terminal or a log.
+pub trait Reporter {
+    /// A step was logged; `total` is the run's number of steps.
+    fn step(&mut self, record: &StepRecord, total: u64);
+    /// An evaluation finished.
+    fn eval(&mut self, record: &EvalRecord);
+    /// Anything else worth saying.
+    fn note(&mut self, message: &str);
+}
+
+/// A reporter that says nothing.
+pub struct Silent;
+
+impl Reporter for Silent {
+    fn step(&mut self, _: &StepRecord, _: u64) {}
+    fn eval(&mut self, _: &EvalRecord) {}
+    fn note(&mut self, _: &str) {}
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// Steps done.
+    pub steps: u64,
+    /// The last step's loss.
+    pub last_loss: f64,
+    /// The protocol's report, when the final evaluation ran.
+    pub report: Option<EvalReport>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TrainState {
+    step: u64,
+    last_loss: f64,
+    sampler: SamplerState,
+    dropout: DropoutState,
+    adam_step: u64,
+    best_validation_eer: Option<f64>,
+}
+
+/// Reads a run folder's `config.json`.
+pub fn load_run_config(dir: &Path) -> Result<TrainConfig, TrainError> {
+    let path = dir.join(files::CONFIG);
+    let text = std::fs::read_to_string(&path).map_err(TrainError::io(&path))?;
+    serde_json::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), TrainError> {
+    let text = serde_json::to_string_pretty(value).expect("plain data serialises");
+    Ok(siamese_data::write_atomic(path, text.as_bytes())?)
+}
+
+struct MetricsLog {
+    path: PathBuf,
+}
+
+impl MetricsLog {
+    fn append<T: Serialize>(&self, kind: &str, record: &T) -> Result<(), TrainError> {
+        let mut value = serde_json::to_value(record).expect("plain data serialises");
+        value["kind"] = kind.into();
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(TrainError::io(&self.path))?;
+        writeln!(file, "{value}").map_err(TrainError::io(&self.path))
+    }
+
+    /// Drops records of steps after `step` (logged after the checkpoint resumed from).
+    fn truncate_after(&self, step: u64) -> Result<(), TrainError> {
+        let Ok(text) = std::fs::read_to_string(&self.path) else {
+            return Ok(());
+        };
+        let kept: String = text
+            .lines()
+            .filter(|line| {
+                serde_json::from_str::<serde_json::Value>(line)
+                    .ok()
+                    .and_then(|v| v["step"].as_u64())
+                    .is_some_and(|s| s <= step)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        Ok(siamese_data::write_atomic(&self.path, kept.as_bytes())?)
+    }
+}
+
+/// Trains `config` on `data` in the folder `dir`.
+pub fn run(
+    config: &TrainConfig,
+    data: &Dataset,
+    dir: &Path,
+    options: &RunOptions,
+    reporter: &mut dyn Reporter,
+) -> Result<RunSummary, TrainError> {
+    config.validate()?;
+    let (h, w) = (config.model.input_height, config.model.input_width);
+    if (data.train.rows(), data.train.cols()) != (h, w) || config.model.input_channels != 1 {
+        return Err(TrainError::Config(format!(
+            "the model expects 1x{h}x{w} images, the data has 1x{}x{}",
+            data.train.rows(),
+            data.train.cols()
+        )));
+    }
+    let last_path = dir.join(files::LAST);
+    if options.resume {
+        if !last_path.is_file() {
+            return Err(TrainError::Resume(format!(
+                "{} does not exist",
+                last_path.display()
+            )));
+        }
+    } else {
+        if last_path.exists() || dir.join(files::MODEL).exists() {
+            return Err(TrainError::Config(format!(
+                "{} already holds a run: resume it or choose another folder",
+                dir.display()
+            )));
+        }
+        std::fs::create_dir_all(dir).map_err(TrainError::io(dir))?;
+        write_json(&dir.join(files::CONFIG), config)?;
+    }
+    let log = MetricsLog {
+        path: dir.join(files::METRICS_LOG),
+    };
+
+    let device = &options.device;
+    let (tower, varmap) = ConvTower::init(&config.model, device, config.seed)?;
+    let mut names: Vec<String> = varmap
+        .data()
+        .lock()
+        .expect("varmap lock")
+        .keys()
+        .cloned()
+        .collect();
+    names.sort();
+    let params: Vec<(String, Var)> = {
+        let vars = varmap.data().lock().expect("varmap lock");
+        names
+            .iter()
+            .filter(|n| !n.ends_with("running_mean") && !n.ends_with("running_var"))
+            .map(|n| (n.clone(), vars[n].clone()))
+            .collect()
+    };
+    let sampler = config.sampler.build(
+        data.train.labels(),
+        data.train.num_classes(),
+        config.seed.wrapping_add(2),
+    )?;
+    let batcher = Batcher::new(device.clone());
+    let mut trainer = Trainer::new(
+        sampler,
+        SiameseModel::new(tower),
+        config.loss.build()?,
+        params,
+        config.optim.adam,
+        batcher.clone(),
+    )?;
+
+    let mut start = 0;
+    let mut last_loss = f64::NAN;
+    let mut best_eer: Option<f64> = None;
+    if options.resume {
+        let (tensors, state) = read_last(&last_path, device)?;
+        for name in &names {
+            let t = tensors.get(&format!("model.{name}")).ok_or_else(|| {
+                TrainError::Resume(format!("{} lacks model.{name}", last_path.display()))
+            })?;
+            varmap.data().lock().expect("varmap lock")[name].set(t)?;
+        }
+        let adam: HashMap<String, Tensor> = tensors
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix("adam.").map(|k| (k.to_string(), v.clone())))
+            .collect();
+        trainer.optimizer.restore(&adam, state.adam_step)?;
+        trainer.sampler.restore(&state.sampler)?;
+        trainer.model.tower.set_dropout_state(state.dropout);
+        start = state.step;
+        last_loss = state.last_loss;
+        best_eer = state.best_validation_eer;
+        log.truncate_after(start)?;
+        reporter.note(&format!("resumed {} at step {start}", dir.display()));
+    }
+
+    let mut clock = Instant::now();
+    let mut pairs_since = 0usize;
+    for step in start..config.steps {
+        let lr = config.optim.lr_at(step, config.steps);
+        last_loss = trainer.step(&data.train, config.batch_size, lr, step + 1)?;
+        pairs_since += config.batch_size;
+        let done = step + 1;
+        if done % config.log_every == 0 || done == config.steps {
+            let record = StepRecord {
+                step: done,
+                loss: last_loss,
+                lr,
+                pairs_per_s: pairs_since as f64 / clock.elapsed().as_secs_f64().max(1e-9),
+            };
+            log.append("train", &record)?;
+            reporter.step(&record, config.steps);
+        }
+        if (config.eval_every > 0 && done % config.eval_every == 0) || done == config.steps {
+            let tower = &trainer.model.tower;
+            let embeddings = embed_set(tower, &data.validation, &batcher)?;
+            let n = config.validation_pairs;
+            let (validation, _, _) = pair_metrics_of(
+                &data.validation,
+                &embeddings,
+                config.model.embedding_dim,
+                n,
+                VALIDATION_PAIRS_SEED,
+            )?;
+            let record = EvalRecord {
+                step: done,
+                validation,
+            };
+            log.append("eval", &record)?;
+            reporter.eval(&record);
+            if best_eer.is_none_or(|best| validation.eer < best) {
+                best_eer = Some(validation.eer);
+                let meta = BTreeMap::from([
+                    (
+                        "threshold".to_string(),
+                        validation.best_threshold.to_string(),
+                    ),
+                    ("step".to_string(), done.to_string()),
+                ]);
+                checkpoint::save(&dir.join(files::MODEL), &varmap, &config.model, &meta)?;
+            }
+        }
+        if options.stop_after == Some(done) {
+            return Ok(RunSummary {
+                steps: done,
+                last_loss,
+                report: None,
+            });
+        }
+        if done % config.checkpoint_every == 0 || done == config.steps {
+            let state = TrainState {
+                step: done,
+                last_loss,
+                sampler: trainer.sampler.state(),
+                dropout: trainer.model.tower.dropout_state(),
+                adam_step: trainer.optimizer.step_count(),
+                best_validation_eer: best_eer,
+            };
+            write_last(
+                &last_path,
+                &varmap,
+                &names,
+                &trainer.optimizer.state().0,
+                &state,
+                config,
+            )?;
+        }
+        if done % config.log_every == 0 {
+            clock = Instant::now();
+            pairs_since = 0;
+        }
+    }
+
+    let report = if options.final_eval {
+        reporter.note("evaluating the best model on the test protocol");
+        Some(final_evaluation(dir, data, device)?)
+    } else {
+        None
+    };
+    Ok(RunSummary {
+        steps: config.steps,
+        last_loss,
+        report,
+    })
+}
+
+/// Evaluates the run's best model with the protocol, writes `metrics.json` and the
+/// test embeddings, and stores the protocol's threshold in the model's metadata.
+pub fn final_evaluation(
+    dir: &Path,
+    data: &Dataset,
+    device: &Device,
+) -> Result<EvalReport, TrainError> {
+    let model_path = dir.join(files::MODEL);
+    let (tower, varmap, ckpt) = checkpoint::load_tower(&model_path, device, 0)?;
+    let (report, test_embeddings) = evaluate(&tower, data, &Batcher::new(device.clone()))?;
+    write_json(&dir.join(files::METRICS), &report)?;
+    let mut meta = ckpt.metadata.clone();
+    meta.insert("threshold".into(), report.threshold.to_string());
+    checkpoint::save(&model_path, &varmap, &ckpt.config, &meta)?;
+    let dim = ckpt.config.embedding_dim;
+    let labels: Vec<u8> = data.test.labels().to_vec();
+    let n = labels.len();
+    let tensors = HashMap::from([
+        (
+            "embeddings".to_string(),
+            Tensor::from_vec(test_embeddings, (n, dim), &Device::Cpu)?,
+        ),
+        (
+            "labels".to_string(),
+            Tensor::from_vec(labels, n, &Device::Cpu)?,
+        ),
+    ]);
+    let bytes = safetensors::serialize(tensors.iter().map(|(k, v)| (k.clone(), v.clone())), None)
+        .map_err(|e| TrainError::Config(format!("serialising embeddings: {e}")))?;
+    siamese_data::write_atomic(&dir.join(files::TEST_EMBEDDINGS), &bytes)?;
+    Ok(report)
+}
+
+fn write_last(
+    path: &Path,
+    varmap: &candle_nn::VarMap,
+    names: &[String],
+    adam: &HashMap<String, Tensor>,
+    state: &TrainState,
+    config: &TrainConfig,
+) -> Result<(), TrainError> {
+    let vars = varmap.data().lock().expect("varmap lock");
+    let mut tensors: Vec<(String, Tensor)> = names
+        .iter()
+        .map(|n| (format!("model.{n}"), vars[n].as_tensor().clone()))
+        .collect();
+    drop(vars);
+    tensors.extend(adam.iter().map(|(k, v)| (format!("adam.{k}"), v.clone())));
+    let meta = HashMap::from([
+        (
+            "train_state".to_string(),
+            serde_json::to_string(state).expect("plain data"),
+        ),
+        (
+            "train_config".to_string(),
+            serde_json::to_string(config).expect("plain data"),
+        ),
+    ]);
+    let bytes = safetensors::serialize(tensors, Some(meta))
+        .map_err(|e| TrainError::Resume(format!("serialising the checkpoint: {e}")))?;
+    Ok(siamese_data::write_atomic(path, &bytes)?)
+}
+
+fn read_last(
+    path: &Path,
+    device: &Device,
+) -> Result<(HashMap<String, Tensor>, TrainState), TrainError> {
+    let bytes = std::fs::read(path).map_err(TrainError::io(path))?;
+    let bad = |detail: String| TrainError::Resume(format!("{}: {detail}", path.display()));
+    let (_, header) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let state: TrainState = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("train_state"))
+        .ok_or_else(|| bad("no train_state in the metadata".into()))
+        .and_then(|s| serde_json::from_str(s).map_err(|e| bad(e.to_string())))?;
+    let tensors =
+        candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| bad(e.to_string()))?;
+    Ok((tensors, state))
+}

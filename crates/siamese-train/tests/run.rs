@@ -1,0 +1,214 @@
+//! End-to-end runs on a small synthetic data set: the model learns, the run folder
+//! holds what it should, a stopped-and-resumed run matches an uninterrupted one exactly,
+//! and divergence stops the run without losing the last good checkpoint.
+
+use std::path::Path;
+
+use siamese_data::{Dataset, DatasetSpec, ImageSet, Rng};
+use siamese_model::TowerConfig;
+use siamese_train::{
+    load_run_config, run, LossConfig, OptimConfig, RunOptions, SamplerConfig, Schedule, Silent,
+    TrainConfig, TrainError,
+};
+
+const SIDE: usize = 8;
+const CLASSES: usize = 4;
+
+/// Class c is a bright 4x4 square in quadrant c, on noise.
+fn synthetic(n: usize, seed: u64) -> ImageSet {
+    let mut rng = Rng::new(seed);
+    let mut pixels = Vec::with_capacity(n * SIDE * SIDE);
+    let mut labels = Vec::with_capacity(n);
+    for i in 0..n {
+        let c = i % CLASSES;
+        let (oy, ox) = ((c / 2) * 4, (c % 2) * 4);
+        for y in 0..SIDE {
+            for x in 0..SIDE {
+                let inside = (oy..oy + 4).contains(&y) && (ox..ox + 4).contains(&x);
+                let base = if inside { 180 } else { 20 };
+                pixels.push((base + rng.below(60)) as u8);
+            }
+        }
+        labels.push(c as u8);
+    }
+    ImageSet::new(SIDE, SIDE, CLASSES, pixels, labels, Path::new("synthetic")).unwrap()
+}
+
+fn dataset() -> Dataset {
+    let mut spec = DatasetSpec::mnist();
+    spec.name = "synthetic".into();
+    spec.rows = SIDE;
+    spec.cols = SIDE;
+    spec.class_names = (0..CLASSES).map(|c| c.to_string()).collect();
+    spec.validation_size = 200;
+    Dataset::from_parts(spec, synthetic(1000, 1), synthetic(400, 2))
+}
+
+fn config() -> TrainConfig {
+    TrainConfig {
+        preset: "test".into(),
+        data: "synthetic".into(),
+        model: TowerConfig {
+            input_height: SIDE,
+            input_width: SIDE,
+            conv_channels: vec![4],
+            conv_strides: vec![2],
+            fc_widths: vec![16],
+            embedding_dim: 2,
+            ..Default::default()
+        },
+        loss: LossConfig::Chopra { q: 5.0 },
+        sampler: SamplerConfig::Balanced {
+            positive_fraction: 0.5,
+        },
+        optim: OptimConfig {
+            lr: 3e-3,
+            schedule: Schedule::Cosine {
+                final_fraction: 0.1,
+            },
+            adam: Default::default(),
+        },
+        steps: 60,
+        batch_size: 32,
+        seed: 5,
+        eval_every: 30,
+        validation_pairs: 400,
+        checkpoint_every: 10,
+        log_every: 5,
+    }
+}
+
+fn model_tensors(dir: &Path) -> Vec<(String, Vec<f32>)> {
+    let t = candle_core::safetensors::load(dir.join("last.safetensors"), &candle_core::Device::Cpu)
+        .unwrap();
+    let mut v: Vec<(String, Vec<f32>)> = t
+        .into_iter()
+        .map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn losses(dir: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "train")
+        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn learns_and_writes_the_run_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset();
+    let summary = run(
+        &config(),
+        &data,
+        dir.path(),
+        &RunOptions::default(),
+        &mut Silent,
+    )
+    .unwrap();
+    let report = summary.report.unwrap();
+    assert!(report.test_roc_auc > 0.95, "{report:?}");
+    assert!(report.knn5_accuracy > 0.9, "{report:?}");
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "last.safetensors",
+        "metrics.jsonl",
+        "metrics.json",
+        "test_embeddings.safetensors",
+    ] {
+        assert!(dir.path().join(file).is_file(), "{file} missing");
+    }
+    assert_eq!(load_run_config(dir.path()).unwrap(), config());
+    let ckpt = siamese_model::checkpoint::read(
+        &dir.path().join("model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let threshold: f64 = ckpt.metadata["threshold"].parse().unwrap();
+    assert_eq!(threshold, report.threshold);
+    assert_eq!(losses(dir.path()).len(), 12);
+    // Refuses to overwrite a run.
+    let err = run(
+        &config(),
+        &data,
+        dir.path(),
+        &RunOptions::default(),
+        &mut Silent,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("already holds a run"), "{err}");
+}
+
+#[test]
+fn stopped_and_resumed_run_matches_an_uninterrupted_one() {
+    let data = dataset();
+    let no_eval = RunOptions {
+        final_eval: false,
+        ..Default::default()
+    };
+    let whole = tempfile::tempdir().unwrap();
+    let a = run(&config(), &data, whole.path(), &no_eval, &mut Silent).unwrap();
+
+    let broken = tempfile::tempdir().unwrap();
+    // Stops after step 27: the last checkpoint is at step 20, records up to 25 are logged.
+    let stop = RunOptions {
+        stop_after: Some(27),
+        ..no_eval.clone()
+    };
+    run(&config(), &data, broken.path(), &stop, &mut Silent).unwrap();
+    let resume = RunOptions {
+        resume: true,
+        ..no_eval
+    };
+    let b = run(
+        &load_run_config(broken.path()).unwrap(),
+        &data,
+        broken.path(),
+        &resume,
+        &mut Silent,
+    )
+    .unwrap();
+
+    assert_eq!(a.last_loss, b.last_loss);
+    assert_eq!(losses(whole.path()), losses(broken.path()));
+    assert_eq!(
+        model_tensors(whole.path()),
+        model_tensors(broken.path()),
+        "weights, batch-norm statistics and Adam moments agree bit for bit"
+    );
+}
+
+#[test]
+fn divergence_stops_with_the_step_and_keeps_the_last_checkpoint() {
+    let data = dataset();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config();
+    c.checkpoint_every = 1;
+    c.optim.lr = 1e30;
+    let err = run(
+        &c,
+        &data,
+        dir.path(),
+        &RunOptions {
+            final_eval: false,
+            ..Default::default()
+        },
+        &mut Silent,
+    )
+    .unwrap_err();
+    let TrainError::Diverged { step, .. } = err else {
+        panic!("expected divergence, got {err}")
+    };
+    assert!(step >= 2, "the first step's loss is finite");
+    let saved = model_tensors(dir.path());
+    assert!(
+        saved.iter().all(|(_, v)| v.iter().all(|x| x.is_finite())),
+        "the last checkpoint holds finite weights"
+    );
+}
