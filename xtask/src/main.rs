@@ -1,24 +1,40 @@
 //! Developer and CI entry points, run as `cargo xtask <task>` (the alias is in
 //! `.cargo/config.toml`). Tasks are verbs:
 //!
+//! - `train [ARGS]`: builds in release and runs `siamese train ARGS` (the default
+//!   preset unless `--preset` says otherwise): the main job.
+//! - `bench`: training pairs/s and embedding images/s of the reference network, with
+//!   the peak resident memory of each, as JSON (release build, one process per mode).
 //! - `ci`: what `.ci/run` runs: format check, clippy with warnings denied, the test
-//!   suite, then `data-check`.
+//!   suite, then `data-check` and `train-check`.
 //! - `data-check`: loads MNIST and Fashion-MNIST from `SIAMESE_DATA_DIR` (never the
 //!   network) and checks the split sizes; the loader itself verifies counts per class
 //!   and the SHA-256 of every file.
+//! - `train-check`: a short real-data training that must learn (validation ROC AUC
+//!   above 0.95), then `siamese eval` of its checkpoint, which must agree with the
+//!   metrics written during training.
 
 use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context, Result};
 use siamese_data::{load, DatasetSpec, LoadOptions, KNOWN_DATASETS};
 
-const USAGE: &str = "usage: cargo xtask <ci | data-check>";
+const USAGE: &str = "usage: cargo xtask <train [ARGS] | bench | ci | data-check | train-check>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
+        Some("train") => cargo(
+            &[
+                &["run", "--release", "-p", "siamese-cli", "--", "train"],
+                &args_str(&args[1..])[..],
+            ]
+            .concat(),
+        ),
+        Some("bench") => bench(),
         Some("ci") => ci(),
         Some("data-check") => data_check(),
+        Some("train-check") => train_check(),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
@@ -47,6 +63,46 @@ fn cargo(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+fn args_str(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// Runs `cargo` with `args` and returns its standard output.
+fn cargo_output(args: &[&str]) -> Result<String> {
+    eprintln!("+ cargo {}", args.join(" "));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!("cargo {} failed ({})", args.join(" "), out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn bench() -> Result<()> {
+    let run = [
+        "run",
+        "--release",
+        "-q",
+        "-p",
+        "siamese-benches",
+        "--bin",
+        "throughput",
+        "--",
+    ];
+    let train = cargo_output(&[&run[..], &["train"]].concat())?;
+    let embed = cargo_output(&[&run[..], &["embed"]].concat())?;
+    let train: serde_json::Value =
+        serde_json::from_str(train.trim()).context("parsing the train figures")?;
+    let embed: serde_json::Value =
+        serde_json::from_str(embed.trim()).context("parsing the embed figures")?;
+    println!("{}", serde_json::json!({ "train": train, "embed": embed }));
+    Ok(())
+}
+
 fn ci() -> Result<()> {
     cargo(&["fmt", "--all", "--", "--check"])?;
     cargo(&[
@@ -61,8 +117,9 @@ fn ci() -> Result<()> {
     cargo(&["test", "--workspace"])?;
     if std::env::var_os("SIAMESE_DATA_DIR").is_some() {
         data_check()?;
+        train_check()?;
     } else {
-        eprintln!("SIAMESE_DATA_DIR is not set: skipping the real-data check");
+        eprintln!("SIAMESE_DATA_DIR is not set: skipping the real-data checks");
     }
     Ok(())
 }
@@ -95,6 +152,63 @@ fn data_check() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Steps of the CI training: enough for the default recipe to learn a usable metric.
+const CHECK_STEPS: &str = "300";
+
+fn train_check() -> Result<()> {
+    let dir = std::path::Path::new("target/ci-train-check");
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    let out = dir.to_str().context("a UTF-8 path")?;
+    cargo(&[
+        "run",
+        "-q",
+        "-p",
+        "siamese-cli",
+        "--",
+        "train",
+        "--steps",
+        CHECK_STEPS,
+        "--eval-every",
+        "100",
+        "--out",
+        out,
+    ])?;
+    let written: serde_json::Value = read_json(&dir.join("metrics.json"))?;
+    let auc = written["validation"]["roc_auc"]
+        .as_f64()
+        .context("metrics.json lacks validation.roc_auc")?;
+    if auc <= 0.95 {
+        bail!("the model did not learn: validation ROC AUC {auc:.4} after {CHECK_STEPS} steps (need > 0.95)");
+    }
+    let model = dir.join("model.safetensors");
+    let eval = cargo_output(&[
+        "run",
+        "-q",
+        "-p",
+        "siamese-cli",
+        "--",
+        "eval",
+        "--model",
+        model.to_str().context("a UTF-8 path")?,
+        "--json",
+    ])?;
+    let evaluated: serde_json::Value =
+        serde_json::from_str(eval.trim()).context("parsing siamese eval --json")?;
+    if evaluated != written {
+        bail!("siamese eval disagrees with the metrics written during training:\n  eval:     {evaluated}\n  training: {written}");
+    }
+    eprintln!("train-check: validation ROC AUC {auc:.4} after {CHECK_STEPS} steps; siamese eval agrees with metrics.json: {evaluated}");
+    Ok(())
+}
+
+fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
 fn merge_counts(a: &[usize], b: &[usize]) -> Vec<usize> {

@@ -44,6 +44,8 @@ pub mod files {
     pub const METRICS: &str = "metrics.json";
     /// Test embeddings and labels.
     pub const TEST_EMBEDDINGS: &str = "test_embeddings.safetensors";
+    /// Scatter plot of the test embeddings.
+    pub const PLOT: &str = "embedding.png";
 }
 
 /// How to run.
@@ -397,6 +399,16 @@ pub fn final_evaluation(
     let bytes = safetensors::serialize(tensors.iter().map(|(k, v)| (k.clone(), v.clone())), None)
         .map_err(|e| TrainError::Config(format!("serialising embeddings: {e}")))?;
     siamese_data::write_atomic(&dir.join(files::TEST_EMBEDDINGS), &bytes)?;
+    let values = tensors["embeddings"].flatten_all()?.to_vec1::<f32>()?;
+    let title = format!("{} test embeddings", data.spec.name);
+    crate::plot::plot_embeddings(
+        &dir.join(files::PLOT),
+        &values,
+        dim,
+        data.test.labels(),
+        &data.spec.class_names,
+        &title,
+    )?;
     Ok(report)
 }
 

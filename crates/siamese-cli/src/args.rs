@@ -1,0 +1,206 @@
+//! Command-line arguments (clap derive). Nothing here does work: `commands` converts
+//! these into library configs.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Learn, evaluate and use a similarity metric with a Siamese network.
+#[derive(Debug, Parser)]
+#[command(name = "siamese", version, about, after_help = EXAMPLES)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+const EXAMPLES: &str = "Examples:
+  siamese train                                  # the default recipe on MNIST, into runs/<time>
+  siamese train --preset reference --out runs/ref
+  siamese train --data fashion-mnist --steps 2000 --pairs balanced --lr 0.001
+  siamese train --resume runs/ref                # continue a stopped run
+  siamese eval --model runs/ref/model.safetensors --json
+  siamese embed --model runs/ref/model.safetensors --split test --out test.csv
+  siamese verify --model runs/ref/model.safetensors a.png b.png
+  siamese plot --embeddings runs/ref/test_embeddings.safetensors --out plot.png
+  siamese data info --data mnist";
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train a model; writes a run folder (config, checkpoints, metrics, plot).
+    Train(TrainArgs),
+    /// Evaluate a model with the fixed protocol (validation threshold, test pairs, kNN-5).
+    Eval(EvalArgs),
+    /// Write the embeddings of a split to a .csv or .safetensors file.
+    Embed(EmbedArgs),
+    /// Say whether two images show the same class, with their distance.
+    Verify(VerifyArgs),
+    /// Draw a scatter plot of saved embeddings.
+    Plot(PlotArgs),
+    /// Fetch a data set or describe where it comes from.
+    Data(DataArgs),
+}
+
+/// Where the data come from.
+#[derive(Debug, Args, Clone)]
+pub struct DataSource {
+    /// `mnist`, `fashion-mnist`, or a folder holding the four IDX files.
+    #[arg(long, value_name = "NAME|DIR")]
+    pub data: Option<String>,
+}
+
+/// The loss, by name.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LossName {
+    /// Chopra et al. 2005 (`--q`).
+    Chopra,
+    /// Hadsell et al. 2006 margin contrastive (`--margin`).
+    Margin,
+}
+
+/// The pair sampler, by name.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PairsName {
+    /// Two independent draws, as the reference program.
+    Random,
+    /// A fixed share of same-class pairs (`--positive-fraction`).
+    Balanced,
+}
+
+/// `siamese train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Starting recipe: `reference` (the TF1 program) or `default`.
+    #[arg(long, default_value = "default")]
+    pub preset: String,
+    /// A JSON `TrainConfig` to start from instead of a preset.
+    #[arg(long, value_name = "FILE", conflicts_with = "preset")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub source: DataSource,
+    /// Optimisation steps.
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Pairs per step.
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Loss function.
+    #[arg(long, value_enum)]
+    pub loss: Option<LossName>,
+    /// Upper bound Q of the Chopra loss.
+    #[arg(long)]
+    pub q: Option<f64>,
+    /// Margin of the margin loss.
+    #[arg(long)]
+    pub margin: Option<f64>,
+    /// Pair sampler.
+    #[arg(long, value_enum)]
+    pub pairs: Option<PairsName>,
+    /// Share of same-class pairs with `--pairs balanced`.
+    #[arg(long)]
+    pub positive_fraction: Option<f64>,
+    /// Embedding dimension.
+    #[arg(long)]
+    pub dim: Option<usize>,
+    /// Seed of everything random.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Evaluate on validation pairs every N steps.
+    #[arg(long, value_name = "N")]
+    pub eval_every: Option<u64>,
+    /// Run folder (default `runs/<preset>-<unix time>`).
+    #[arg(long, value_name = "DIR", conflicts_with = "resume")]
+    pub out: Option<PathBuf>,
+    /// Continue the run in this folder from its last checkpoint.
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
+}
+
+/// `siamese eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The checkpoint.
+    #[arg(long, value_name = "FILE")]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub source: DataSource,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A split, by name.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SplitName {
+    /// Training split.
+    Train,
+    /// Validation split.
+    Validation,
+    /// Test split.
+    Test,
+}
+
+/// `siamese embed`.
+#[derive(Debug, Args)]
+pub struct EmbedArgs {
+    /// The checkpoint.
+    #[arg(long, value_name = "FILE")]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub source: DataSource,
+    /// Which split to embed.
+    #[arg(long, value_enum, default_value = "test")]
+    pub split: SplitName,
+    /// Output: `.csv` (label, then one column per dimension) or `.safetensors`.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+/// `siamese verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The checkpoint.
+    #[arg(long, value_name = "FILE")]
+    pub model: PathBuf,
+    /// First image (PNG or PGM, grayscale, the model's input size).
+    pub a: PathBuf,
+    /// Second image.
+    pub b: PathBuf,
+    /// Distance at or below which the images are "same" (default: the checkpoint's).
+    #[arg(long)]
+    pub threshold: Option<f64>,
+}
+
+/// `siamese plot`.
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// Embeddings written by `siamese embed` or a training run (.safetensors).
+    #[arg(long, value_name = "FILE")]
+    pub embeddings: PathBuf,
+    /// The PNG to write.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+/// `siamese data`.
+#[derive(Debug, Args)]
+pub struct DataArgs {
+    /// `fetch` (download if needed and verify) or `info` (where it is, what it holds).
+    #[arg(value_enum)]
+    pub action: DataAction,
+    #[command(flatten)]
+    pub source: DataSource,
+}
+
+/// What `siamese data` does.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DataAction {
+    /// Find or download the data set and verify it.
+    Fetch,
+    /// Describe the data set and where it was found.
+    Info,
+}

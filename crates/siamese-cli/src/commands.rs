@@ -1,0 +1,363 @@
+//! What each subcommand does: convert the arguments once into library types, call the
+//! libraries, print the result.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use siamese_data::{load, Batcher, Dataset, DatasetSpec, LoadOptions, Origin, KNOWN_DATASETS};
+use siamese_model::{checkpoint, Embedder};
+use siamese_train::eval::{embed_set, evaluate};
+use siamese_train::{load_run_config, run, LossConfig, RunOptions, SamplerConfig, TrainConfig};
+
+use crate::args::{
+    Cli, Command, DataAction, DataArgs, EmbedArgs, EvalArgs, LossName, PairsName, PlotArgs,
+    SplitName, TrainArgs, VerifyArgs,
+};
+use crate::report::Printer;
+
+/// Runs the chosen subcommand.
+pub fn dispatch(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train(a) => train(a),
+        Command::Eval(a) => eval(a),
+        Command::Embed(a) => embed(a),
+        Command::Verify(a) => verify(a),
+        Command::Plot(a) => plot(a),
+        Command::Data(a) => data(a),
+    }
+}
+
+/// Loads a data set by name, or from a folder holding the files of one of the known
+/// data sets (recognised by their checksums).
+fn load_data(name_or_dir: &str) -> Result<(Dataset, Origin)> {
+    let options = LoadOptions::from_env();
+    if Path::new(name_or_dir).is_dir() {
+        let mut failures = Vec::new();
+        for name in KNOWN_DATASETS {
+            let spec = DatasetSpec::by_name(name)?;
+            match load(&spec, &options.clone().with_folder(name_or_dir)) {
+                Ok(found) => return Ok(found),
+                Err(e) => failures.push(format!("as {name}: {e}")),
+            }
+        }
+        bail!(
+            "{name_or_dir} holds no known data set:\n  {}",
+            failures.join("\n  ")
+        );
+    }
+    let spec = DatasetSpec::by_name(name_or_dir)?;
+    load(&spec, &options).with_context(|| format!("loading {name_or_dir}"))
+}
+
+fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
+    let mut c = match &a.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a valid training config", path.display()))?
+        }
+        None => TrainConfig::preset(&a.preset)?,
+    };
+    if let Some(d) = &a.source.data {
+        c.data = d.clone();
+    }
+    if let Some(v) = a.steps {
+        c.steps = v;
+    }
+    if let Some(v) = a.batch {
+        c.batch_size = v;
+    }
+    if let Some(v) = a.lr {
+        c.optim.lr = v;
+    }
+    if let Some(v) = a.seed {
+        c.seed = v;
+    }
+    if let Some(v) = a.dim {
+        c.model.embedding_dim = v;
+    }
+    if let Some(v) = a.eval_every {
+        c.eval_every = v;
+    }
+    c.loss = match (a.loss, c.loss) {
+        (Some(LossName::Chopra), _) | (None, LossConfig::Chopra { .. }) => {
+            if a.margin.is_some() {
+                bail!("--margin applies to --loss margin; the loss is chopra");
+            }
+            let q = match c.loss {
+                LossConfig::Chopra { q } => q,
+                LossConfig::Margin { .. } => 5.0,
+            };
+            LossConfig::Chopra {
+                q: a.q.unwrap_or(q),
+            }
+        }
+        (Some(LossName::Margin), _) | (None, LossConfig::Margin { .. }) => {
+            if a.q.is_some() {
+                bail!("--q applies to --loss chopra; the loss is margin");
+            }
+            let margin = match c.loss {
+                LossConfig::Margin { margin } => margin,
+                LossConfig::Chopra { .. } => 1.0,
+            };
+            LossConfig::Margin {
+                margin: a.margin.unwrap_or(margin),
+            }
+        }
+    };
+    c.sampler = match (a.pairs, c.sampler) {
+        (Some(PairsName::Random), _) => SamplerConfig::Random,
+        (Some(PairsName::Balanced), SamplerConfig::Balanced { positive_fraction })
+        | (None, SamplerConfig::Balanced { positive_fraction }) => SamplerConfig::Balanced {
+            positive_fraction: a.positive_fraction.unwrap_or(positive_fraction),
+        },
+        (Some(PairsName::Balanced), SamplerConfig::Random) => SamplerConfig::Balanced {
+            positive_fraction: a.positive_fraction.unwrap_or(0.5),
+        },
+        (None, SamplerConfig::Random) => SamplerConfig::Random,
+    };
+    if a.positive_fraction.is_some() && c.sampler == SamplerConfig::Random {
+        bail!("--positive-fraction applies to --pairs balanced; the pairs are random");
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+fn train(a: TrainArgs) -> Result<()> {
+    let (config, dir, resume) = match &a.resume {
+        Some(dir) => (load_run_config(dir)?, dir.clone(), true),
+        None => {
+            let config = train_config(&a)?;
+            let dir = a.out.clone().unwrap_or_else(|| {
+                let secs = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                PathBuf::from(format!("runs/{}-{secs}", config.preset))
+            });
+            (config, dir, false)
+        }
+    };
+    let (data, origin) = load_data(&config.data)?;
+    eprintln!(
+        "data: {} from {origin}; run folder: {}",
+        data.spec.name,
+        dir.display()
+    );
+    let options = RunOptions {
+        resume,
+        ..RunOptions::default()
+    };
+    let mut printer = Printer::new();
+    let summary = run(&config, &data, &dir, &options, &mut printer)
+        .with_context(|| format!("training in {}", dir.display()))?;
+    printer.finish();
+    if let Some(report) = summary.report {
+        print_report(&report, false);
+        eprintln!("model: {}", dir.join("model.safetensors").display());
+    }
+    Ok(())
+}
+
+fn load_model(path: &Path) -> Result<(siamese_model::ConvTower, checkpoint::Checkpoint)> {
+    let (tower, _, ckpt) = checkpoint::load_tower(path, &Device::Cpu, 0)
+        .with_context(|| format!("loading the model {}", path.display()))?;
+    Ok((tower, ckpt))
+}
+
+/// The data set a command works on: `--data`, else the one the model was trained on.
+fn data_for(source: &Option<String>, ckpt: &checkpoint::Checkpoint) -> Result<Dataset> {
+    let name = source
+        .clone()
+        .or_else(|| ckpt.metadata.get("data").cloned())
+        .unwrap_or_else(|| "mnist".into());
+    Ok(load_data(&name)?.0)
+}
+
+fn print_report(r: &siamese_train::EvalReport, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(r).expect("plain data"));
+        return;
+    }
+    println!(
+        "validation: ROC AUC {:.4}, EER {:.2}%, best accuracy {:.2}% at distance {:.4}",
+        r.validation.roc_auc,
+        100.0 * r.validation.eer,
+        100.0 * r.validation.best_accuracy,
+        r.threshold
+    );
+    println!(
+        "test:       accuracy {:.2}% (validation threshold), ROC AUC {:.4}, EER {:.2}%",
+        100.0 * r.test_accuracy,
+        r.test_roc_auc,
+        100.0 * r.test_eer
+    );
+    println!(
+        "kNN-5:      {:.2}% (test against train embeddings)",
+        100.0 * r.knn5_accuracy
+    );
+}
+
+fn eval(a: EvalArgs) -> Result<()> {
+    let (tower, ckpt) = load_model(&a.model)?;
+    let data = data_for(&a.source.data, &ckpt)?;
+    let (report, _) = evaluate(&tower, &data, &Batcher::new(Device::Cpu))?;
+    print_report(&report, a.json);
+    Ok(())
+}
+
+fn embed(a: EmbedArgs) -> Result<()> {
+    let (tower, ckpt) = load_model(&a.model)?;
+    let data = data_for(&a.source.data, &ckpt)?;
+    let set = match a.split {
+        SplitName::Train => &data.train,
+        SplitName::Validation => &data.validation,
+        SplitName::Test => &data.test,
+    };
+    let dim = tower.embedding_dim();
+    let values = embed_set(&tower, set, &Batcher::new(Device::Cpu))?;
+    write_embeddings(&a.out, &values, dim, set.labels())?;
+    eprintln!(
+        "wrote {} embeddings of dimension {dim} to {}",
+        set.len(),
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn write_embeddings(path: &Path, values: &[f32], dim: usize, labels: &[u8]) -> Result<()> {
+    let n = labels.len();
+    let bytes = match path.extension().and_then(|e| e.to_str()) {
+        Some("csv") => {
+            let mut text = String::from("label");
+            (0..dim).for_each(|d| text.push_str(&format!(",e{d}")));
+            text.push('\n');
+            for (row, label) in values.chunks_exact(dim).zip(labels) {
+                text.push_str(&label.to_string());
+                row.iter().for_each(|v| text.push_str(&format!(",{v}")));
+                text.push('\n');
+            }
+            text.into_bytes()
+        }
+        Some("safetensors") => {
+            let tensors = HashMap::from([
+                (
+                    "embeddings".to_string(),
+                    Tensor::from_vec(values.to_vec(), (n, dim), &Device::Cpu)?,
+                ),
+                (
+                    "labels".to_string(),
+                    Tensor::from_vec(labels.to_vec(), n, &Device::Cpu)?,
+                ),
+            ]);
+            safetensors::serialize(tensors, None)?
+        }
+        _ => bail!(
+            "{}: the output must end in .csv or .safetensors",
+            path.display()
+        ),
+    };
+    siamese_data::write_atomic(path, &bytes)?;
+    Ok(())
+}
+
+fn verify(a: VerifyArgs) -> Result<()> {
+    let (tower, ckpt) = load_model(&a.model)?;
+    let threshold = match a.threshold {
+        Some(t) => t,
+        None => ckpt
+            .metadata
+            .get("threshold")
+            .context("the checkpoint holds no threshold; pass --threshold")?
+            .parse::<f64>()
+            .context("the checkpoint's threshold is not a number")?,
+    };
+    let (h, w) = (ckpt.config.input_height, ckpt.config.input_width);
+    let mut pixels = crate::images::read_grayscale(&a.a, h, w)?;
+    pixels.extend(crate::images::read_grayscale(&a.b, h, w)?);
+    let images = Tensor::from_vec(pixels, (2, 1, h, w), &Device::Cpu)?;
+    let e = tower.forward_t(&images, false)?.to_vec2::<f32>()?;
+    let distance = e[0]
+        .iter()
+        .zip(&e[1])
+        .map(|(x, y)| f64::from((x - y) * (x - y)))
+        .sum::<f64>()
+        .sqrt();
+    let verdict = if distance <= threshold {
+        "same"
+    } else {
+        "different"
+    };
+    println!("{verdict}: distance {distance:.4}, threshold {threshold:.4}");
+    Ok(())
+}
+
+fn plot(a: PlotArgs) -> Result<()> {
+    let tensors = candle_core::safetensors::load(&a.embeddings, &Device::Cpu)
+        .with_context(|| format!("reading {}", a.embeddings.display()))?;
+    let embeddings = tensors
+        .get("embeddings")
+        .with_context(|| format!("{} has no `embeddings` tensor", a.embeddings.display()))?;
+    let (n, dim) = embeddings
+        .dims2()
+        .with_context(|| format!("{}: `embeddings` must be [n, dim]", a.embeddings.display()))?;
+    let labels: Vec<u8> = match tensors.get("labels") {
+        Some(l) => l.to_dtype(candle_core::DType::U8)?.to_vec1()?,
+        None => vec![0; n],
+    };
+    if labels.len() != n {
+        bail!(
+            "{}: {} labels for {n} embeddings",
+            a.embeddings.display(),
+            labels.len()
+        );
+    }
+    let values = embeddings
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let title = a
+        .embeddings
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    siamese_train::plot::plot_embeddings(&a.out, &values, dim, &labels, &[], &title)?;
+    eprintln!("wrote {}", a.out.display());
+    Ok(())
+}
+
+fn data(a: DataArgs) -> Result<()> {
+    let name = a.source.data.clone().unwrap_or_else(|| "mnist".into());
+    let (data, origin) = load_data(&name)?;
+    match a.action {
+        DataAction::Fetch => println!(
+            "{}: ready ({origin}), counts and checksums verified",
+            data.spec.name
+        ),
+        DataAction::Info => {
+            println!(
+                "data set:   {} ({} classes: {})",
+                data.spec.name,
+                data.spec.num_classes(),
+                data.spec.class_names.join(", ")
+            );
+            println!("found:      {origin}");
+            println!(
+                "images:     {}x{} grayscale",
+                data.spec.rows, data.spec.cols
+            );
+            println!(
+                "splits:     train {}, validation {}, test {}",
+                data.train.len(),
+                data.validation.len(),
+                data.test.len()
+            );
+            println!("per class:  train {:?}", data.train.class_counts());
+            println!("            test  {:?}", data.test.class_counts());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,24 @@
+//! The `siamese` command: a thin layer over the libraries. Arguments are parsed by clap,
+//! turned once into library configs (a `TrainConfig` for training), and handed over;
+//! errors become one line on stderr and a non-zero exit code.
+
+mod args;
+mod commands;
+mod images;
+mod report;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = args::Cli::parse();
+    match commands::dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line of cause and context, outermost first.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! The `siamese` binary as a user meets it: help, verification of image files, plots,
+//! and one clear line with a non-zero exit for every kind of bad input. The child never
+//! reaches the network (HF_HUB_OFFLINE, a private cache folder, no SIAMESE_DATA_DIR).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use candle_core::Device;
+use siamese_model::{checkpoint, ConvTower, TowerConfig};
+
+fn siamese(args: &[&str], cache: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_siamese"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("SIAMESE_CACHE_DIR", cache)
+        .env_remove("SIAMESE_DATA_DIR")
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A user error: non-zero exit, one line on stderr mentioning `needle`, no panic.
+fn assert_user_error(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "expected failure, got success: {err}");
+    assert!(
+        !err.contains("panicked"),
+        "panic instead of an error: {err}"
+    );
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(err.contains(needle), "expected {needle:?} in {err}");
+}
+
+fn write_png(path: &Path, w: u32, h: u32, value: impl Fn(u32, u32) -> u8) {
+    let pixels: Vec<u8> = (0..h)
+        .flat_map(|y| (0..w).map(move |x| (x, y)))
+        .map(|(x, y)| value(x, y))
+        .collect();
+    let file = std::fs::File::create(path).unwrap();
+    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), w, h);
+    encoder.set_color(png::ColorType::Grayscale);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder
+        .write_header()
+        .unwrap()
+        .write_image_data(&pixels)
+        .unwrap();
+}
+
+/// A small untrained model with a threshold in its metadata.
+fn model(dir: &Path, threshold: f64) -> std::path::PathBuf {
+    let config = TowerConfig {
+        conv_channels: vec![4],
+        conv_strides: vec![2],
+        fc_widths: vec![8],
+        ..Default::default()
+    };
+    let (_, varmap) = ConvTower::init(&config, &Device::Cpu, 0).unwrap();
+    let path = dir.join("model.safetensors");
+    let meta = BTreeMap::from([("threshold".to_string(), threshold.to_string())]);
+    checkpoint::save(&path, &varmap, &config, &meta).unwrap();
+    path
+}
+
+#[test]
+fn help_lists_the_commands_and_examples() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = siamese(&["--help"], dir.path());
+    assert!(o.status.success());
+    let out = stdout(&o);
+    for word in [
+        "train",
+        "eval",
+        "embed",
+        "verify",
+        "plot",
+        "data",
+        "Examples:",
+    ] {
+        assert!(out.contains(word), "{word} missing from --help:\n{out}");
+    }
+}
+
+#[test]
+fn verify_compares_two_images_with_the_checkpoint_threshold() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = model(dir.path(), 1e9);
+    let (a, b) = (dir.path().join("a.png"), dir.path().join("b.png"));
+    write_png(&a, 28, 28, |x, y| ((x * y) % 256) as u8);
+    write_png(&b, 28, 28, |x, _| (x * 9) as u8);
+    let m = model.to_str().unwrap();
+    let o = siamese(
+        &[
+            "verify",
+            "--model",
+            m,
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("same: distance "), "{}", stdout(&o));
+    // The same image is at distance 0: "same" at any threshold; a negative one says no.
+    let o = siamese(
+        &[
+            "verify",
+            "--model",
+            m,
+            a.to_str().unwrap(),
+            a.to_str().unwrap(),
+            "--threshold=-1",
+        ],
+        dir.path(),
+    );
+    assert!(
+        stdout(&o).starts_with("different: distance 0.0000"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn verify_rejects_bad_images_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = model(dir.path(), 1.0);
+    let m = model.to_str().unwrap();
+    let (good, small, text) = (
+        dir.path().join("good.png"),
+        dir.path().join("small.png"),
+        dir.path().join("notes.txt"),
+    );
+    write_png(&good, 28, 28, |_, _| 0);
+    write_png(&small, 20, 28, |_, _| 0);
+    std::fs::write(&text, "hello").unwrap();
+    let o = siamese(
+        &[
+            "verify",
+            "--model",
+            m,
+            good.to_str().unwrap(),
+            small.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_user_error(
+        &o,
+        "the image is 28x20 pixels (height x width), the model expects 28x28",
+    );
+    let o = siamese(
+        &[
+            "verify",
+            "--model",
+            m,
+            good.to_str().unwrap(),
+            text.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_user_error(&o, "unsupported image format");
+    let o = siamese(
+        &[
+            "verify",
+            "--model",
+            "nope.safetensors",
+            good.to_str().unwrap(),
+            good.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_user_error(&o, "nope.safetensors");
+    std::fs::write(dir.path().join("junk.safetensors"), "junk").unwrap();
+    let junk = dir.path().join("junk.safetensors");
+    let o = siamese(
+        &[
+            "verify",
+            "--model",
+            junk.to_str().unwrap(),
+            good.to_str().unwrap(),
+            good.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_user_error(&o, "not a valid safetensors file");
+}
+
+#[test]
+fn pgm_images_are_read_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = model(dir.path(), 1e9);
+    let pgm = dir.path().join("a.pgm");
+    let mut bytes = b"P5\n# a comment\n28 28\n255\n".to_vec();
+    bytes.extend((0..784).map(|i| (i % 256) as u8));
+    std::fs::write(&pgm, bytes).unwrap();
+    let o = siamese(
+        &[
+            "verify",
+            "--model",
+            model.to_str().unwrap(),
+            pgm.to_str().unwrap(),
+            pgm.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("distance 0.0000"), "{}", stdout(&o));
+}
+
+#[test]
+fn plot_draws_saved_embeddings() {
+    let dir = tempfile::tempdir().unwrap();
+    let emb = dir.path().join("emb.safetensors");
+    let tensors = std::collections::HashMap::from([
+        (
+            "embeddings".to_string(),
+            candle_core::Tensor::new(&[[0f32, 0.], [1., 1.], [2., 0.]], &Device::Cpu).unwrap(),
+        ),
+        (
+            "labels".to_string(),
+            candle_core::Tensor::new(&[0u8, 1, 2], &Device::Cpu).unwrap(),
+        ),
+    ]);
+    candle_core::safetensors::save(&tensors, &emb).unwrap();
+    let out = dir.path().join("plot.png");
+    let o = siamese(
+        &[
+            "plot",
+            "--embeddings",
+            emb.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::read(&out).unwrap().starts_with(b"\x89PNG"));
+}
+
+#[test]
+fn user_errors_are_one_line_and_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_user_error(
+        &siamese(&["train", "--preset", "fastest"], dir.path()),
+        "unknown preset \"fastest\"",
+    );
+    assert_user_error(
+        &siamese(&["train", "--data", "cifar"], dir.path()),
+        "unknown data set \"cifar\"",
+    );
+    assert_user_error(
+        &siamese(&["train", "--q", "5", "--loss", "margin"], dir.path()),
+        "--q applies to --loss chopra",
+    );
+    assert_user_error(
+        &siamese(&["train", "--lr=-1"], dir.path()),
+        "learning rate must be positive",
+    );
+    // Offline with no copy: the message says which files to put where.
+    assert_user_error(
+        &siamese(&["data", "info", "--data", "mnist"], dir.path()),
+        "train-images-idx3-ubyte.gz",
+    );
+    assert_user_error(
+        &siamese(
+            &["train", "--resume", dir.path().to_str().unwrap()],
+            dir.path(),
+        ),
+        "config.json",
+    );
+    let o = siamese(
+        &["embed", "--model", "m.safetensors", "--out", "x.txt"],
+        dir.path(),
+    );
+    assert_user_error(&o, "m.safetensors");
+}
