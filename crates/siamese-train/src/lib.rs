@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod optim;
 pub mod plot;
 pub mod run;
+pub mod tensorboard;
 pub mod trainer;
 
 pub use config::{LossConfig, OptimConfig, SamplerConfig, Schedule, TrainConfig, PRESETS};

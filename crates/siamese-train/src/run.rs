@@ -7,6 +7,8 @@
 //!   statistics, Adam's moments, the sampler's and dropout's generators, the step),
 //!   written atomically every `checkpoint_every` steps;
 //! - `metrics.jsonl`: one JSON record per logged step and per evaluation;
+//! - `events.out.tfevents.*`: the same scalars for TensorBoard (`tensorboard --logdir
+//!   runs`), a new file per resumed session;
 //! - at the end, `metrics.json` (the evaluation protocol's report) and
 //!   `test_embeddings.safetensors` (`embeddings [n, dim]`, `labels [n]`).
 //!
@@ -28,6 +30,7 @@ use crate::config::TrainConfig;
 use crate::error::TrainError;
 use crate::eval::{embed_set, evaluate, pair_metrics_of, EvalReport, VALIDATION_PAIRS_SEED};
 use crate::metrics::PairMetrics;
+use crate::tensorboard::EventWriter;
 use crate::trainer::Trainer;
 
 /// File names inside a run folder.
@@ -220,6 +223,7 @@ pub fn run(
     let log = MetricsLog {
         path: dir.join(files::METRICS_LOG),
     };
+    let mut events: Option<EventWriter> = None;
 
     let device = &options.device;
     let (tower, varmap) = ConvTower::init(&config.model, device, config.seed)?;
@@ -277,7 +281,12 @@ pub fn run(
         best_eer = state.best_validation_eer;
         log.truncate_after(start)?;
         reporter.note(&format!("resumed {} at step {start}", dir.display()));
+        events = Some(EventWriter::create(dir, Some(start))?);
     }
+    let mut events = match events {
+        Some(e) => e,
+        None => EventWriter::create(dir, None)?,
+    };
 
     let mut clock = Instant::now();
     let mut pairs_since = 0usize;
@@ -294,6 +303,14 @@ pub fn run(
                 pairs_per_s: pairs_since as f64 / clock.elapsed().as_secs_f64().max(1e-9),
             };
             log.append("train", &record)?;
+            events.scalars(
+                done,
+                &[
+                    ("train/loss", record.loss),
+                    ("train/lr", lr),
+                    ("train/pairs_per_s", record.pairs_per_s),
+                ],
+            )?;
             reporter.step(&record, config.steps);
         }
         if (config.eval_every > 0 && done % config.eval_every == 0) || done == config.steps {
@@ -312,6 +329,14 @@ pub fn run(
                 validation,
             };
             log.append("eval", &record)?;
+            events.scalars(
+                done,
+                &[
+                    ("validation/roc_auc", validation.roc_auc),
+                    ("validation/eer", validation.eer),
+                    ("validation/accuracy", validation.best_accuracy),
+                ],
+            )?;
             reporter.eval(&record);
             if best_eer.is_none_or(|best| validation.eer < best) {
                 best_eer = Some(validation.eer);

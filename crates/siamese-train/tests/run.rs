@@ -133,6 +133,28 @@ fn learns_and_writes_the_run_folder() {
     let threshold: f64 = ckpt.metadata["threshold"].parse().unwrap();
     assert_eq!(threshold, report.threshold);
     assert_eq!(losses(dir.path()).len(), 12);
+    // The TensorBoard file holds the version record, 12 step records and 2 evaluations,
+    // every one with valid CRCs.
+    let events: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("events.out.tfevents.")
+        })
+        .collect();
+    assert_eq!(events.len(), 1);
+    let records = siamese_train::tensorboard::read_records(&events[0]).unwrap();
+    assert_eq!(records.len(), 1 + 12 + 2);
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r.windows(18).any(|w| w == b"validation/roc_auc"))
+            .count(),
+        2
+    );
     // Refuses to overwrite a run.
     let err = run(
         &config(),
