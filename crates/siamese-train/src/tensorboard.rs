@@ -43,7 +43,7 @@ pub fn crc32c(bytes: &[u8]) -> u32 {
 /// TFRecord's masked CRC: rotated and offset so that CRCs of CRCs stay well spread.
 pub fn masked_crc(bytes: &[u8]) -> u32 {
     let crc = crc32c(bytes);
-    ((crc >> 15) | (crc << 17)).wrapping_add(0xa282_ead8)
+    crc.rotate_right(15).wrapping_add(0xa282_ead8)
 }
 
 fn varint(mut v: u64, out: &mut Vec<u8>) {
