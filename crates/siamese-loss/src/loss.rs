@@ -94,18 +94,25 @@ fn check_inputs(distance: &Tensor, same: &Tensor) -> Result<Tensor, LossError> {
     Ok(different)
 }
 
+/// `value` when it is positive and finite, else an error naming the parameter.
+fn positive_finite(name: &'static str, value: f64) -> Result<f64, LossError> {
+    if value > 0.0 && value.is_finite() {
+        Ok(value)
+    } else {
+        Err(LossError::Parameter {
+            name,
+            expected: "positive and finite",
+            found: value,
+        })
+    }
+}
+
 impl Chopra2005 {
     /// A loss with upper bound `q > 0`.
     pub fn new(q: f64) -> Result<Self, LossError> {
-        if q > 0.0 && q.is_finite() {
-            Ok(Self { q })
-        } else {
-            Err(LossError::Parameter {
-                name: "q",
-                expected: "positive and finite",
-                found: q,
-            })
-        }
+        Ok(Self {
+            q: positive_finite("q", q)?,
+        })
     }
 }
 
@@ -125,15 +132,9 @@ impl PairLoss for Chopra2005 {
 impl Hadsell2006 {
     /// A loss with margin `margin > 0`.
     pub fn new(margin: f64) -> Result<Self, LossError> {
-        if margin > 0.0 && margin.is_finite() {
-            Ok(Self { margin })
-        } else {
-            Err(LossError::Parameter {
-                name: "margin",
-                expected: "positive and finite",
-                found: margin,
-            })
-        }
+        Ok(Self {
+            margin: positive_finite("margin", margin)?,
+        })
     }
 }
 
