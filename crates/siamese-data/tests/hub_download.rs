@@ -215,6 +215,14 @@ fn url_path(spec: &DatasetSpec, file: &str) -> String {
     )
 }
 
+/// Serves the two parts of `spec` with the given routes; returns the endpoint.
+fn serve_parts(spec: &DatasetSpec, train: Route, test: Route) -> String {
+    serve(HashMap::from([
+        (url_path(spec, &spec.train.hub_file), train),
+        (url_path(spec, &spec.test.hub_file), test),
+    ]))
+}
+
 fn options(endpoint: &str, cache: &Path) -> LoadOptions {
     LoadOptions {
         cache_dir: Some(cache.to_path_buf()),
@@ -229,16 +237,11 @@ fn options(endpoint: &str, cache: &Path) -> LoadOptions {
 fn downloads_decodes_verifies_and_caches() {
     let (train, test) = (TinyPart::new(15, 1), TinyPart::new(6, 2));
     let spec = tiny_spec("fake/tiny", &train, &test);
-    let endpoint = serve(HashMap::from([
-        (
-            url_path(&spec, &spec.train.hub_file),
-            Route::Ok(train.parquet(None)),
-        ),
-        (
-            url_path(&spec, &spec.test.hub_file),
-            Route::Ok(test.parquet(None)),
-        ),
-    ]));
+    let endpoint = serve_parts(
+        &spec,
+        Route::Ok(train.parquet(None)),
+        Route::Ok(test.parquet(None)),
+    );
     let cache = tempfile::tempdir().unwrap();
     let (data, origin) = load(&spec, &options(&endpoint, cache.path())).unwrap();
     let folder = cache.path().join("tiny");
@@ -283,16 +286,11 @@ fn missing_file_is_a_download_error_naming_it() {
 fn truncated_body_fails_cleanly() {
     let (train, test) = (TinyPart::new(15, 1), TinyPart::new(6, 2));
     let spec = tiny_spec("fake/truncated", &train, &test);
-    let endpoint = serve(HashMap::from([
-        (
-            url_path(&spec, &spec.train.hub_file),
-            Route::Truncated(train.parquet(None)),
-        ),
-        (
-            url_path(&spec, &spec.test.hub_file),
-            Route::Ok(test.parquet(None)),
-        ),
-    ]));
+    let endpoint = serve_parts(
+        &spec,
+        Route::Truncated(train.parquet(None)),
+        Route::Ok(test.parquet(None)),
+    );
     let cache = tempfile::tempdir().unwrap();
     let msg = load(&spec, &options(&endpoint, cache.path()))
         .unwrap_err()
@@ -309,16 +307,11 @@ fn checksum_mismatch_is_reported_and_nothing_cached() {
     let (train, test) = (TinyPart::new(15, 1), TinyPart::new(6, 2));
     let mut spec = tiny_spec("fake/checksum", &train, &test);
     spec.test.images_sha256 = Some("ab".repeat(32));
-    let endpoint = serve(HashMap::from([
-        (
-            url_path(&spec, &spec.train.hub_file),
-            Route::Ok(train.parquet(None)),
-        ),
-        (
-            url_path(&spec, &spec.test.hub_file),
-            Route::Ok(test.parquet(None)),
-        ),
-    ]));
+    let endpoint = serve_parts(
+        &spec,
+        Route::Ok(train.parquet(None)),
+        Route::Ok(test.parquet(None)),
+    );
     let cache = tempfile::tempdir().unwrap();
     let err = load(&spec, &options(&endpoint, cache.path())).unwrap_err();
     let msg = err.to_string();
@@ -334,16 +327,11 @@ fn checksum_mismatch_is_reported_and_nothing_cached() {
 fn corrupt_png_names_the_row() {
     let (train, test) = (TinyPart::new(15, 1), TinyPart::new(6, 2));
     let spec = tiny_spec("fake/png", &train, &test);
-    let endpoint = serve(HashMap::from([
-        (
-            url_path(&spec, &spec.train.hub_file),
-            Route::Ok(train.parquet(Some(7))),
-        ),
-        (
-            url_path(&spec, &spec.test.hub_file),
-            Route::Ok(test.parquet(None)),
-        ),
-    ]));
+    let endpoint = serve_parts(
+        &spec,
+        Route::Ok(train.parquet(Some(7))),
+        Route::Ok(test.parquet(None)),
+    );
     let cache = tempfile::tempdir().unwrap();
     let err = load(&spec, &options(&endpoint, cache.path())).unwrap_err();
     let msg = err.to_string();
