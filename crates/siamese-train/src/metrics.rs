@@ -39,35 +39,30 @@ pub fn pair_metrics(distances: &[f32], same: &[bool]) -> PairMetrics {
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&a, &b| distances[a].total_cmp(&distances[b]));
 
-    // Walk the distances upwards, one group of equal values at a time. After each group,
-    // the threshold sits between this group and the next.
+    // Walk the distances upwards, one group of equal values at a time. Each cut point
+    // (before everything, then after each group) is a candidate threshold: accuracy and
+    // the FAR/FRR balance are tracked over all of them.
     let (mut tp, mut fp) = (0usize, 0usize);
     let mut auc_sum = 0.0;
-    let mut best = (
-        negatives as f64 / n.max(1) as f64,
-        f64::from(
-            distances
-                .get(order.first().copied().unwrap_or(0))
-                .copied()
-                .unwrap_or(0.0),
-        ) - 1.0,
-    );
+    // (accuracy, threshold) of the best cut, and (|FAR - FRR|, EER) of the most balanced.
+    let mut best = (f64::NEG_INFINITY, f64::NAN);
     let mut eer = (f64::INFINITY, f64::NAN);
-    let consider =
-        |tp: usize, fp: usize, threshold: f64, best: &mut (f64, f64), eer: &mut (f64, f64)| {
-            let accuracy = (tp + negatives - fp) as f64 / n as f64;
-            if accuracy > best.0 {
-                *best = (accuracy, threshold);
+    let mut consider = |tp: usize, fp: usize, threshold: f64| {
+        let accuracy = (tp + negatives - fp) as f64 / n.max(1) as f64;
+        if accuracy > best.0 {
+            best = (accuracy, threshold);
+        }
+        if positives > 0 && negatives > 0 {
+            let far = fp as f64 / negatives as f64;
+            let frr = (positives - tp) as f64 / positives as f64;
+            if (far - frr).abs() < eer.0 {
+                eer = ((far - frr).abs(), (far + frr) / 2.0);
             }
-            if positives > 0 && negatives > 0 {
-                let far = fp as f64 / negatives as f64;
-                let frr = (positives - tp) as f64 / positives as f64;
-                if (far - frr).abs() < eer.0 {
-                    *eer = ((far - frr).abs(), (far + frr) / 2.0);
-                }
-            }
-        };
-    consider(0, 0, best.1, &mut best, &mut eer);
+        }
+    };
+    // Below the smallest distance nothing is "same".
+    let smallest = order.first().map_or(0.0, |&i| f64::from(distances[i]));
+    consider(0, 0, smallest - 1.0);
     let mut i = 0;
     while i < n {
         let d = distances[order[i]];
@@ -90,7 +85,7 @@ pub fn pair_metrics(distances: &[f32], same: &[bool]) -> PairMetrics {
         } else {
             f64::from(d) + 1.0
         };
-        consider(tp, fp, threshold, &mut best, &mut eer);
+        consider(tp, fp, threshold);
         i = j;
     }
     let defined = positives > 0 && negatives > 0;
