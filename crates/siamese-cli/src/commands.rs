@@ -1,7 +1,6 @@
 //! What each subcommand does: convert the arguments once into library types, call the
 //! libraries, print the result.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -229,7 +228,6 @@ fn embed(a: EmbedArgs) -> Result<()> {
 }
 
 fn write_embeddings(path: &Path, values: &[f32], dim: usize, labels: &[u8]) -> Result<()> {
-    let n = labels.len();
     let bytes = match path.extension().and_then(|e| e.to_str()) {
         Some("csv") => {
             let mut text = String::from("label");
@@ -243,17 +241,9 @@ fn write_embeddings(path: &Path, values: &[f32], dim: usize, labels: &[u8]) -> R
             text.into_bytes()
         }
         Some("safetensors") => {
-            let tensors = HashMap::from([
-                (
-                    "embeddings".to_string(),
-                    Tensor::from_vec(values.to_vec(), (n, dim), &Device::Cpu)?,
-                ),
-                (
-                    "labels".to_string(),
-                    Tensor::from_vec(labels.to_vec(), n, &Device::Cpu)?,
-                ),
-            ]);
-            safetensors::serialize(tensors, None)?
+            return Ok(siamese_train::run::save_embeddings(
+                path, values, dim, labels,
+            )?);
         }
         _ => bail!(
             "{}: the output must end in .csv or .safetensors",

@@ -3,7 +3,6 @@
 //! 10,000 balanced test pairs (a fixed seed) report ROC AUC, EER and accuracy at that
 //! threshold; and kNN-5 accuracy of test embeddings against train embeddings.
 
-use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use siamese_data::{evaluation_pairs, Batcher, Dataset, ImageSet, PairBatch};
 use siamese_model::Embedder;
@@ -124,14 +123,4 @@ pub fn evaluate<E: Embedder>(
         knn5_accuracy,
     };
     Ok((report, test))
-}
-
-/// Embeddings as a `[n, dim]` tensor, for saving.
-pub fn embeddings_tensor(values: Vec<f32>, dim: usize) -> Result<Tensor, TrainError> {
-    let n = values.len() / dim;
-    Ok(Tensor::from_vec(
-        values,
-        (n, dim),
-        &candle_core::Device::Cpu,
-    )?)
 }

@@ -409,22 +409,13 @@ pub fn final_evaluation(
     meta.insert("threshold".into(), report.threshold.to_string());
     checkpoint::save(&model_path, &varmap, &ckpt.config, &meta)?;
     let dim = ckpt.config.embedding_dim;
-    let labels: Vec<u8> = data.test.labels().to_vec();
-    let n = labels.len();
-    let tensors = HashMap::from([
-        (
-            "embeddings".to_string(),
-            Tensor::from_vec(test_embeddings, (n, dim), &Device::Cpu)?,
-        ),
-        (
-            "labels".to_string(),
-            Tensor::from_vec(labels, n, &Device::Cpu)?,
-        ),
-    ]);
-    let bytes = safetensors::serialize(tensors.iter().map(|(k, v)| (k.clone(), v.clone())), None)
-        .map_err(|e| TrainError::Config(format!("serialising embeddings: {e}")))?;
-    siamese_data::write_atomic(&dir.join(files::TEST_EMBEDDINGS), &bytes)?;
-    let values = tensors["embeddings"].flatten_all()?.to_vec1::<f32>()?;
+    save_embeddings(
+        &dir.join(files::TEST_EMBEDDINGS),
+        &test_embeddings,
+        dim,
+        data.test.labels(),
+    )?;
+    let values = test_embeddings;
     let title = format!("{} test embeddings", data.spec.name);
     crate::plot::plot_embeddings(
         &dir.join(files::PLOT),
@@ -435,6 +426,31 @@ pub fn final_evaluation(
         &title,
     )?;
     Ok(report)
+}
+
+/// Writes embeddings (`values`, `labels.len()` rows of `dim`) as a safetensors file
+/// with tensors `embeddings [n, dim]` (f32) and `labels [n]` (u8), atomically.
+pub fn save_embeddings(
+    path: &Path,
+    values: &[f32],
+    dim: usize,
+    labels: &[u8],
+) -> Result<(), TrainError> {
+    let n = labels.len();
+    let tensors = [
+        (
+            "embeddings",
+            Tensor::from_vec(values.to_vec(), (n, dim), &Device::Cpu)?,
+        ),
+        (
+            "labels",
+            Tensor::from_vec(labels.to_vec(), n, &Device::Cpu)?,
+        ),
+    ];
+    let bytes = safetensors::serialize(tensors, None).map_err(|e| {
+        TrainError::Config(format!("{}: serialising embeddings: {e}", path.display()))
+    })?;
+    Ok(siamese_data::write_atomic(path, &bytes)?)
 }
 
 fn write_last(
