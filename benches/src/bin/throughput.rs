@@ -3,15 +3,21 @@
 //!
 //! `throughput train [STEPS]`: training pairs per second (64 pairs = 128 images through
 //! the tower, Chopra loss, backward, Adam step) after warm-up.
+//! `--plain` runs the same work on plain candle layers and the tensor-op Adam instead of
+//! the fused kernels, for the before/after comparison.
 //! `throughput embed [BATCHES]`: embedded images per second in inference, batches of
 //! 1000, after warm-up. Both print one JSON line; inputs are random images, since the
 //! arithmetic does not depend on the pixel values.
+//! `throughput layers [REPS]`: the per-layer profile: milliseconds of forward and of
+//! backward for each layer at training shapes (128 images), fused and plain, one JSON
+//! line per layer.
 
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
-use siamese_data::{BalancedPairs, Batcher, ImageSet};
+use siamese_data::{BalancedPairs, Batcher, ImageSet, PairSampler};
 use siamese_loss::Chopra2005;
+use siamese_model::kernels::{Conv2dRelu, ConvGeometry, LinearAct};
 use siamese_model::{ConvTower, Embedder, SiameseModel, TowerConfig};
 use siamese_train::{AdamConfig, Trainer};
 
@@ -34,11 +40,12 @@ fn synthetic_set(n: usize) -> ImageSet {
     ImageSet::new(28, 28, 10, pixels, labels, "synthetic".as_ref()).expect("consistent sizes")
 }
 
-fn train(steps: usize) -> serde_json::Value {
+fn train(steps: usize, plain: bool) -> serde_json::Value {
     let device = Device::Cpu;
     let set = synthetic_set(5_000);
-    let (tower, varmap) =
+    let (mut tower, varmap) =
         ConvTower::init(&TowerConfig::default(), &device, 0).expect("valid config");
+    tower.set_fused(!plain);
     let mut params: Vec<(String, Var)> = varmap
         .data()
         .lock()
@@ -58,6 +65,9 @@ fn train(steps: usize) -> serde_json::Value {
         Batcher::new(device),
     )
     .expect("trainer");
+    if plain {
+        trainer.optimizer.use_tensor_ops();
+    }
     for s in 0..WARMUP {
         trainer.step(&set, 64, 1e-3, s as u64).expect("step");
     }
@@ -66,17 +76,51 @@ fn train(steps: usize) -> serde_json::Value {
         trainer.step(&set, 64, 1e-3, s as u64).expect("step");
     }
     let secs = start.elapsed().as_secs_f64();
+    let peak = peak_rss_mib();
+    // Where a step's time goes: the same step, phase by phase (milliseconds per step).
+    let batcher = Batcher::new(Device::Cpu);
+    let mut phases = [0f64; 4];
+    let mut lap = |i: usize, t: &mut Instant| {
+        phases[i] += t.elapsed().as_secs_f64() * 1e3 / steps as f64;
+        *t = Instant::now();
+    };
+    for _ in 0..steps {
+        let mut t = Instant::now();
+        let pairs = trainer.sampler.sample(64);
+        let batch = batcher.pairs(&set, &pairs).expect("batch");
+        let (l, r) = trainer
+            .model
+            .forward_pair(&batch.left, &batch.right, true)
+            .expect("forward");
+        let d = siamese_loss::Distance::paired(&trainer.distance, &l, &r).expect("distance");
+        let terms = siamese_loss::PairLoss::terms(&trainer.loss, &d, &batch.same).expect("loss");
+        let loss = trainer
+            .reduction
+            .reduce(&terms, &batch.same)
+            .expect("reduce");
+        loss.to_scalar::<f32>().expect("scalar");
+        lap(0, &mut t);
+        let grads = loss.backward().expect("backward");
+        lap(1, &mut t);
+        trainer.optimizer.step(&grads, 1e-3).expect("adam");
+        lap(2, &mut t);
+        drop(grads);
+        lap(3, &mut t);
+    }
     serde_json::json!({
-        "mode": "train", "steps": steps, "batch_pairs": 64,
+        "mode": "train", "plain_candle": plain, "steps": steps, "batch_pairs": 64,
         "train_pairs_per_s": (steps * 64) as f64 / secs,
-        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_mib": peak,
+        "ms_per_step": {"forward_and_loss": phases[0], "backward": phases[1],
+                        "optimizer": phases[2], "free": phases[3]},
     })
 }
 
-fn embed(batches: usize) -> serde_json::Value {
+fn embed(batches: usize, plain: bool) -> serde_json::Value {
     let device = Device::Cpu;
-    let (tower, _varmap) =
+    let (mut tower, _varmap) =
         ConvTower::init(&TowerConfig::default(), &device, 0).expect("valid config");
+    tower.set_fused(!plain);
     let x = Tensor::rand(0f32, 1., (1000, 1, 28, 28), &device)
         .expect("tensor")
         .to_dtype(DType::F32)
@@ -90,20 +134,151 @@ fn embed(batches: usize) -> serde_json::Value {
     }
     let secs = start.elapsed().as_secs_f64();
     serde_json::json!({
-        "mode": "embed", "batches": batches, "batch_images": 1000,
+        "mode": "embed", "plain_candle": plain, "batches": batches, "batch_images": 1000,
         "embed_images_per_s": (batches * 1000) as f64 / secs,
         "peak_rss_mib": peak_rss_mib(),
     })
 }
 
+/// Median milliseconds of `f` over `reps` runs, after one warm-up run.
+fn median_ms(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut times: Vec<f64> = (0..reps)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[reps / 2]
+}
+
+/// Forward and backward time of one layer, given its forward as a closure of
+/// (input, weight, bias) variables.
+fn time_layer(
+    name: &str,
+    kind: &str,
+    shapes: [&[usize]; 3],
+    reps: usize,
+    forward: impl Fn(&Tensor, &Tensor, &Tensor) -> Tensor,
+) -> serde_json::Value {
+    let device = Device::Cpu;
+    let var = |shape: &[usize]| {
+        Var::from_tensor(&(Tensor::randn(0f32, 0.1, shape, &device).expect("randn"))).expect("var")
+    };
+    let (x, w, b) = (var(shapes[0]), var(shapes[1]), var(shapes[2]));
+    let fwd = median_ms(reps, || {
+        forward(x.as_tensor(), w.as_tensor(), b.as_tensor());
+    });
+    let y = forward(x.as_tensor(), w.as_tensor(), b.as_tensor());
+    let r = Tensor::randn(0f32, 1., y.shape(), &device).expect("randn");
+    let both = median_ms(reps, || {
+        let y = forward(x.as_tensor(), w.as_tensor(), b.as_tensor());
+        (y * &r)
+            .and_then(|l| l.sum_all())
+            .and_then(|l| l.backward())
+            .expect("backward");
+    });
+    serde_json::json!({"layer": name, "kernels": kind, "forward_ms": fwd, "backward_ms": both - fwd})
+}
+
+fn layers(reps: usize) -> Vec<serde_json::Value> {
+    let config = TowerConfig::default();
+    let batch = 128;
+    let mut out = Vec::new();
+    let (mut c_in, mut h, mut w) = (1, config.input_height, config.input_width);
+    for (i, ((&c, &stride), (ph, pw, (ho, wo)))) in config
+        .conv_channels
+        .iter()
+        .zip(&config.conv_strides)
+        .zip(config.conv_geometry())
+        .enumerate()
+    {
+        let g = ConvGeometry {
+            c_in,
+            h_in: h,
+            w_in: w,
+            c_out: c,
+            kernel: 3,
+            stride,
+            pad_top: ph.0,
+            pad_left: pw.0,
+            h_out: ho,
+            w_out: wo,
+        };
+        let shapes: [&[usize]; 3] = [&[batch, c_in, h, w], &[c, c_in, 3, 3], &[c]];
+        let name = format!("conv{}", i + 1);
+        let op = Conv2dRelu {
+            geometry: g,
+            input_grad: i > 0,
+        };
+        out.push(time_layer(&name, "fused", shapes, reps, |x, wt, b| {
+            x.apply_op3(wt, b, op).expect("conv")
+        }));
+        out.push(time_layer(&name, "plain", shapes, reps, |x, wt, b| {
+            let x = x
+                .pad_with_zeros(2, ph.0, ph.1)
+                .and_then(|x| x.pad_with_zeros(3, pw.0, pw.1))
+                .expect("pad");
+            x.conv2d(wt, 0, stride, 1, 1)
+                .and_then(|y| y.broadcast_add(&b.reshape((1, c, 1, 1))?))
+                .and_then(|y| y.relu())
+                .expect("conv")
+        }));
+        (c_in, h, w) = (c, ho, wo);
+    }
+    let mut f_in = config.flatten_size();
+    let widths: Vec<usize> = config
+        .fc_widths
+        .iter()
+        .copied()
+        .chain([config.embedding_dim])
+        .collect();
+    for (j, &f) in widths.iter().enumerate() {
+        let relu = j + 1 < widths.len();
+        let shapes: [&[usize]; 3] = [&[batch, f_in], &[f, f_in], &[f]];
+        let name = format!("fc{}", j + 1);
+        out.push(time_layer(&name, "fused", shapes, reps, |x, wt, b| {
+            x.apply_op3(wt, b, LinearAct { relu }).expect("linear")
+        }));
+        out.push(time_layer(&name, "plain", shapes, reps, |x, wt, b| {
+            let y = candle_nn::Linear::new(wt.clone(), Some(b.clone()));
+            let y = candle_core::Module::forward(&y, x).expect("linear");
+            if relu {
+                y.relu().expect("relu")
+            } else {
+                y
+            }
+        }));
+        f_in = f;
+    }
+    out
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let default_malloc = args.iter().any(|a| a == "--default-malloc");
+    args.retain(|a| a != "--default-malloc");
+    if !default_malloc {
+        assert!(siamese_model::kernels::retain_freed_memory(), "mallopt");
+    }
+    let plain = args.iter().any(|a| a == "--plain");
+    args.retain(|a| a != "--plain");
     let count = |default: usize| args.get(1).and_then(|a| a.parse().ok()).unwrap_or(default);
     let out = match args.first().map(String::as_str) {
-        Some("train") => train(count(30)),
-        Some("embed") => embed(count(5)),
+        Some("train") => train(count(30), plain),
+        Some("embed") => embed(count(5), plain),
+        Some("layers") => {
+            for line in layers(count(9)) {
+                println!("{line}");
+            }
+            return;
+        }
         _ => {
-            eprintln!("usage: throughput train [STEPS] | embed [BATCHES]");
+            eprintln!(
+                "usage: throughput train [STEPS] [--plain] | embed [BATCHES] [--plain] | layers [REPS]"
+            );
             std::process::exit(2);
         }
     };

@@ -51,6 +51,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod init;
+pub mod kernels;
 pub mod pair;
 pub mod tower;
 

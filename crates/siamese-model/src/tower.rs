@@ -16,6 +16,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{PadAmount, TowerConfig};
 use crate::error::ModelError;
+use crate::kernels::{fused_path, Conv2dRelu, ConvGeometry, LinearAct};
+
+/// Images per slice when a large batch is embedded in inference mode.
+const INFERENCE_SLICE: usize = 1024;
 
 /// Maps an image batch to embeddings.
 pub trait Embedder {
@@ -41,6 +45,8 @@ struct ConvLayer {
     /// Extra zero rows/columns added before the convolution when the padding is
     /// asymmetric (TensorFlow SAME with stride 2); `None` when the conv pads itself.
     explicit_pad: Option<(PadAmount, PadAmount)>,
+    /// The same convolution for the fused kernel.
+    fused: Conv2dRelu,
 }
 
 struct HiddenLayer {
@@ -56,6 +62,9 @@ pub struct ConvTower {
     hidden: Vec<HiddenLayer>,
     head: Linear,
     dropout: Mutex<(u64, ChaCha8Rng)>,
+    /// Whether the layers run as the fused kernels of [`crate::kernels`] (CPU f32) or
+    /// as plain candle ops (any device).
+    fused: bool,
 }
 
 impl std::fmt::Debug for ConvTower {
@@ -78,7 +87,8 @@ impl ConvTower {
         config.validate()?;
         let mut convs = Vec::new();
         let mut c_in = config.input_channels;
-        for (i, ((&c, &stride), (ph, pw, _))) in config
+        let (mut h_in, mut w_in) = (config.input_height, config.input_width);
+        for (i, ((&c, &stride), (ph, pw, (h_out, w_out)))) in config
             .conv_channels
             .iter()
             .zip(&config.conv_strides)
@@ -99,11 +109,28 @@ impl ConvTower {
                 cfg,
                 vb.pp(format!("conv{}", i + 1)),
             )?;
+            let geometry = ConvGeometry {
+                c_in,
+                h_in,
+                w_in,
+                c_out: c,
+                kernel: config.kernel_size,
+                stride,
+                pad_top: ph.0,
+                pad_left: pw.0,
+                h_out,
+                w_out,
+            };
             convs.push(ConvLayer {
                 conv,
                 explicit_pad: (!symmetric).then_some((ph, pw)),
+                fused: Conv2dRelu {
+                    geometry,
+                    // The first layer's input is the images: no gradient needed.
+                    input_grad: i > 0,
+                },
             });
-            c_in = c;
+            (c_in, h_in, w_in) = (c, h_out, w_out);
         }
         let mut hidden = Vec::new();
         let mut f_in = config.flatten_size();
@@ -137,6 +164,7 @@ impl ConvTower {
             hidden,
             head,
             dropout: Mutex::new((dropout_seed, ChaCha8Rng::seed_from_u64(dropout_seed))),
+            fused: fused_path(vb.device(), vb.dtype()),
         })
     }
 
@@ -158,6 +186,19 @@ impl ConvTower {
     /// The configuration.
     pub fn config(&self) -> &TowerConfig {
         &self.config
+    }
+
+    /// Whether the fused CPU kernels run the layers (the default on CPU f32).
+    pub fn fused(&self) -> bool {
+        self.fused
+    }
+
+    /// Runs the layers as plain candle ops (`false`) or as the fused kernels (`true`,
+    /// honoured only on CPU f32). The two compute the same function; the plain path is
+    /// the reference the kernels are tested against.
+    pub fn set_fused(&mut self, fused: bool) {
+        let p = self.convs.first().map(|c| c.conv.weight());
+        self.fused = fused && p.is_none_or(|w| fused_path(w.device(), w.dtype()));
     }
 
     /// The dropout generator's position.
@@ -203,18 +244,41 @@ impl Embedder for ConvTower {
                 found: images.dims().to_vec(),
             });
         }
+        let batch = images.dim(0)?;
+        if !train && batch > INFERENCE_SLICE {
+            // Inference is per image (batch norm uses its running statistics), so a large
+            // batch goes through in slices with the same result: peak memory stays
+            // bounded (conv1's output alone is 100 KB per image). Smaller slices were
+            // measured no faster (the GEMMs lose more than the cache gains).
+            let mut parts = Vec::with_capacity(batch.div_ceil(INFERENCE_SLICE));
+            for start in (0..batch).step_by(INFERENCE_SLICE) {
+                let len = INFERENCE_SLICE.min(batch - start);
+                parts.push(self.forward_t(&images.narrow(0, start, len)?, false)?);
+            }
+            return Ok(Tensor::cat(&parts, 0)?);
+        }
+        let fused = self.fused && fused_path(images.device(), images.dtype());
         let mut x = images.clone();
         for layer in &self.convs {
-            if let Some(((top, bottom), (left, right))) = layer.explicit_pad {
-                x = x
-                    .pad_with_zeros(2, top, bottom)?
-                    .pad_with_zeros(3, left, right)?;
-            }
-            x = layer.conv.forward(&x)?.relu()?;
+            x = if fused {
+                let bias = layer
+                    .conv
+                    .bias()
+                    .ok_or_else(|| ModelError::Config("convolutions have biases".to_string()))?;
+                x.contiguous()?
+                    .apply_op3(layer.conv.weight(), bias, layer.fused)?
+            } else {
+                if let Some(((top, bottom), (left, right))) = layer.explicit_pad {
+                    x = x
+                        .pad_with_zeros(2, top, bottom)?
+                        .pad_with_zeros(3, left, right)?;
+                }
+                layer.conv.forward(&x)?.relu()?
+            };
         }
         x = x.flatten_from(1)?;
         for layer in &self.hidden {
-            x = layer.fc.forward(&x)?.relu()?;
+            x = linear(&layer.fc, &x, true, fused)?;
             if train && c.dropout > 0.0 {
                 x = self.dropout(&x)?;
             }
@@ -222,12 +286,24 @@ impl Embedder for ConvTower {
                 x = bn.forward_t(&x, train)?;
             }
         }
-        Ok(self.head.forward(&x)?)
+        linear(&self.head, &x, false, fused)
     }
 
     fn embedding_dim(&self) -> usize {
         self.config.embedding_dim
     }
+}
+
+/// A fully connected layer, then ReLU when `relu`: the fused kernel or plain candle.
+fn linear(fc: &Linear, x: &Tensor, relu: bool, fused: bool) -> Result<Tensor, ModelError> {
+    if fused {
+        if let Some(bias) = fc.bias() {
+            let op = LinearAct { relu };
+            return Ok(x.contiguous()?.apply_op3(fc.weight(), bias, op)?);
+        }
+    }
+    let y = fc.forward(x)?;
+    Ok(if relu { y.relu()? } else { y })
 }
 
 /// Copies `tensors` into the variables of `varmap` with the same names.

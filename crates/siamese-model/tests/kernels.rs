@@ -1,0 +1,286 @@
+//! The fused CPU kernels against plain candle, forward and backward, on random inputs:
+//! each layer kind alone (several geometries, batches that span several chunks), then
+//! the whole tower, fused vs plain, including every parameter's gradient.
+
+use candle_core::{DType, Device, Tensor, Var};
+use siamese_model::kernels::{Conv2dRelu, ConvGeometry, LinearAct};
+use siamese_model::{ConvTower, Embedder, TowerConfig};
+
+fn random(shape: &[usize], seed: u64) -> Tensor {
+    // A fixed generator (not candle's, which cannot be seeded): values in [-1, 1).
+    let n: usize = shape.iter().product();
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let values: Vec<f32> = (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect();
+    Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+}
+
+fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f32) {
+    assert_eq!(a.dims(), b.dims(), "{what}: shapes");
+    let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1.0);
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!(
+            (x - y).abs() <= tol * scale,
+            "{what}[{i}]: fused {x}, plain {y}"
+        );
+    }
+}
+
+/// The plain candle layer: pad (possibly asymmetrically), conv, bias, ReLU.
+fn plain_conv(x: &Tensor, w: &Tensor, b: &Tensor, g: &ConvGeometry) -> Tensor {
+    let bottom = ((g.h_out - 1) * g.stride + g.kernel).saturating_sub(g.h_in + g.pad_top);
+    let right = ((g.w_out - 1) * g.stride + g.kernel).saturating_sub(g.w_in + g.pad_left);
+    x.pad_with_zeros(2, g.pad_top, bottom)
+        .unwrap()
+        .pad_with_zeros(3, g.pad_left, right)
+        .unwrap()
+        .conv2d(w, 0, g.stride, 1, 1)
+        .unwrap()
+        .broadcast_add(&b.reshape((1, g.c_out, 1, 1)).unwrap())
+        .unwrap()
+        .relu()
+        .unwrap()
+}
+
+fn check_conv(g: ConvGeometry, batch: usize, seed: u64) {
+    let x = Var::from_tensor(&random(&[batch, g.c_in, g.h_in, g.w_in], seed)).unwrap();
+    let w = Var::from_tensor(
+        &(random(&[g.c_out, g.c_in, g.kernel, g.kernel], seed + 1) * 0.3).unwrap(),
+    )
+    .unwrap();
+    let b = Var::from_tensor(&(random(&[g.c_out], seed + 2) * 0.1).unwrap()).unwrap();
+    let r = random(&[batch, g.c_out, g.h_out, g.w_out], seed + 3);
+    let op = Conv2dRelu {
+        geometry: g,
+        input_grad: true,
+    };
+    let fused = x
+        .as_tensor()
+        .apply_op3(w.as_tensor(), b.as_tensor(), op)
+        .unwrap();
+    let plain = plain_conv(x.as_tensor(), w.as_tensor(), b.as_tensor(), &g);
+    assert_close("conv output", &fused, &plain, 1e-5);
+    let alive = plain.gt(0f32).unwrap().to_dtype(DType::F32).unwrap();
+    let share = alive.mean_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(
+        share > 0.2 && share < 0.8,
+        "ReLU should cut part of the outputs: {share}"
+    );
+
+    let gf = (fused * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let gp = (plain * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    for (name, v) in [("dx", &x), ("dw", &w), ("db", &b)] {
+        assert_close(name, gf.get(v).unwrap(), gp.get(v).unwrap(), 1e-5);
+    }
+}
+
+#[test]
+fn conv_matches_candle_stride_1_same_padding() {
+    let g = ConvGeometry {
+        c_in: 1,
+        h_in: 9,
+        w_in: 7,
+        c_out: 6,
+        kernel: 3,
+        stride: 1,
+        pad_top: 1,
+        pad_left: 1,
+        h_out: 9,
+        w_out: 7,
+    };
+    check_conv(g, 3, 10);
+}
+
+#[test]
+fn conv_matches_candle_stride_2_asymmetric_padding() {
+    // TensorFlow SAME on an even input: one extra row and column after, none before.
+    let g = ConvGeometry {
+        c_in: 3,
+        h_in: 8,
+        w_in: 10,
+        c_out: 5,
+        kernel: 3,
+        stride: 2,
+        pad_top: 0,
+        pad_left: 0,
+        h_out: 4,
+        w_out: 5,
+    };
+    check_conv(g, 4, 20);
+    // Odd input: one on each side.
+    let g = ConvGeometry {
+        h_in: 9,
+        w_in: 7,
+        pad_top: 1,
+        pad_left: 1,
+        h_out: 5,
+        w_out: 4,
+        ..g
+    };
+    check_conv(g, 2, 30);
+}
+
+#[test]
+fn conv_matches_candle_across_chunks() {
+    // K * P = 288 * 196: four images per chunk, so a batch of 10 spans three chunks,
+    // the last one short.
+    let g = ConvGeometry {
+        c_in: 32,
+        h_in: 14,
+        w_in: 14,
+        c_out: 8,
+        kernel: 3,
+        stride: 1,
+        pad_top: 1,
+        pad_left: 1,
+        h_out: 14,
+        w_out: 14,
+    };
+    check_conv(g, 10, 40);
+}
+
+#[test]
+fn conv_without_input_gradient_still_gives_weight_gradients() {
+    let g = ConvGeometry {
+        c_in: 1,
+        h_in: 6,
+        w_in: 6,
+        c_out: 4,
+        kernel: 3,
+        stride: 1,
+        pad_top: 1,
+        pad_left: 1,
+        h_out: 6,
+        w_out: 6,
+    };
+    let x = Var::from_tensor(&random(&[2, 1, 6, 6], 1)).unwrap();
+    let w = Var::from_tensor(&random(&[4, 1, 3, 3], 2)).unwrap();
+    let b = Var::from_tensor(&random(&[4], 3)).unwrap();
+    let op = Conv2dRelu {
+        geometry: g,
+        input_grad: false,
+    };
+    let y = x
+        .as_tensor()
+        .apply_op3(w.as_tensor(), b.as_tensor(), op)
+        .unwrap();
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    assert!(grads.get(&x).is_none());
+    let plain = plain_conv(x.as_tensor(), w.as_tensor(), b.as_tensor(), &g);
+    let gp = plain.sum_all().unwrap().backward().unwrap();
+    assert_close("dw", grads.get(&w).unwrap(), gp.get(&w).unwrap(), 1e-5);
+}
+
+#[test]
+fn conv_refuses_a_wrong_input_shape() {
+    let g = ConvGeometry {
+        c_in: 1,
+        h_in: 6,
+        w_in: 6,
+        c_out: 4,
+        kernel: 3,
+        stride: 1,
+        pad_top: 1,
+        pad_left: 1,
+        h_out: 6,
+        w_out: 6,
+    };
+    let op = Conv2dRelu {
+        geometry: g,
+        input_grad: true,
+    };
+    let err = random(&[2, 1, 5, 6], 1)
+        .apply_op3(&random(&[4, 1, 3, 3], 2), &random(&[4], 3), op)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("expected [batch, 1, 6, 6]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn linear_matches_candle_with_and_without_relu() {
+    for (relu, seed) in [(true, 50), (false, 60)] {
+        let x = Var::from_tensor(&random(&[7, 33], seed)).unwrap();
+        let w = Var::from_tensor(&(random(&[12, 33], seed + 1) * 0.3).unwrap()).unwrap();
+        let b = Var::from_tensor(&random(&[12], seed + 2)).unwrap();
+        let r = random(&[7, 12], seed + 3);
+        let fused = x
+            .as_tensor()
+            .apply_op3(w.as_tensor(), b.as_tensor(), LinearAct { relu })
+            .unwrap();
+        let pre = x
+            .as_tensor()
+            .matmul(&w.as_tensor().t().unwrap())
+            .unwrap()
+            .broadcast_add(b.as_tensor())
+            .unwrap();
+        let plain = if relu { pre.relu().unwrap() } else { pre };
+        assert_close("linear output", &fused, &plain, 1e-5);
+        let gf = (fused * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let gp = (plain * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, v) in [("dx", &x), ("dw", &w), ("db", &b)] {
+            assert_close(name, gf.get(v).unwrap(), gp.get(v).unwrap(), 1e-5);
+        }
+    }
+}
+
+/// The reference tower, fused and plain, from the same weights: the same embeddings
+/// (inference and training mode with the same dropout masks) and the same gradient
+/// for every parameter.
+#[test]
+fn fused_tower_matches_plain_tower() {
+    let config = TowerConfig::default();
+    let (mut tower, varmap) = ConvTower::init(&config, &Device::Cpu, 7).unwrap();
+    assert!(tower.fused(), "CPU f32 takes the fused path by default");
+    let images = ((random(&[6, 1, 28, 28], 70) + 1.0).unwrap() * 0.5).unwrap();
+    let r = random(&[6, 2], 71);
+    // Inference first: a training pass moves batch norm's running statistics.
+    let mut evals = Vec::new();
+    for fused in [true, false] {
+        tower.set_fused(fused);
+        assert_eq!(tower.fused(), fused);
+        evals.push(tower.forward_t(&images, false).unwrap());
+    }
+    assert_close("inference embeddings", &evals[0], &evals[1], 1e-4);
+    let mut results = Vec::new();
+    for fused in [true, false] {
+        tower.set_fused(fused);
+        tower.set_dropout_state(siamese_model::DropoutState {
+            seed: 3,
+            word_pos: 0,
+        });
+        let train = tower.forward_t(&images, true).unwrap();
+        let grads = (&train * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let data = varmap.data().lock().unwrap();
+        let mut named: Vec<(String, Tensor)> = data
+            .iter()
+            .filter_map(|(n, v)| grads.get(v).map(|g| (n.clone(), g.clone())))
+            .collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        results.push((train, named));
+    }
+    let (fused, plain) = (&results[0], &results[1]);
+    assert_close("training embeddings", &fused.0, &plain.0, 1e-4);
+    assert_eq!(
+        fused.1.len(),
+        3 * 2 + 2 * 2 + 2 * 2 + 2,
+        "every trainable tensor"
+    );
+    for ((name, a), (_, b)) in fused.1.iter().zip(&plain.1) {
+        assert_close(name, a, b, 1e-3);
+    }
+}
