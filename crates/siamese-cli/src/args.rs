@@ -22,6 +22,8 @@ const EXAMPLES: &str = "Examples:
   siamese eval --model runs/ref/model.safetensors --json
   siamese embed --model runs/ref/model.safetensors --split test --out test.csv
   siamese verify --model runs/ref/model.safetensors a.png b.png
+  siamese train --data att_faces --image-size 56x46 --test-classes 5 --out runs/faces
+  siamese verify --model runs/faces/model.safetensors s1/1.pgm s1/2.pgm
   siamese plot --embeddings runs/ref/test_embeddings.safetensors --out plot.png
   siamese data info --data mnist";
 
@@ -45,9 +47,53 @@ pub enum Command {
 /// Where the data come from.
 #[derive(Debug, Args, Clone)]
 pub struct DataSource {
-    /// `mnist`, `fashion-mnist`, or a folder holding the four IDX files.
+    /// `mnist`, `fashion-mnist`, a folder holding the four IDX files, or an image
+    /// folder with one subfolder of PNG, PGM or JPEG images per class.
     #[arg(long, value_name = "NAME|DIR")]
     pub data: Option<String>,
+    /// Image folders: resize every image to HxW (default: the first image's size,
+    /// which all must then have).
+    #[arg(long, value_name = "HxW", value_parser = parse_size)]
+    pub image_size: Option<[usize; 2]>,
+    /// Image folders: hold out N whole classes for test (split by class, the default;
+    /// default N: an eighth of the classes, at least 2).
+    #[arg(long, value_name = "N", conflicts_with_all = ["test_images", "val_images"])]
+    pub test_classes: Option<usize>,
+    /// Image folders: hold out N whole classes for validation.
+    #[arg(long, value_name = "N", conflicts_with_all = ["test_images", "val_images"])]
+    pub val_classes: Option<usize>,
+    /// Image folders: split by image instead, N images of every class for test.
+    #[arg(long, value_name = "N")]
+    pub test_images: Option<usize>,
+    /// Image folders: N images of every class for validation (split by image).
+    #[arg(long, value_name = "N")]
+    pub val_images: Option<usize>,
+}
+
+impl DataSource {
+    /// Whether any image-folder option was given.
+    pub fn has_folder_options(&self) -> bool {
+        self.image_size.is_some()
+            || self.test_classes.is_some()
+            || self.val_classes.is_some()
+            || self.test_images.is_some()
+            || self.val_images.is_some()
+    }
+}
+
+/// `HxW`, e.g. `112x92`.
+fn parse_size(text: &str) -> Result<[usize; 2], String> {
+    let (h, w) = text
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("{text:?}: expected HEIGHTxWIDTH, e.g. 112x92"))?;
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| format!("{text:?}: sizes must be positive whole numbers"))
+    };
+    Ok([parse(h)?, parse(w)?])
 }
 
 /// The loss, by name.
@@ -166,7 +212,7 @@ pub struct VerifyArgs {
     /// The checkpoint.
     #[arg(long, value_name = "FILE")]
     pub model: PathBuf,
-    /// First image (PNG or PGM, grayscale, the model's input size).
+    /// First image (PNG, PGM or JPEG; converted and resized as in training).
     pub a: PathBuf,
     /// Second image.
     pub b: PathBuf,

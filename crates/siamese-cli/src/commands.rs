@@ -5,14 +5,19 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
-use siamese_data::{load, Batcher, Dataset, DatasetSpec, LoadOptions, Origin, KNOWN_DATASETS};
+use siamese_data::{
+    is_image_folder, load, load_image_folder, read_image, Batcher, Dataset, DatasetSpec,
+    FolderOptions, FolderSplit, LoadOptions, Preprocessing, KNOWN_DATASETS,
+};
 use siamese_model::{checkpoint, Embedder};
 use siamese_train::eval::{embed_set, evaluate};
-use siamese_train::{load_run_config, run, LossConfig, RunOptions, SamplerConfig, TrainConfig};
+use siamese_train::{
+    load_run_config, run, KnnGallery, LossConfig, RunOptions, SamplerConfig, TrainConfig,
+};
 
 use crate::args::{
-    Cli, Command, DataAction, DataArgs, EmbedArgs, EvalArgs, LossName, PairsName, PlotArgs,
-    SplitName, TrainArgs, VerifyArgs,
+    Cli, Command, DataAction, DataArgs, DataSource, EmbedArgs, EvalArgs, LossName, PairsName,
+    PlotArgs, SplitName, TrainArgs, VerifyArgs,
 };
 use crate::report::Printer;
 
@@ -28,26 +33,88 @@ pub fn dispatch(cli: Cli) -> Result<()> {
     }
 }
 
-/// Loads a data set by name, or from a folder holding the files of one of the known
-/// data sets (recognised by their checksums).
-fn load_data(name_or_dir: &str) -> Result<(Dataset, Origin)> {
+/// A data set as a command gets it.
+struct Loaded {
+    data: Dataset,
+    /// Where it was found, for the user.
+    origin: String,
+    /// For an image folder, its options with every default resolved.
+    folder: Option<FolderOptions>,
+}
+
+/// The image-folder options: `base` (a run's or a checkpoint's), else the defaults
+/// with `seed`, overridden by whatever the command line says.
+fn folder_options(source: &DataSource, base: Option<FolderOptions>, seed: u64) -> FolderOptions {
+    let mut options = base.unwrap_or(FolderOptions {
+        seed,
+        ..FolderOptions::default()
+    });
+    if let Some(size) = source.image_size {
+        options.image_size = Some(size);
+    }
+    if source.test_images.is_some() || source.val_images.is_some() {
+        options.split = FolderSplit::Images {
+            test: source.test_images,
+            validation: source.val_images,
+        };
+    } else if source.test_classes.is_some() || source.val_classes.is_some() {
+        options.split = FolderSplit::Classes {
+            test: source.test_classes,
+            validation: source.val_classes,
+        };
+    }
+    options
+}
+
+/// Loads a data set by name, from a folder holding the files of one of the known data
+/// sets (recognised by their checksums), or from an image folder (one subfolder per
+/// class) with `folder` options.
+fn load_data(name_or_dir: &str, folder: &FolderOptions) -> Result<Loaded> {
     let options = LoadOptions::from_env();
-    if Path::new(name_or_dir).is_dir() {
+    let path = Path::new(name_or_dir);
+    if is_image_folder(path) {
+        let loaded = load_image_folder(path, folder)
+            .with_context(|| format!("loading the image folder {name_or_dir}"))?;
+        for skipped in &loaded.skipped {
+            eprintln!(
+                "warning: skipped {} (not a PNG, PGM or JPEG file)",
+                skipped.display()
+            );
+        }
+        return Ok(Loaded {
+            data: loaded.dataset,
+            origin: format!("image folder {name_or_dir}"),
+            folder: Some(loaded.options),
+        });
+    }
+    let found = if path.is_dir() {
         let mut failures = Vec::new();
+        let mut found = None;
         for name in KNOWN_DATASETS {
             let spec = DatasetSpec::by_name(name)?;
             match load(&spec, &options.clone().with_folder(name_or_dir)) {
-                Ok(found) => return Ok(found),
+                Ok(f) => {
+                    found = Some(f);
+                    break;
+                }
                 Err(e) => failures.push(format!("as {name}: {e}")),
             }
         }
-        bail!(
-            "{name_or_dir} holds no known data set:\n  {}",
-            failures.join("\n  ")
-        );
-    }
-    let spec = DatasetSpec::by_name(name_or_dir)?;
-    load(&spec, &options).with_context(|| format!("loading {name_or_dir}"))
+        found.with_context(|| {
+            format!(
+                "{name_or_dir} holds no known data set and no class subfolders of images:\n  {}",
+                failures.join("\n  ")
+            )
+        })?
+    } else {
+        let spec = DatasetSpec::by_name(name_or_dir)?;
+        load(&spec, &options).with_context(|| format!("loading {name_or_dir}"))?
+    };
+    Ok(Loaded {
+        data: found.0,
+        origin: found.1.to_string(),
+        folder: None,
+    })
 }
 
 fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
@@ -140,10 +207,30 @@ fn train(a: TrainArgs) -> Result<()> {
             (config, dir, false)
         }
     };
-    let (data, origin) = load_data(&config.data)?;
+    let mut config = config;
+    let folder = folder_options(&a.source, config.image_folder, config.seed);
+    let loaded = load_data(&config.data, &folder)?;
+    match loaded.folder {
+        // The tower takes the images' size; the run keeps the resolved split.
+        Some(options) if !resume => {
+            config.image_folder = Some(options);
+            config.model.input_height = loaded.data.spec.rows;
+            config.model.input_width = loaded.data.spec.cols;
+            config.validate()?;
+        }
+        Some(_) => {}
+        None if a.source.has_folder_options() => bail!(
+            "--image-size, --test-classes, --val-classes, --test-images and --val-images \
+             apply to image folders; {} is not one",
+            config.data
+        ),
+        None => {}
+    }
+    let data = loaded.data;
     eprintln!(
-        "data: {} from {origin}; run folder: {}",
+        "data: {} from {}; run folder: {}",
         data.spec.name,
+        loaded.origin,
         dir.display()
     );
     let options = RunOptions {
@@ -167,13 +254,31 @@ fn load_model(path: &Path) -> Result<(siamese_model::ConvTower, checkpoint::Chec
     Ok((tower, ckpt))
 }
 
-/// The data set a command works on: `--data`, else the one the model was trained on.
-fn data_for(source: &Option<String>, ckpt: &checkpoint::Checkpoint) -> Result<Dataset> {
+/// The data set a command works on: `--data`, else the one the model was trained on,
+/// with the image-folder split the checkpoint records (command-line options win).
+fn data_for(source: &DataSource, ckpt: &checkpoint::Checkpoint) -> Result<Dataset> {
     let name = source
+        .data
         .clone()
         .or_else(|| ckpt.metadata.get("data").cloned())
         .unwrap_or_else(|| "mnist".into());
-    Ok(load_data(&name)?.0)
+    let saved = ckpt
+        .metadata
+        .get("image_folder")
+        .map(|json| serde_json::from_str::<FolderOptions>(json))
+        .transpose()
+        .context("the checkpoint's image_folder metadata is not valid")?;
+    let loaded = load_data(&name, &folder_options(source, saved, 0))?;
+    let (h, w) = (ckpt.config.input_height, ckpt.config.input_width);
+    let data = loaded.data;
+    if (data.spec.rows, data.spec.cols) != (h, w) {
+        bail!(
+            "{name} has {}x{} images, the model expects {h}x{w} (height x width)",
+            data.spec.rows,
+            data.spec.cols
+        );
+    }
+    Ok(data)
 }
 
 fn print_report(r: &siamese_train::EvalReport, json: bool) {
@@ -194,15 +299,16 @@ fn print_report(r: &siamese_train::EvalReport, json: bool) {
         r.test_roc_auc,
         100.0 * r.test_eer
     );
-    println!(
-        "kNN-5:      {:.2}% (test against train embeddings)",
-        100.0 * r.knn5_accuracy
-    );
+    let gallery = match r.knn_gallery {
+        KnnGallery::Train => "test against train embeddings",
+        KnnGallery::TestLeaveOneOut => "test classes unseen in training: among test embeddings",
+    };
+    println!("kNN-5:      {:.2}% ({gallery})", 100.0 * r.knn5_accuracy);
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
     let (tower, ckpt) = load_model(&a.model)?;
-    let data = data_for(&a.source.data, &ckpt)?;
+    let data = data_for(&a.source, &ckpt)?;
     let (report, _) = evaluate(&tower, &data, &Batcher::new(Device::Cpu))?;
     print_report(&report, a.json);
     Ok(())
@@ -210,7 +316,7 @@ fn eval(a: EvalArgs) -> Result<()> {
 
 fn embed(a: EmbedArgs) -> Result<()> {
     let (tower, ckpt) = load_model(&a.model)?;
-    let data = data_for(&a.source.data, &ckpt)?;
+    let data = data_for(&a.source, &ckpt)?;
     let set = match a.split {
         SplitName::Train => &data.train,
         SplitName::Validation => &data.validation,
@@ -266,9 +372,24 @@ fn verify(a: VerifyArgs) -> Result<()> {
             .context("the checkpoint's threshold is not a number")?,
     };
     let (h, w) = (ckpt.config.input_height, ckpt.config.input_width);
-    let mut pixels = crate::images::read_grayscale(&a.a, h, w)?;
-    pixels.extend(crate::images::read_grayscale(&a.b, h, w)?);
-    let images = Tensor::from_vec(pixels, (2, 1, h, w), &Device::Cpu)?;
+    // The steps of training: resized for image folders, exact size for the IDX sets.
+    let preprocessing = match ckpt.metadata.get("preprocessing") {
+        Some(json) => serde_json::from_str::<Preprocessing>(json)
+            .context("the checkpoint's preprocessing metadata is not valid")?,
+        None => Preprocessing {
+            height: h,
+            width: w,
+            resize: false,
+        },
+    };
+    if (preprocessing.height, preprocessing.width) != (h, w) {
+        bail!("the checkpoint's preprocessing and model config disagree on the input size");
+    }
+    let mut pixels = read_image(&a.a, &preprocessing)?;
+    pixels.extend(read_image(&a.b, &preprocessing)?);
+    let images = (Tensor::from_vec(pixels, (2, 1, h, w), &Device::Cpu)?
+        .to_dtype(candle_core::DType::F32)?
+        / 255.0)?;
     let e = tower.forward_t(&images, false)?.to_vec2::<f32>()?;
     let distance = e[0]
         .iter()
@@ -321,7 +442,8 @@ fn plot(a: PlotArgs) -> Result<()> {
 
 fn data(a: DataArgs) -> Result<()> {
     let name = a.source.data.clone().unwrap_or_else(|| "mnist".into());
-    let (data, origin) = load_data(&name)?;
+    let loaded = load_data(&name, &folder_options(&a.source, None, 0))?;
+    let (data, origin) = (loaded.data, loaded.origin);
     match a.action {
         DataAction::Fetch => println!(
             "{}: ready ({origin}), counts and checksums verified",
@@ -345,6 +467,9 @@ fn data(a: DataArgs) -> Result<()> {
                 data.validation.len(),
                 data.test.len()
             );
+            if let Some(folder) = loaded.folder {
+                println!("split:      {}", serde_json::to_string(&folder.split)?);
+            }
             println!("per class:  train {:?}", data.train.class_counts());
             println!("            test  {:?}", data.test.class_counts());
         }

@@ -4,7 +4,6 @@
 
 mod args;
 mod commands;
-mod images;
 mod report;
 
 use std::process::ExitCode;

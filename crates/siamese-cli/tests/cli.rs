@@ -165,7 +165,7 @@ fn verify_rejects_bad_images_clearly() {
         ],
         dir.path(),
     );
-    assert_user_error(&o, "unsupported image format");
+    assert_user_error(&o, "not an image this tool reads");
     let o = siamese(
         &[
             "verify",

@@ -223,6 +223,35 @@ fn part(
 }
 
 impl DatasetSpec {
+    /// The spec of an image-folder data set (see [`crate::folder`]): only the
+    /// descriptive fields (name, size, class names) mean anything; it has no IDX
+    /// files, checksums or Hub copy, and its splits are made by the folder loader.
+    pub fn image_folder(name: &str, rows: usize, cols: usize, class_names: Vec<String>) -> Self {
+        let none = PartSpec {
+            images_file: String::new(),
+            labels_file: String::new(),
+            count: 0,
+            class_counts: None,
+            images_sha256: None,
+            labels_sha256: None,
+            hub_file: String::new(),
+        };
+        Self {
+            name: name.into(),
+            dir_name: name.into(),
+            rows,
+            cols,
+            class_names,
+            train: none.clone(),
+            test: none,
+            validation_size: 0,
+            hub: HubSpec {
+                repo: String::new(),
+                revision: String::new(),
+            },
+        }
+    }
+
     /// MNIST handwritten digits (LeCun et al.).
     pub fn mnist() -> Self {
         Self {

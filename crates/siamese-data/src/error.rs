@@ -124,6 +124,22 @@ pub enum DataError {
         /// What was wrong with the image.
         detail: String,
     },
+    /// An image file could not be read or decoded.
+    #[error("{}: {detail}", path.display())]
+    ImageFile {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong with it.
+        detail: String,
+    },
+    /// An image folder is not usable as a data set (its layout, sizes or split).
+    #[error("{}: {detail}", path.display())]
+    Folder {
+        /// The folder.
+        path: PathBuf,
+        /// What was expected and found.
+        detail: String,
+    },
     /// A data set name nobody knows.
     #[error("unknown data set {name:?}: expected one of {known}")]
     UnknownDataset {

@@ -1,6 +1,7 @@
 //! Data for Siamese metric learning: the IDX codec, MNIST and Fashion-MNIST with the
 //! reference program's splits, their sources (a local folder, `SIAMESE_DATA_DIR`, the
-//! cache, the Hugging Face Hub), pair samplers, and the batcher that makes tensors.
+//! cache, the Hugging Face Hub), image folders of your own (one subfolder per class,
+//! [`folder`]), pair samplers, and the batcher that makes tensors.
 //!
 //! Everything but [`batcher`] is tensor-free: samplers produce indices and labels.
 //!
@@ -39,6 +40,7 @@
 pub mod batcher;
 pub mod dataset;
 pub mod error;
+pub mod folder;
 mod fsutil;
 pub mod hub;
 pub mod idx;
@@ -49,6 +51,10 @@ pub mod source;
 pub use batcher::{Batcher, PairTensors};
 pub use dataset::{Dataset, DatasetSpec, ImageSet, Part, PartSpec, Split, KNOWN_DATASETS};
 pub use error::DataError;
+pub use folder::{
+    is_image_folder, load_image_folder, read_image, FolderData, FolderOptions, FolderSplit,
+    Preprocessing,
+};
 pub use fsutil::write_atomic;
 pub use rng::Rng;
 pub use sampler::{

@@ -3,7 +3,7 @@
 //! project recommends for the same architecture).
 
 use serde::{Deserialize, Serialize};
-use siamese_data::{BalancedPairs, PairSampler, RandomPairs};
+use siamese_data::{BalancedPairs, FolderOptions, PairSampler, RandomPairs};
 use siamese_loss::{Chopra2005, Hadsell2006, PairLoss};
 use siamese_model::TowerConfig;
 
@@ -117,8 +117,12 @@ impl OptimConfig {
 pub struct TrainConfig {
     /// The preset this config started from (informational).
     pub preset: String,
-    /// `mnist`, `fashion-mnist`, or a folder holding the four IDX files.
+    /// `mnist`, `fashion-mnist`, a folder holding the four IDX files, or an image
+    /// folder (one subfolder per class).
     pub data: String,
+    /// How an image folder is sized and split (absent for the IDX data sets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_folder: Option<FolderOptions>,
     /// The tower.
     pub model: TowerConfig,
     /// The loss.
@@ -153,6 +157,7 @@ impl TrainConfig {
         Self {
             preset: "reference".into(),
             data: "mnist".into(),
+            image_folder: None,
             model: TowerConfig::default(),
             loss: LossConfig::Chopra { q: 5.0 },
             sampler: SamplerConfig::Random,

@@ -1,14 +1,18 @@
 //! The fixed evaluation protocol of DESIGN.md, shared by training and `siamese eval`
 //! so their numbers agree: 10,000 balanced validation pairs choose the threshold; on
 //! 10,000 balanced test pairs (a fixed seed) report ROC AUC, EER and accuracy at that
-//! threshold; and kNN-5 accuracy of test embeddings against train embeddings.
+//! threshold; and kNN-5 accuracy of test embeddings against train embeddings (or,
+//! when the test classes were never trained on, among the test embeddings, leaving
+//! each query out).
 
 use serde::{Deserialize, Serialize};
 use siamese_data::{evaluation_pairs, Batcher, Dataset, ImageSet, PairBatch};
 use siamese_model::Embedder;
 
 use crate::error::TrainError;
-use crate::metrics::{accuracy_at, knn_accuracy, pair_metrics, PairMetrics};
+use crate::metrics::{
+    accuracy_at, knn_accuracy, knn_accuracy_leave_one_out, pair_metrics, PairMetrics,
+};
 
 /// Pairs drawn from each of the validation and test splits.
 pub const PROTOCOL_PAIRS: usize = 10_000;
@@ -34,8 +38,23 @@ pub struct EvalReport {
     pub test_roc_auc: f64,
     /// Test equal error rate.
     pub test_eer: f64,
-    /// kNN-5 accuracy of test embeddings against train embeddings.
+    /// kNN-5 accuracy of test embeddings, against the gallery `knn_gallery` says.
     pub knn5_accuracy: f64,
+    /// Which embeddings the kNN neighbours come from.
+    #[serde(default)]
+    pub knn_gallery: KnnGallery,
+}
+
+/// The gallery of the kNN evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KnnGallery {
+    /// The train embeddings (the test classes were seen in training).
+    #[default]
+    Train,
+    /// The other test embeddings, leave one out (the test classes were not seen in
+    /// training, as in an image folder split by class).
+    TestLeaveOneOut,
 }
 
 /// Embeds every image of `set` in inference mode; returns `len * dim` values.
@@ -105,15 +124,27 @@ pub fn evaluate<E: Embedder>(
     let test = embed_set(tower, &data.test, batcher)?;
     let (test_metrics, d, same) =
         pair_metrics_of(&data.test, &test, dim, PROTOCOL_PAIRS, TEST_PAIRS_SEED)?;
-    let train = embed_set(tower, &data.train, batcher)?;
-    let knn5_accuracy = knn_accuracy(
-        &train,
-        data.train.labels(),
-        &test,
-        data.test.labels(),
-        dim,
-        KNN_K,
-    );
+    let seen = data.train.class_counts();
+    let unseen = data
+        .test
+        .labels()
+        .iter()
+        .any(|&l| seen.get(l as usize).is_none_or(|&n| n == 0));
+    let (knn5_accuracy, knn_gallery) = if unseen {
+        let acc = knn_accuracy_leave_one_out(&test, data.test.labels(), dim, KNN_K);
+        (acc, KnnGallery::TestLeaveOneOut)
+    } else {
+        let train = embed_set(tower, &data.train, batcher)?;
+        let acc = knn_accuracy(
+            &train,
+            data.train.labels(),
+            &test,
+            data.test.labels(),
+            dim,
+            KNN_K,
+        );
+        (acc, KnnGallery::Train)
+    };
     let report = EvalReport {
         validation,
         threshold: validation.best_threshold,
@@ -121,6 +152,7 @@ pub fn evaluate<E: Embedder>(
         test_roc_auc: test_metrics.roc_auc,
         test_eer: test_metrics.eer,
         knn5_accuracy,
+        knn_gallery,
     };
     Ok((report, test))
 }

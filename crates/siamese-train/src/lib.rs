@@ -26,11 +26,13 @@ pub mod trainer;
 
 pub use config::{LossConfig, OptimConfig, SamplerConfig, Schedule, TrainConfig, PRESETS};
 pub use error::TrainError;
-pub use eval::{evaluate, EvalReport};
-pub use metrics::{accuracy_at, knn_accuracy, pair_metrics, PairMetrics};
+pub use eval::{evaluate, EvalReport, KnnGallery};
+pub use metrics::{
+    accuracy_at, knn_accuracy, knn_accuracy_leave_one_out, pair_metrics, PairMetrics,
+};
 pub use optim::{Adam, AdamConfig};
 pub use run::{
-    final_evaluation, load_run_config, run, EvalRecord, Reporter, RunOptions, RunSummary, Silent,
-    StepRecord,
+    data_metadata, final_evaluation, load_run_config, run, EvalRecord, Reporter, RunOptions,
+    RunSummary, Silent, StepRecord,
 };
 pub use trainer::Trainer;

@@ -112,6 +112,27 @@ pub fn knn_accuracy(
     dim: usize,
     k: usize,
 ) -> f64 {
+    knn(train, train_labels, test, test_labels, dim, k, false)
+}
+
+/// kNN accuracy within one set, each embedding classified by the others (leave one
+/// out): the measure for a test split whose classes training never saw (an image
+/// folder split by class), where a gallery of training embeddings would hold none of
+/// the right answers.
+pub fn knn_accuracy_leave_one_out(embeddings: &[f32], labels: &[u8], dim: usize, k: usize) -> f64 {
+    knn(embeddings, labels, embeddings, labels, dim, k, true)
+}
+
+/// `leave_one_out`: `test` is `train`, and a query skips its own row.
+fn knn(
+    train: &[f32],
+    train_labels: &[u8],
+    test: &[f32],
+    test_labels: &[u8],
+    dim: usize,
+    k: usize,
+    leave_one_out: bool,
+) -> f64 {
     assert!(k > 0 && dim > 0);
     assert_eq!(train.len(), train_labels.len() * dim);
     assert_eq!(test.len(), test_labels.len() * dim);
@@ -123,9 +144,12 @@ pub fn knn_accuracy(
     let mut right = 0usize;
     let mut nearest: Vec<(f32, u8)> = Vec::with_capacity(k + 1);
     let mut votes = vec![0usize; classes];
-    for (q, &truth) in test.chunks_exact(dim).zip(test_labels) {
+    for (i, (q, &truth)) in test.chunks_exact(dim).zip(test_labels).enumerate() {
         nearest.clear();
-        for (x, &label) in train.chunks_exact(dim).zip(train_labels) {
+        for (j, (x, &label)) in train.chunks_exact(dim).zip(train_labels).enumerate() {
+            if leave_one_out && i == j {
+                continue;
+            }
             let d: f32 = q.iter().zip(x).map(|(a, b)| (a - b) * (a - b)).sum();
             if nearest.len() < k || d < nearest[nearest.len() - 1].0 {
                 let at = nearest.partition_point(|&(e, _)| e <= d);
@@ -152,6 +176,19 @@ pub fn knn_accuracy(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leave_one_out_skips_the_query_itself() {
+        // With itself in the gallery every point is its own nearest neighbour. Left
+        // out: 0.0 and the 5.x points are right; 0.1 and 0.2 have the class-1 point
+        // 0.15 nearest, and 0.15 has class-0 points nearest: 4 of 7.
+        let points = [0.0, 0.1, 0.2, 0.15, 5.0, 5.1, 5.2];
+        let labels = [0, 0, 0, 1, 1, 1, 1];
+        let with_self = knn_accuracy(&points, &labels, &points, &labels, 1, 1);
+        let loo = knn_accuracy_leave_one_out(&points, &labels, 1, 1);
+        assert_eq!(with_self, 1.0);
+        assert!((loo - 4.0 / 7.0).abs() < 1e-12, "{loo}");
+    }
 
     #[test]
     fn perfect_separation() {

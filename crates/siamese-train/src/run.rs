@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
-use siamese_data::{Batcher, Dataset, SamplerState};
+use siamese_data::{Batcher, Dataset, Preprocessing, SamplerState};
 use siamese_model::{checkpoint, ConvTower, DropoutState, SiameseModel};
 
 use crate::config::TrainConfig;
@@ -340,13 +340,12 @@ pub fn run(
             reporter.eval(&record);
             if best_eer.is_none_or(|best| validation.eer < best) {
                 best_eer = Some(validation.eer);
-                let meta = BTreeMap::from([
-                    (
-                        "threshold".to_string(),
-                        validation.best_threshold.to_string(),
-                    ),
-                    ("step".to_string(), done.to_string()),
-                ]);
+                let mut meta = data_metadata(config);
+                meta.insert(
+                    "threshold".to_string(),
+                    validation.best_threshold.to_string(),
+                );
+                meta.insert("step".to_string(), done.to_string());
                 checkpoint::save(&dir.join(files::MODEL), &varmap, &config.model, &meta)?;
             }
         }
@@ -392,6 +391,32 @@ pub fn run(
         last_loss,
         report,
     })
+}
+
+/// What a checkpoint says of its data, so that `siamese eval`, `embed` and `verify`
+/// need nothing but the file: `data` (the name or folder), `image_folder` (the split
+/// and size, JSON) and `preprocessing` (what to do to an image file, JSON: resized for
+/// image folders, required at the input size for the IDX sets).
+pub fn data_metadata(config: &TrainConfig) -> BTreeMap<String, String> {
+    let preprocessing = Preprocessing {
+        height: config.model.input_height,
+        width: config.model.input_width,
+        resize: config.image_folder.is_some(),
+    };
+    let mut meta = BTreeMap::from([
+        ("data".to_string(), config.data.clone()),
+        (
+            "preprocessing".to_string(),
+            serde_json::to_string(&preprocessing).expect("plain data"),
+        ),
+    ]);
+    if let Some(folder) = &config.image_folder {
+        meta.insert(
+            "image_folder".to_string(),
+            serde_json::to_string(folder).expect("plain data"),
+        );
+    }
+    meta
 }
 
 /// Evaluates the run's best model with the protocol, writes `metrics.json` and the

@@ -48,6 +48,7 @@ fn config() -> TrainConfig {
     TrainConfig {
         preset: "test".into(),
         data: "synthetic".into(),
+        image_folder: None,
         model: TowerConfig {
             input_height: SIDE,
             input_width: SIDE,

@@ -1,0 +1,219 @@
+//! Training on your own images, end to end through the binary: a generated folder of
+//! synthetic "identities" (one subfolder each, PGM and PNG files of a noisy, shifted
+//! pattern), split by class so the test identities are never seen in training. The
+//! trained model must tell unseen identities apart, `siamese eval` must agree with the
+//! run's metrics, and `siamese verify` must resize a larger image as training did.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use siamese_data::Rng;
+
+const SIDE: usize = 16;
+
+fn siamese(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_siamese"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("SIAMESE_DATA_DIR")
+        .output()
+        .unwrap()
+}
+
+fn check(o: &Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "siamese failed: {err}");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A `SIDE x SIDE` pattern of three bright blobs at places drawn from `rng`.
+fn prototype(rng: &mut Rng) -> Vec<f64> {
+    let blobs: Vec<(f64, f64)> = (0..3)
+        .map(|_| {
+            (
+                2.0 + rng.below(SIDE - 4) as f64,
+                2.0 + rng.below(SIDE - 4) as f64,
+            )
+        })
+        .collect();
+    (0..SIDE * SIDE)
+        .map(|i| {
+            let (y, x) = ((i / SIDE) as f64, (i % SIDE) as f64);
+            blobs
+                .iter()
+                .map(|(by, bx)| (-((y - by).powi(2) + (x - bx).powi(2)) / 3.0).exp())
+                .sum::<f64>()
+                .min(1.0)
+        })
+        .collect()
+}
+
+/// One sample of an identity: shifted by up to one pixel, with noise, `scale` times
+/// larger (nearest neighbour).
+fn sample(proto: &[f64], rng: &mut Rng, scale: usize) -> (usize, Vec<u8>) {
+    let (dy, dx) = (rng.below(3) as isize - 1, rng.below(3) as isize - 1);
+    let side = SIDE * scale;
+    let pixels = (0..side * side)
+        .map(|i| {
+            let (y, x) = (
+                (i / side / scale) as isize - dy,
+                (i % side / scale) as isize - dx,
+            );
+            let v = if (0..SIDE as isize).contains(&y) && (0..SIDE as isize).contains(&x) {
+                proto[y as usize * SIDE + x as usize]
+            } else {
+                0.0
+            };
+            let noisy = v * 230.0 + 12.0 * rng.unit_f64();
+            noisy.clamp(0.0, 255.0) as u8
+        })
+        .collect();
+    (side, pixels)
+}
+
+fn write_pgm(path: &Path, side: usize, pixels: &[u8]) {
+    let mut bytes = format!("P5\n{side} {side}\n255\n").into_bytes();
+    bytes.extend_from_slice(pixels);
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn write_png(path: &Path, side: usize, pixels: &[u8]) {
+    let file = std::fs::File::create(path).unwrap();
+    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), side as u32, side as u32);
+    encoder.set_color(png::ColorType::Grayscale);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder
+        .write_header()
+        .unwrap()
+        .write_image_data(pixels)
+        .unwrap();
+}
+
+/// 48 identities of 10 images each: even images PGM, odd ones PNG.
+fn make_identities(root: &Path) -> Vec<Vec<f64>> {
+    let mut rng = Rng::new(7);
+    let mut prototypes = Vec::new();
+    for id in 0..48 {
+        let proto = prototype(&mut rng);
+        let dir = root.join(format!("id{id:02}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..10 {
+            let (side, pixels) = sample(&proto, &mut rng, 1);
+            if i % 2 == 0 {
+                write_pgm(&dir.join(format!("{i}.pgm")), side, &pixels);
+            } else {
+                write_png(&dir.join(format!("{i}.png")), side, &pixels);
+            }
+        }
+        prototypes.push(proto);
+    }
+    prototypes
+}
+
+#[test]
+fn trains_on_an_image_folder_and_verifies_unseen_identities() {
+    let tmp = tempfile::tempdir().unwrap();
+    let faces = tmp.path().join("faces");
+    let prototypes = make_identities(&faces);
+
+    // A small tower for 16x16 inputs; the input size itself comes from the images.
+    let mut config = siamese_train::TrainConfig::default_preset();
+    config.model.conv_channels = vec![8, 16];
+    config.model.conv_strides = vec![1, 2];
+    config.model.fc_widths = vec![64];
+    config.model.embedding_dim = 8;
+    config.model.dropout = 0.0;
+    config.loss = siamese_train::LossConfig::Margin { margin: 1.0 };
+    config.optim.lr = 3e-3;
+    config.steps = 1000;
+    config.batch_size = 32;
+    config.eval_every = 250;
+    config.log_every = 100;
+    let config_path = tmp.path().join("config.json");
+    std::fs::write(&config_path, serde_json::to_string(&config).unwrap()).unwrap();
+
+    let run = tmp.path().join("run");
+    let (data, cfg, out) = (
+        faces.to_str().unwrap(),
+        config_path.to_str().unwrap(),
+        run.to_str().unwrap(),
+    );
+    check(&siamese(&[
+        "train",
+        "--config",
+        cfg,
+        "--data",
+        data,
+        "--test-classes",
+        "8",
+        "--val-classes",
+        "4",
+        "--out",
+        out,
+    ]));
+
+    // The run kept the resolved split and the input size taken from the images.
+    let saved: siamese_train::TrainConfig =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        (saved.model.input_height, saved.model.input_width),
+        (SIDE, SIDE)
+    );
+    let folder = saved.image_folder.expect("image-folder options saved");
+    assert_eq!(
+        folder.split,
+        siamese_data::FolderSplit::Classes {
+            test: Some(8),
+            validation: Some(4)
+        }
+    );
+
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
+    let accuracy = metrics["test_accuracy"].as_f64().unwrap();
+    let auc = metrics["test_roc_auc"].as_f64().unwrap();
+    eprintln!("unseen identities: test accuracy {accuracy}, ROC AUC {auc}");
+    assert!(
+        accuracy >= 0.9 && auc >= 0.95,
+        "unseen identities: accuracy {accuracy}, ROC AUC {auc}"
+    );
+    assert_eq!(metrics["knn_gallery"], "test_leave_one_out");
+
+    // `siamese eval` rebuilds the same split from the checkpoint alone.
+    let model = run.join("model.safetensors");
+    let m = model.to_str().unwrap();
+    let eval: serde_json::Value =
+        serde_json::from_str(&check(&siamese(&["eval", "--model", m, "--json"]))).unwrap();
+    assert_eq!(eval, metrics);
+
+    // `siamese verify` applies the training preprocessing: images at twice the size
+    // are resized back to 16x16. Same identity vs two different ones.
+    let mut rng = Rng::new(99);
+    let pair = |a: usize, b: usize, rng: &mut Rng| {
+        let (side, pa) = sample(&prototypes[a], rng, 2);
+        let (_, pb) = sample(&prototypes[b], rng, 2);
+        let (fa, fb) = (tmp.path().join("a.pgm"), tmp.path().join("b.png"));
+        write_pgm(&fa, side, &pa);
+        write_png(&fb, side, &pb);
+        check(&siamese(&[
+            "verify",
+            "--model",
+            m,
+            fa.to_str().unwrap(),
+            fb.to_str().unwrap(),
+        ]))
+    };
+    let verdicts: Vec<(bool, String)> = (0..6)
+        .map(|i| {
+            let a = (i * 5) % 48;
+            let same = i % 2 == 0;
+            let b = if same { a } else { (a + 7) % 48 };
+            (same, pair(a, b, &mut rng))
+        })
+        .collect();
+    let right = verdicts
+        .iter()
+        .filter(|(same, out)| out.starts_with(if *same { "same:" } else { "different:" }))
+        .count();
+    assert!(right >= 5, "verify verdicts: {verdicts:?}");
+}
