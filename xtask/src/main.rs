@@ -3,15 +3,17 @@
 //!
 //! - `train [ARGS]`: builds in release and runs `siamese train ARGS` (the default
 //!   preset unless `--preset` says otherwise): the main job.
-//! - `bench`: training pairs/s and embedding images/s of the reference network, with
-//!   the peak resident memory of each, as JSON (release build, one process per mode).
+//! - `bench [--plain]`: training pairs/s and embedding images/s of the reference
+//!   network, with the peak resident memory of each, as JSON (release build, one
+//!   process per mode); `--plain` measures plain candle layers instead of the fused
+//!   kernels, for the before/after ratio.
 //! - `ci`: what `.ci/run` runs: format check, clippy with warnings denied, the test
 //!   suite, then `data-check` and `train-check`.
 //! - `data-check`: loads MNIST and Fashion-MNIST from `SIAMESE_DATA_DIR` (never the
 //!   network) and checks the split sizes; the loader itself verifies counts per class
 //!   and the SHA-256 of every file.
 //! - `train-check`: a short real-data training that must learn (validation ROC AUC
-//!   above 0.9, where chance is 0.5), then `siamese eval` of its checkpoint, which must
+//!   above 0.95, where chance is 0.5), then `siamese eval` of its checkpoint, which must
 //!   agree with the metrics written during training.
 
 use std::process::{Command, ExitCode};
@@ -19,7 +21,8 @@ use std::process::{Command, ExitCode};
 use anyhow::{bail, Context, Result};
 use siamese_data::{load, DatasetSpec, LoadOptions, KNOWN_DATASETS};
 
-const USAGE: &str = "usage: cargo xtask <train [ARGS] | bench | ci | data-check | train-check>";
+const USAGE: &str =
+    "usage: cargo xtask <train [ARGS] | bench [--plain] | ci | data-check | train-check>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -31,7 +34,7 @@ fn main() -> ExitCode {
             ]
             .concat(),
         ),
-        Some("bench") => bench(),
+        Some("bench") => bench(args.iter().any(|a| a == "--plain")),
         Some("ci") => ci(),
         Some("data-check") => data_check(),
         Some("train-check") => train_check(),
@@ -82,7 +85,7 @@ fn cargo_output(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn bench() -> Result<()> {
+fn bench(plain: bool) -> Result<()> {
     let run = [
         "run",
         "--release",
@@ -93,8 +96,9 @@ fn bench() -> Result<()> {
         "throughput",
         "--",
     ];
-    let train = cargo_output(&[&run[..], &["train"]].concat())?;
-    let embed = cargo_output(&[&run[..], &["embed"]].concat())?;
+    let mode: &[&str] = if plain { &["--plain"] } else { &[] };
+    let train = cargo_output(&[&run[..], &["train"], mode].concat())?;
+    let embed = cargo_output(&[&run[..], &["embed"], mode].concat())?;
     let train: serde_json::Value =
         serde_json::from_str(train.trim()).context("parsing the train figures")?;
     let embed: serde_json::Value =
@@ -156,9 +160,9 @@ fn data_check() -> Result<()> {
 
 /// Steps of the CI training. Measured on the 2-core machine: the default recipe over 300
 /// steps reaches validation ROC AUC 0.92 (0.86 after 100 steps), in about 6 minutes.
-const CHECK_STEPS: &str = "300";
+const CHECK_STEPS: &str = "600";
 /// The bar the CI training must pass; chance is 0.5.
-const CHECK_MIN_AUC: f64 = 0.9;
+const CHECK_MIN_AUC: f64 = 0.95;
 
 fn train_check() -> Result<()> {
     let dir = std::path::Path::new("target/ci-train-check");

@@ -33,6 +33,19 @@ pub fn dispatch(cli: Cli) -> Result<()> {
     }
 }
 
+/// Where the tensors live: the first GPU when built with the `cuda` feature (the
+/// tower then runs plain candle layers there), else the CPU with the fused kernels.
+fn device() -> Result<Device> {
+    #[cfg(feature = "cuda")]
+    {
+        Device::new_cuda(0).context("opening CUDA device 0 (built with the cuda feature)")
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        Ok(Device::Cpu)
+    }
+}
+
 /// A data set as a command gets it.
 struct Loaded {
     data: Dataset,
@@ -235,6 +248,7 @@ fn train(a: TrainArgs) -> Result<()> {
     );
     let options = RunOptions {
         resume,
+        device: device()?,
         ..RunOptions::default()
     };
     let mut printer = Printer::new();
@@ -249,7 +263,7 @@ fn train(a: TrainArgs) -> Result<()> {
 }
 
 fn load_model(path: &Path) -> Result<(siamese_model::ConvTower, checkpoint::Checkpoint)> {
-    let (tower, _, ckpt) = checkpoint::load_tower(path, &Device::Cpu, 0)
+    let (tower, _, ckpt) = checkpoint::load_tower(path, &device()?, 0)
         .with_context(|| format!("loading the model {}", path.display()))?;
     Ok((tower, ckpt))
 }
@@ -309,7 +323,7 @@ fn print_report(r: &siamese_train::EvalReport, json: bool) {
 fn eval(a: EvalArgs) -> Result<()> {
     let (tower, ckpt) = load_model(&a.model)?;
     let data = data_for(&a.source, &ckpt)?;
-    let (report, _) = evaluate(&tower, &data, &Batcher::new(Device::Cpu))?;
+    let (report, _) = evaluate(&tower, &data, &Batcher::new(device()?))?;
     print_report(&report, a.json);
     Ok(())
 }
@@ -323,7 +337,7 @@ fn embed(a: EmbedArgs) -> Result<()> {
         SplitName::Test => &data.test,
     };
     let dim = tower.embedding_dim();
-    let values = embed_set(&tower, set, &Batcher::new(Device::Cpu))?;
+    let values = embed_set(&tower, set, &Batcher::new(device()?))?;
     write_embeddings(&a.out, &values, dim, set.labels())?;
     eprintln!(
         "wrote {} embeddings of dimension {dim} to {}",
@@ -387,7 +401,7 @@ fn verify(a: VerifyArgs) -> Result<()> {
     }
     let mut pixels = read_image(&a.a, &preprocessing)?;
     pixels.extend(read_image(&a.b, &preprocessing)?);
-    let images = (Tensor::from_vec(pixels, (2, 1, h, w), &Device::Cpu)?
+    let images = (Tensor::from_vec(pixels, (2, 1, h, w), &device()?)?
         .to_dtype(candle_core::DType::F32)?
         / 255.0)?;
     let e = tower.forward_t(&images, false)?.to_vec2::<f32>()?;

@@ -126,6 +126,20 @@ fn conv_matches_candle_stride_2_asymmetric_padding() {
         ..g
     };
     check_conv(g, 2, 30);
+    // A 5x5 kernel: taps that fall two pixels outside on either side.
+    let g = ConvGeometry {
+        c_in: 2,
+        h_in: 9,
+        w_in: 11,
+        c_out: 3,
+        kernel: 5,
+        stride: 2,
+        pad_top: 2,
+        pad_left: 2,
+        h_out: 5,
+        w_out: 6,
+    };
+    check_conv(g, 3, 35);
 }
 
 #[test]

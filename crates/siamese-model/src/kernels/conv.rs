@@ -86,19 +86,43 @@ impl ConvGeometry {
         }
     }
 
+    /// The output columns `ox` whose input column `ox * stride + kx - pad_left` lies
+    /// inside the image, as a range: the loops below run branch-free inside it.
+    fn valid_columns(&self, kx: usize) -> std::ops::Range<usize> {
+        let s = self.stride;
+        // ox * s + kx >= pad_left  and  ox * s + kx - pad_left < w_in
+        let lo = self.pad_left.saturating_sub(kx).div_ceil(s);
+        let hi = (self.w_in + self.pad_left)
+            .saturating_sub(kx)
+            .div_ceil(s)
+            .min(self.w_out);
+        lo.min(hi)..hi
+    }
+
     /// The kernel tap `(ky, kx)` of one input plane at every output pixel.
     fn gather(&self, plane: &[f32], ky: usize, kx: usize, out: &mut [f32]) {
+        let cols = self.valid_columns(kx);
         for oy in 0..self.h_out {
             let out_row = &mut out[oy * self.w_out..(oy + 1) * self.w_out];
             let iy = (oy * self.stride + ky).wrapping_sub(self.pad_top);
-            if iy >= self.h_in {
+            if iy >= self.h_in || cols.is_empty() {
                 out_row.fill(0.0);
                 continue;
             }
             let in_row = &plane[iy * self.w_in..(iy + 1) * self.w_in];
-            for (ox, o) in out_row.iter_mut().enumerate() {
-                let ix = (ox * self.stride + kx).wrapping_sub(self.pad_left);
-                *o = if ix < self.w_in { in_row[ix] } else { 0.0 };
+            out_row[..cols.start].fill(0.0);
+            out_row[cols.end..].fill(0.0);
+            let first = cols.start * self.stride + kx - self.pad_left;
+            let dst = &mut out_row[cols.clone()];
+            if self.stride == 1 {
+                dst.copy_from_slice(&in_row[first..first + dst.len()]);
+            } else {
+                for (o, &v) in dst
+                    .iter_mut()
+                    .zip(in_row[first..].iter().step_by(self.stride))
+                {
+                    *o = v;
+                }
             }
         }
     }
@@ -124,18 +148,20 @@ impl ConvGeometry {
     }
 
     fn scatter(&self, src: &[f32], ky: usize, kx: usize, plane: &mut [f32]) {
+        let cols = self.valid_columns(kx);
+        if cols.is_empty() {
+            return;
+        }
         for oy in 0..self.h_out {
             let iy = (oy * self.stride + ky).wrapping_sub(self.pad_top);
             if iy >= self.h_in {
                 continue;
             }
             let in_row = &mut plane[iy * self.w_in..(iy + 1) * self.w_in];
-            let src_row = &src[oy * self.w_out..(oy + 1) * self.w_out];
-            for (ox, &g) in src_row.iter().enumerate() {
-                let ix = (ox * self.stride + kx).wrapping_sub(self.pad_left);
-                if ix < self.w_in {
-                    in_row[ix] += g;
-                }
+            let src_row = &src[oy * self.w_out..(oy + 1) * self.w_out][cols.clone()];
+            let first = cols.start * self.stride + kx - self.pad_left;
+            for (d, &g) in in_row[first..].iter_mut().step_by(self.stride).zip(src_row) {
+                *d += g;
             }
         }
     }
