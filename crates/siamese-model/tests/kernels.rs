@@ -34,6 +34,31 @@ fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f32) {
     }
 }
 
+/// A square-kernel convolution: `c_in` x `h_in` x `w_in` in, `pad` zeros before (top
+/// and left), `out` the output size.
+fn geometry(
+    c_in: usize,
+    (h_in, w_in): (usize, usize),
+    c_out: usize,
+    kernel: usize,
+    stride: usize,
+    pad: usize,
+    (h_out, w_out): (usize, usize),
+) -> ConvGeometry {
+    ConvGeometry {
+        c_in,
+        h_in,
+        w_in,
+        c_out,
+        kernel,
+        stride,
+        pad_top: pad,
+        pad_left: pad,
+        h_out,
+        w_out,
+    }
+}
+
 /// The plain candle layer: pad (possibly asymmetrically), conv, bias, ReLU.
 fn plain_conv(x: &Tensor, w: &Tensor, b: &Tensor, g: &ConvGeometry) -> Tensor {
     let bottom = ((g.h_out - 1) * g.stride + g.kernel).saturating_sub(g.h_in + g.pad_top);
@@ -84,36 +109,14 @@ fn check_conv(g: ConvGeometry, batch: usize, seed: u64) {
 
 #[test]
 fn conv_matches_candle_stride_1_same_padding() {
-    let g = ConvGeometry {
-        c_in: 1,
-        h_in: 9,
-        w_in: 7,
-        c_out: 6,
-        kernel: 3,
-        stride: 1,
-        pad_top: 1,
-        pad_left: 1,
-        h_out: 9,
-        w_out: 7,
-    };
+    let g = geometry(1, (9, 7), 6, 3, 1, 1, (9, 7));
     check_conv(g, 3, 10);
 }
 
 #[test]
 fn conv_matches_candle_stride_2_asymmetric_padding() {
     // TensorFlow SAME on an even input: one extra row and column after, none before.
-    let g = ConvGeometry {
-        c_in: 3,
-        h_in: 8,
-        w_in: 10,
-        c_out: 5,
-        kernel: 3,
-        stride: 2,
-        pad_top: 0,
-        pad_left: 0,
-        h_out: 4,
-        w_out: 5,
-    };
+    let g = geometry(3, (8, 10), 5, 3, 2, 0, (4, 5));
     check_conv(g, 4, 20);
     // Odd input: one on each side.
     let g = ConvGeometry {
@@ -127,18 +130,7 @@ fn conv_matches_candle_stride_2_asymmetric_padding() {
     };
     check_conv(g, 2, 30);
     // A 5x5 kernel: taps that fall two pixels outside on either side.
-    let g = ConvGeometry {
-        c_in: 2,
-        h_in: 9,
-        w_in: 11,
-        c_out: 3,
-        kernel: 5,
-        stride: 2,
-        pad_top: 2,
-        pad_left: 2,
-        h_out: 5,
-        w_out: 6,
-    };
+    let g = geometry(2, (9, 11), 3, 5, 2, 2, (5, 6));
     check_conv(g, 3, 35);
 }
 
@@ -146,35 +138,13 @@ fn conv_matches_candle_stride_2_asymmetric_padding() {
 fn conv_matches_candle_across_chunks() {
     // K * P = 288 * 196: four images per chunk, so a batch of 10 spans three chunks,
     // the last one short.
-    let g = ConvGeometry {
-        c_in: 32,
-        h_in: 14,
-        w_in: 14,
-        c_out: 8,
-        kernel: 3,
-        stride: 1,
-        pad_top: 1,
-        pad_left: 1,
-        h_out: 14,
-        w_out: 14,
-    };
+    let g = geometry(32, (14, 14), 8, 3, 1, 1, (14, 14));
     check_conv(g, 10, 40);
 }
 
 #[test]
 fn conv_without_input_gradient_still_gives_weight_gradients() {
-    let g = ConvGeometry {
-        c_in: 1,
-        h_in: 6,
-        w_in: 6,
-        c_out: 4,
-        kernel: 3,
-        stride: 1,
-        pad_top: 1,
-        pad_left: 1,
-        h_out: 6,
-        w_out: 6,
-    };
+    let g = geometry(1, (6, 6), 4, 3, 1, 1, (6, 6));
     let x = Var::from_tensor(&random(&[2, 1, 6, 6], 1)).unwrap();
     let w = Var::from_tensor(&random(&[4, 1, 3, 3], 2)).unwrap();
     let b = Var::from_tensor(&random(&[4], 3)).unwrap();
@@ -195,18 +165,7 @@ fn conv_without_input_gradient_still_gives_weight_gradients() {
 
 #[test]
 fn conv_refuses_a_wrong_input_shape() {
-    let g = ConvGeometry {
-        c_in: 1,
-        h_in: 6,
-        w_in: 6,
-        c_out: 4,
-        kernel: 3,
-        stride: 1,
-        pad_top: 1,
-        pad_left: 1,
-        h_out: 6,
-        w_out: 6,
-    };
+    let g = geometry(1, (6, 6), 4, 3, 1, 1, (6, 6));
     let op = Conv2dRelu {
         geometry: g,
         input_grad: true,
