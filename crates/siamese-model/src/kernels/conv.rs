@@ -65,25 +65,31 @@ impl ConvGeometry {
         (CHUNK_FLOATS / (self.k() * self.p()).max(1)).max(1)
     }
 
+    /// Calls `f(k, i, c, ky, kx)` for every im2col row `k` (input channel `c`, kernel
+    /// tap `(ky, kx)`) and image `i` of a chunk of `nb`: the walk that im2col and
+    /// col2im share.
+    fn for_each_tap(&self, nb: usize, mut f: impl FnMut(usize, usize, usize, usize, usize)) {
+        for c in 0..self.c_in {
+            for ky in 0..self.kernel {
+                for kx in 0..self.kernel {
+                    let k = (c * self.kernel + ky) * self.kernel + kx;
+                    for i in 0..nb {
+                        f(k, i, c, ky, kx);
+                    }
+                }
+            }
+        }
+    }
+
     /// im2col of `nb` images (`x`, NCHW, contiguous) into `col` as a `[K, nb * P]`
     /// row-major matrix: column `i * P + p` holds the receptive field of output pixel
     /// `p` of image `i`, zero where it falls in the padding.
     fn im2col(&self, x: &[f32], nb: usize, col: &mut [f32]) {
         let (p, hw) = (self.p(), self.h_in * self.w_in);
-        let row_len = nb * p;
-        for c in 0..self.c_in {
-            for ky in 0..self.kernel {
-                for kx in 0..self.kernel {
-                    let k = (c * self.kernel + ky) * self.kernel + kx;
-                    let row = &mut col[k * row_len..(k + 1) * row_len];
-                    for i in 0..nb {
-                        let plane = &x[(i * self.c_in + c) * hw..][..hw];
-                        let out = &mut row[i * p..(i + 1) * p];
-                        self.gather(plane, ky, kx, out);
-                    }
-                }
-            }
-        }
+        self.for_each_tap(nb, |k, i, c, ky, kx| {
+            let plane = &x[(i * self.c_in + c) * hw..][..hw];
+            self.gather(plane, ky, kx, &mut col[(k * nb + i) * p..][..p]);
+        });
     }
 
     /// The output columns `ox` whose input column `ox * stride + kx - pad_left` lies
@@ -131,20 +137,10 @@ impl ConvGeometry {
     /// pixel it was read from. `dx` (`nb` images) must be zeroed by the caller.
     fn col2im(&self, col: &[f32], nb: usize, dx: &mut [f32]) {
         let (p, hw) = (self.p(), self.h_in * self.w_in);
-        let row_len = nb * p;
-        for c in 0..self.c_in {
-            for ky in 0..self.kernel {
-                for kx in 0..self.kernel {
-                    let k = (c * self.kernel + ky) * self.kernel + kx;
-                    let row = &col[k * row_len..(k + 1) * row_len];
-                    for i in 0..nb {
-                        let plane = &mut dx[(i * self.c_in + c) * hw..][..hw];
-                        let src = &row[i * p..(i + 1) * p];
-                        self.scatter(src, ky, kx, plane);
-                    }
-                }
-            }
-        }
+        self.for_each_tap(nb, |k, i, c, ky, kx| {
+            let plane = &mut dx[(i * self.c_in + c) * hw..][..hw];
+            self.scatter(&col[(k * nb + i) * p..][..p], ky, kx, plane);
+        });
     }
 
     fn scatter(&self, src: &[f32], ky: usize, kx: usize, plane: &mut [f32]) {
