@@ -12,7 +12,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     // Training reallocates the same large buffers every step; keeping freed memory
-    // (instead of returning it to the OS) made training about 1.5x faster.
+    // (instead of returning it to the OS) made training about 1.4x faster.
     siamese_model::kernels::retain_freed_memory();
     let cli = args::Cli::parse();
     match commands::dispatch(cli) {

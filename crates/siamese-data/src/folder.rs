@@ -14,8 +14,9 @@
 //! What is refused, with the file or folder named: fewer than two classes, a class
 //! folder without images, a file with an image extension that does not decode, mixed
 //! sizes without `image_size`, a split that leaves a part with too few classes or
-//! images. Files without an image extension (`README`, `Thumbs.db`, hidden files) are
-//! skipped and listed in [`FolderData::skipped`], for the caller to warn about.
+//! images. Files without an image extension (`README`, `Thumbs.db`) are skipped and
+//! listed in [`FolderData::skipped`], for the caller to warn about; hidden entries
+//! (names starting with `.`) are ignored without a word.
 
 use std::path::{Path, PathBuf};
 

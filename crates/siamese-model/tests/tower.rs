@@ -52,6 +52,28 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
 }
 
+/// A batch larger than the inference slice (1,024 images) goes through in slices: the
+/// rows on both sides of the slice boundary are those of the images embedded alone.
+#[test]
+fn large_inference_batches_are_sliced_without_changing_the_result() {
+    let config = small();
+    let (tower, _) = ConvTower::init(&config, &Device::Cpu, 2).unwrap();
+    tower.forward_t(&images(32, 1, &config), true).unwrap();
+    let batch = images(1030, 9, &config);
+    let all = tower.forward_t(&batch, false).unwrap();
+    assert_eq!(all.dims(), &[1030, config.embedding_dim]);
+    for i in [0, 1023, 1024, 1029] {
+        let alone = tower
+            .forward_t(&batch.narrow(0, i, 1).unwrap(), false)
+            .unwrap();
+        let diff = max_abs_diff(&alone, &all.narrow(0, i, 1).unwrap());
+        assert!(
+            diff < 1e-5,
+            "image {i}: alone vs in a batch of 1030 differ by {diff}"
+        );
+    }
+}
+
 #[test]
 fn inference_is_independent_of_the_batch_and_repeatable() {
     let config = TowerConfig::default();
