@@ -114,6 +114,15 @@ pub enum PairsName {
     Balanced,
 }
 
+/// Which pairs of a batch the loss sees, by name.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PairingName {
+    /// Only the sampled pairs (the reference program).
+    Sampled,
+    /// Every pair of the batch's images, each kind (same, different) averaged apart.
+    AllInBatch,
+}
+
 /// `siamese train`.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -149,6 +158,9 @@ pub struct TrainArgs {
     /// Share of same-class pairs with `--pairs balanced`.
     #[arg(long)]
     pub positive_fraction: Option<f64>,
+    /// Which pairs of each batch the loss sees.
+    #[arg(long, value_enum)]
+    pub pairing: Option<PairingName>,
     /// Embedding dimension.
     #[arg(long)]
     pub dim: Option<usize>,

@@ -12,12 +12,12 @@ use siamese_data::{
 use siamese_model::{checkpoint, Embedder};
 use siamese_train::eval::{embed_set, evaluate};
 use siamese_train::{
-    load_run_config, run, KnnGallery, LossConfig, RunOptions, SamplerConfig, TrainConfig,
+    load_run_config, run, KnnGallery, LossConfig, Pairing, RunOptions, SamplerConfig, TrainConfig,
 };
 
 use crate::args::{
-    Cli, Command, DataAction, DataArgs, DataSource, EmbedArgs, EvalArgs, LossName, PairsName,
-    PlotArgs, SplitName, TrainArgs, VerifyArgs,
+    Cli, Command, DataAction, DataArgs, DataSource, EmbedArgs, EvalArgs, LossName, PairingName,
+    PairsName, PlotArgs, SplitName, TrainArgs, VerifyArgs,
 };
 use crate::report::Printer;
 
@@ -198,6 +198,12 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
         },
         (None, SamplerConfig::Random) => SamplerConfig::Random,
     };
+    if let Some(pairing) = a.pairing {
+        c.pairing = match pairing {
+            PairingName::Sampled => Pairing::Sampled,
+            PairingName::AllInBatch => Pairing::AllInBatch,
+        };
+    }
     if a.positive_fraction.is_some() && c.sampler == SamplerConfig::Random {
         bail!("--positive-fraction applies to --pairs balanced; the pairs are random");
     }

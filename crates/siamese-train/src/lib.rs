@@ -24,7 +24,7 @@ pub mod run;
 pub mod tensorboard;
 pub mod trainer;
 
-pub use config::{LossConfig, OptimConfig, SamplerConfig, Schedule, TrainConfig, PRESETS};
+pub use config::{LossConfig, OptimConfig, Pairing, SamplerConfig, Schedule, TrainConfig, PRESETS};
 pub use error::TrainError;
 pub use eval::{evaluate, EvalReport, KnnGallery};
 pub use metrics::{

@@ -257,6 +257,8 @@ pub fn run(
         config.optim.adam,
         batcher.clone(),
     )?;
+    trainer.pairing = config.pairing;
+    trainer.reduction = config.pairing.reduction();
 
     let mut start = 0;
     let mut last_loss = f64::NAN;

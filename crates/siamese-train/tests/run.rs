@@ -7,8 +7,8 @@ use std::path::Path;
 use siamese_data::{Dataset, DatasetSpec, ImageSet, Rng};
 use siamese_model::TowerConfig;
 use siamese_train::{
-    load_run_config, run, LossConfig, OptimConfig, RunOptions, SamplerConfig, Schedule, Silent,
-    TrainConfig, TrainError,
+    load_run_config, run, LossConfig, OptimConfig, Pairing, RunOptions, SamplerConfig, Schedule,
+    Silent, TrainConfig, TrainError,
 };
 
 const SIDE: usize = 8;
@@ -62,6 +62,7 @@ fn config() -> TrainConfig {
         sampler: SamplerConfig::Balanced {
             positive_fraction: 0.5,
         },
+        pairing: Pairing::Sampled,
         optim: OptimConfig {
             lr: 3e-3,
             schedule: Schedule::Cosine {
@@ -166,6 +167,47 @@ fn learns_and_writes_the_run_folder() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("already holds a run"), "{err}");
+}
+
+#[test]
+fn learns_from_every_pair_in_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let all_in_batch = TrainConfig {
+        pairing: Pairing::AllInBatch,
+        ..config()
+    };
+    let summary = run(
+        &all_in_batch,
+        &dataset(),
+        dir.path(),
+        &RunOptions::default(),
+        &mut Silent,
+    )
+    .unwrap();
+    let report = summary.report.unwrap();
+    assert!(report.test_roc_auc > 0.95, "{report:?}");
+    assert!(report.knn5_accuracy > 0.9, "{report:?}");
+    let saved = load_run_config(dir.path()).unwrap();
+    assert_eq!(saved.pairing, Pairing::AllInBatch);
+    // The loss differs from the sampled-pairs run's: the setting is not ignored.
+    let sampled = tempfile::tempdir().unwrap();
+    run(
+        &config(),
+        &dataset(),
+        sampled.path(),
+        &RunOptions::default(),
+        &mut Silent,
+    )
+    .unwrap();
+    assert_ne!(losses(dir.path()), losses(sampled.path()));
+}
+
+#[test]
+fn configs_written_before_pairing_existed_still_load() {
+    let mut json: serde_json::Value = serde_json::to_value(config()).unwrap();
+    json.as_object_mut().unwrap().remove("pairing");
+    let config: TrainConfig = serde_json::from_value(json).unwrap();
+    assert_eq!(config.pairing, Pairing::Sampled);
 }
 
 #[test]
