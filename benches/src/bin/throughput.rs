@@ -3,8 +3,12 @@
 //!
 //! `throughput train [STEPS]`: training pairs per second (64 pairs = 128 images through
 //! the tower, Chopra loss, backward, Adam step) after warm-up.
-//! `--plain` runs the same work on plain candle layers and the tensor-op Adam instead of
-//! the fused kernels, for the before/after comparison.
+//! `--all-in-batch` scores every pair of the batch's images (the default recipe's loss)
+//! instead of the 64 sampled pairs. `--plain` runs the same work on plain candle layers and the tensor-op Adam instead of
+//! the fused kernels, for the before/after comparison. `--candle-pool` keeps candle's
+//! element-wise thread pool next to the fused kernels' (see
+//! `siamese_model::kernels::candle_ops_on_calling_thread`); `--default-malloc` keeps
+//! glibc's default allocator settings.
 //! `throughput embed [BATCHES]`: embedded images per second in inference, batches of
 //! 1000, after warm-up. Both print one JSON line; inputs are random images, since the
 //! arithmetic does not depend on the pixel values.
@@ -19,7 +23,7 @@ use siamese_data::{BalancedPairs, Batcher, ImageSet, PairSampler};
 use siamese_loss::Chopra2005;
 use siamese_model::kernels::{Conv2dRelu, ConvGeometry, LinearAct};
 use siamese_model::{ConvTower, Embedder, SiameseModel, TowerConfig};
-use siamese_train::{AdamConfig, Trainer};
+use siamese_train::{AdamConfig, Pairing, Trainer};
 
 const WARMUP: usize = 3;
 
@@ -40,7 +44,7 @@ fn synthetic_set(n: usize) -> ImageSet {
     ImageSet::new(28, 28, 10, pixels, labels, "synthetic".as_ref()).expect("consistent sizes")
 }
 
-fn train(steps: usize, plain: bool) -> serde_json::Value {
+fn train(steps: usize, plain: bool, pairing: Pairing) -> serde_json::Value {
     let device = Device::Cpu;
     let set = synthetic_set(5_000);
     let (mut tower, varmap) =
@@ -65,6 +69,8 @@ fn train(steps: usize, plain: bool) -> serde_json::Value {
         Batcher::new(device),
     )
     .expect("trainer");
+    trainer.pairing = pairing;
+    trainer.reduction = pairing.reduction();
     if plain {
         trainer.optimizer.use_tensor_ops();
     }
@@ -109,6 +115,7 @@ fn train(steps: usize, plain: bool) -> serde_json::Value {
     }
     serde_json::json!({
         "mode": "train", "plain_candle": plain, "steps": steps, "batch_pairs": 64,
+        "pairing": format!("{pairing:?}"),
         "train_pairs_per_s": (steps * 64) as f64 / secs,
         "peak_rss_mib": peak,
         "ms_per_step": {"forward_and_loss": phases[0], "backward": phases[1],
@@ -265,9 +272,22 @@ fn main() {
     }
     let plain = args.iter().any(|a| a == "--plain");
     args.retain(|a| a != "--plain");
+    // The loss over every pair of the batch's images, as the default recipe trains.
+    let pairing = if args.iter().any(|a| a == "--all-in-batch") {
+        Pairing::AllInBatch
+    } else {
+        Pairing::Sampled
+    };
+    args.retain(|a| a != "--all-in-batch");
+    let candle_pool = args.iter().any(|a| a == "--candle-pool");
+    args.retain(|a| a != "--candle-pool");
+    // Plain candle keeps candle's own thread pool, as a user of candle would have it.
+    if !plain && !candle_pool {
+        siamese_model::kernels::candle_ops_on_calling_thread();
+    }
     let count = |default: usize| args.get(1).and_then(|a| a.parse().ok()).unwrap_or(default);
     let out = match args.first().map(String::as_str) {
-        Some("train") => train(count(30), plain),
+        Some("train") => train(count(30), plain, pairing),
         Some("embed") => embed(count(5), plain),
         Some("layers") => {
             for line in layers(count(9)) {
@@ -277,7 +297,8 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: throughput train [STEPS] [--plain] | embed [BATCHES] [--plain] | layers [REPS]"
+                "usage: throughput train [STEPS] | embed [BATCHES] | layers [REPS], \
+                 options --plain --all-in-batch --candle-pool --default-malloc"
             );
             std::process::exit(2);
         }

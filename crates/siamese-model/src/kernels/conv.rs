@@ -18,7 +18,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::gemm::{matmul, Mat};
-use super::{cpu_f32, cpu_f32_tensor};
+use super::{cpu_f32, cpu_f32_tensor, zeroed};
 
 /// The shape of one convolution: input `[c_in, h_in, w_in]`, `c_out` filters of
 /// `kernel x kernel`, a stride, zero padding before (top, left) and the output size
@@ -61,13 +61,90 @@ impl ConvGeometry {
         self.h_out * self.w_out
     }
 
-    fn images_per_chunk(&self) -> usize {
-        (CHUNK_FLOATS / (self.k() * self.p()).max(1)).max(1)
+    /// Images per chunk for a batch: at most what fits [`CHUNK_FLOATS`], and spread
+    /// over a multiple of 4 chunks so that 1, 2 or 4 threads get equal shares (128
+    /// images in 15 chunks of 9 left one of 2 threads idle an eighth of the time). It
+    /// depends on the batch only, never on the thread count, so results do not either.
+    fn images_per_chunk(&self, batch: usize) -> usize {
+        let most = (CHUNK_FLOATS / (self.k() * self.p()).max(1)).max(1);
+        let chunks = batch.div_ceil(most).next_multiple_of(4);
+        batch.div_ceil(chunks).max(1)
+    }
+
+    /// Height and width of an input plane with its padding: exactly the rows and
+    /// columns the output reads (the input is cropped where a padding of `Valid` kind
+    /// leaves some unread).
+    fn padded(&self) -> (usize, usize) {
+        (
+            (self.h_out - 1) * self.stride + self.kernel,
+            (self.w_out - 1) * self.stride + self.kernel,
+        )
+    }
+
+    /// Floats of a chunk of `nb` padded input planes.
+    fn padded_len(&self, nb: usize) -> usize {
+        let (hp, wp) = self.padded();
+        nb * self.c_in * hp * wp
+    }
+
+    /// The input rows `iy` and columns `ix` that padded row / column 0 maps to, and
+    /// the range of padded rows / columns that lie inside the input.
+    fn interior(&self) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+        let (hp, wp) = self.padded();
+        let rows = self.pad_top.min(hp)..(self.pad_top + self.h_in).min(hp);
+        let cols = self.pad_left.min(wp)..(self.pad_left + self.w_in).min(wp);
+        (rows, cols)
+    }
+
+    /// Copies `nb` images (`x`, NCHW, contiguous) into `padded`, zeros around them.
+    fn pad(&self, x: &[f32], nb: usize, padded: &mut [f32]) {
+        let (hp, wp) = self.padded();
+        let (rows, cols) = self.interior();
+        let hw = self.h_in * self.w_in;
+        for (plane, out) in x
+            .chunks_exact(hw)
+            .zip(padded.chunks_exact_mut(hp * wp))
+            .take(nb * self.c_in)
+        {
+            for (py, out_row) in out.chunks_exact_mut(wp).enumerate() {
+                if !rows.contains(&py) {
+                    out_row.fill(0.0);
+                    continue;
+                }
+                let iy = py - self.pad_top;
+                out_row[..cols.start].fill(0.0);
+                out_row[cols.end..].fill(0.0);
+                let ix = cols.start - self.pad_left;
+                out_row[cols.clone()].copy_from_slice(&plane[iy * self.w_in + ix..][..cols.len()]);
+            }
+        }
+    }
+
+    /// The adjoint of [`Self::pad`]: the interior of `padded` into `dx` (overwritten).
+    fn crop(&self, padded: &[f32], nb: usize, dx: &mut [f32]) {
+        let (hp, wp) = self.padded();
+        let (rows, cols) = self.interior();
+        let hw = self.h_in * self.w_in;
+        for (plane, src) in dx
+            .chunks_exact_mut(hw)
+            .zip(padded.chunks_exact(hp * wp))
+            .take(nb * self.c_in)
+        {
+            // Input pixels the output never reads get no gradient.
+            plane.fill(0.0);
+            let ix = cols.start - self.pad_left;
+            for py in rows.clone() {
+                let iy = py - self.pad_top;
+                plane[iy * self.w_in + ix..][..cols.len()]
+                    .copy_from_slice(&src[py * wp..][cols.clone()]);
+            }
+        }
     }
 
     /// Calls `f(k, i, c, ky, kx)` for every im2col row `k` (input channel `c`, kernel
     /// tap `(ky, kx)`) and image `i` of a chunk of `nb`: the walk that im2col and
     /// col2im share.
+    #[inline(always)]
     fn for_each_tap(&self, nb: usize, mut f: impl FnMut(usize, usize, usize, usize, usize)) {
         for c in 0..self.c_in {
             for ky in 0..self.kernel {
@@ -81,106 +158,87 @@ impl ConvGeometry {
         }
     }
 
-    /// im2col of `nb` images (`x`, NCHW, contiguous) into `col` as a `[K, nb * P]`
-    /// row-major matrix: column `i * P + p` holds the receptive field of output pixel
-    /// `p` of image `i`, zero where it falls in the padding.
-    fn im2col(&self, x: &[f32], nb: usize, col: &mut [f32]) {
-        let (p, hw) = (self.p(), self.h_in * self.w_in);
+    /// im2col of `nb` padded images (from [`Self::pad`]) into `col` as a
+    /// `[K, nb * P]` row-major matrix: column `i * P + p` holds the receptive field of
+    /// output pixel `p` of image `i`.
+    fn im2col(&self, padded: &[f32], nb: usize, col: &mut [f32]) {
+        // The stride as a constant in the common cases, so the inner loops compile to
+        // plain (stride 1) or de-interleaving (stride 2) vector moves.
+        match self.stride {
+            1 => self.im2col_strided::<1>(padded, nb, col),
+            2 => self.im2col_strided::<2>(padded, nb, col),
+            _ => self.im2col_strided::<0>(padded, nb, col),
+        }
+    }
+
+    /// [`Self::im2col`] with the stride `S` known at compile time (0: read it from
+    /// `self`).
+    #[inline(always)]
+    fn im2col_strided<const S: usize>(&self, padded: &[f32], nb: usize, col: &mut [f32]) {
+        let s = if S == 0 { self.stride } else { S };
+        let (p, (hp, wp)) = (self.p(), self.padded());
+        let w_out = self.w_out;
         self.for_each_tap(nb, |k, i, c, ky, kx| {
-            let plane = &x[(i * self.c_in + c) * hw..][..hw];
-            self.gather(plane, ky, kx, &mut col[(k * nb + i) * p..][..p]);
-        });
-    }
-
-    /// The output columns `ox` whose input column `ox * stride + kx - pad_left` lies
-    /// inside the image, as a range: the loops below run branch-free inside it.
-    fn valid_columns(&self, kx: usize) -> std::ops::Range<usize> {
-        let s = self.stride;
-        // ox * s + kx >= pad_left  and  ox * s + kx - pad_left < w_in
-        let lo = self.pad_left.saturating_sub(kx).div_ceil(s);
-        let hi = (self.w_in + self.pad_left)
-            .saturating_sub(kx)
-            .div_ceil(s)
-            .min(self.w_out);
-        lo.min(hi)..hi
-    }
-
-    /// The kernel tap `(ky, kx)` of one input plane at every output pixel.
-    fn gather(&self, plane: &[f32], ky: usize, kx: usize, out: &mut [f32]) {
-        let cols = self.valid_columns(kx);
-        for oy in 0..self.h_out {
-            let out_row = &mut out[oy * self.w_out..(oy + 1) * self.w_out];
-            let iy = (oy * self.stride + ky).wrapping_sub(self.pad_top);
-            if iy >= self.h_in || cols.is_empty() {
-                out_row.fill(0.0);
-                continue;
-            }
-            let in_row = &plane[iy * self.w_in..(iy + 1) * self.w_in];
-            out_row[..cols.start].fill(0.0);
-            out_row[cols.end..].fill(0.0);
-            let first = cols.start * self.stride + kx - self.pad_left;
-            let dst = &mut out_row[cols.clone()];
-            if self.stride == 1 {
-                dst.copy_from_slice(&in_row[first..first + dst.len()]);
-            } else {
-                for (o, &v) in dst
-                    .iter_mut()
-                    .zip(in_row[first..].iter().step_by(self.stride))
-                {
-                    *o = v;
+            let plane = &padded[(i * self.c_in + c) * hp * wp..][..hp * wp];
+            let out = &mut col[(k * nb + i) * p..][..p];
+            for (oy, out_row) in out.chunks_exact_mut(w_out).enumerate() {
+                let src = &plane[(oy * s + ky) * wp + kx..][..(w_out - 1) * s + 1];
+                for (ox, o) in out_row.iter_mut().enumerate() {
+                    *o = src[ox * s];
                 }
             }
-        }
-    }
-
-    /// The adjoint of [`Self::im2col`]: adds each column entry back to the input
-    /// pixel it was read from. `dx` (`nb` images) must be zeroed by the caller.
-    fn col2im(&self, col: &[f32], nb: usize, dx: &mut [f32]) {
-        let (p, hw) = (self.p(), self.h_in * self.w_in);
-        self.for_each_tap(nb, |k, i, c, ky, kx| {
-            let plane = &mut dx[(i * self.c_in + c) * hw..][..hw];
-            self.scatter(&col[(k * nb + i) * p..][..p], ky, kx, plane);
         });
     }
 
-    fn scatter(&self, src: &[f32], ky: usize, kx: usize, plane: &mut [f32]) {
-        let cols = self.valid_columns(kx);
-        if cols.is_empty() {
-            return;
+    /// The adjoint of [`Self::im2col`]: adds each column entry back to the padded
+    /// input pixel it was read from. `padded` must be zeroed by the caller.
+    fn col2im(&self, col: &[f32], nb: usize, padded: &mut [f32]) {
+        match self.stride {
+            1 => self.col2im_strided::<1>(col, nb, padded),
+            2 => self.col2im_strided::<2>(col, nb, padded),
+            _ => self.col2im_strided::<0>(col, nb, padded),
         }
-        for oy in 0..self.h_out {
-            let iy = (oy * self.stride + ky).wrapping_sub(self.pad_top);
-            if iy >= self.h_in {
-                continue;
+    }
+
+    #[inline(always)]
+    fn col2im_strided<const S: usize>(&self, col: &[f32], nb: usize, padded: &mut [f32]) {
+        let s = if S == 0 { self.stride } else { S };
+        let (p, (hp, wp)) = (self.p(), self.padded());
+        let w_out = self.w_out;
+        self.for_each_tap(nb, |k, i, c, ky, kx| {
+            let plane = &mut padded[(i * self.c_in + c) * hp * wp..][..hp * wp];
+            let src = &col[(k * nb + i) * p..][..p];
+            for (oy, src_row) in src.chunks_exact(w_out).enumerate() {
+                let dst = &mut plane[(oy * s + ky) * wp + kx..][..(w_out - 1) * s + 1];
+                for (ox, &g) in src_row.iter().enumerate() {
+                    dst[ox * s] += g;
+                }
             }
-            let in_row = &mut plane[iy * self.w_in..(iy + 1) * self.w_in];
-            let src_row = &src[oy * self.w_out..(oy + 1) * self.w_out][cols.clone()];
-            let first = cols.start * self.stride + kx - self.pad_left;
-            for (d, &g) in in_row[first..].iter_mut().step_by(self.stride).zip(src_row) {
-                *d += g;
-            }
-        }
+        });
     }
 }
 
 thread_local! {
     /// Per-thread scratch buffers, reused across calls (rayon's workers live as long
     /// as the process), so the hot loop does not fault in fresh pages every step.
-    static SCRATCH: RefCell<[Vec<f32>; 2]> = const { RefCell::new([Vec::new(), Vec::new()]) };
+    static SCRATCH: RefCell<[Vec<f32>; 3]> =
+        const { RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
 }
 
-/// Runs `f` with two scratch slices of the given lengths (contents unspecified).
-fn with_scratch<R>(a: usize, b: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+/// Runs `f` with three scratch slices of the given lengths (contents unspecified).
+fn with_scratch<R>(
+    [a, b, c]: [usize; 3],
+    f: impl FnOnce(&mut [f32], &mut [f32], &mut [f32]) -> R,
+) -> R {
     SCRATCH.with(|cell| {
         let mut bufs = cell.borrow_mut();
-        let [x, y] = &mut *bufs;
-        if x.len() < a {
-            x.resize(a, 0.0);
+        for (buf, len) in bufs.iter_mut().zip([a, b, c]) {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
         }
-        if y.len() < b {
-            y.resize(b, 0.0);
-        }
-        f(&mut x[..a], &mut y[..b])
+        let [x, y, z] = &mut *bufs;
+        f(&mut x[..a], &mut y[..b], &mut z[..c])
     })
 }
 
@@ -234,15 +292,16 @@ impl CustomOp3 for Conv2dRelu {
         if w.len() != o * k || b.len() != o {
             candle_core::bail!("conv2d_relu: weight or bias size does not match {g:?}");
         }
-        let per_chunk = g.images_per_chunk();
+        let per_chunk = g.images_per_chunk(batch);
         let in_image = g.c_in * g.h_in * g.w_in;
-        let mut out = vec![0f32; batch * o * p];
+        let mut out = zeroed(batch * o * p);
         out.par_chunks_mut(per_chunk * o * p)
             .zip(x.par_chunks(per_chunk * in_image))
             .for_each(|(out, x)| {
                 let nb = x.len() / in_image;
-                with_scratch(k * nb * p, o * nb * p, |col, y| {
-                    g.im2col(x, nb, col);
+                with_scratch([k * nb * p, o * nb * p, g.padded_len(nb)], |col, y, pad| {
+                    g.pad(x, nb, pad);
+                    g.im2col(pad, nb, col);
                     matmul(y, Mat::rows(w, o, k), Mat::rows(col, k, nb * p), false, 1);
                     // y is [O, nb * P]; the output is [nb, O, P].
                     for (oc, y_row) in y.chunks_exact(nb * p).enumerate() {
@@ -286,10 +345,10 @@ impl CustomOp3 for Conv2dRelu {
             candle_core::bail!("conv2d_relu backward: gradient shape does not match {g:?}");
         }
 
-        let per_chunk = g.images_per_chunk();
+        let per_chunk = g.images_per_chunk(batch);
         let in_image = g.c_in * g.h_in * g.w_in;
         let mut dx = if self.input_grad {
-            vec![0f32; batch * in_image]
+            zeroed(batch * in_image)
         } else {
             Vec::new()
         };
@@ -309,32 +368,38 @@ impl CustomOp3 for Conv2dRelu {
                 let nb = per_chunk.min(batch - first);
                 let mut dw = vec![0f32; o * k];
                 let mut db = vec![0f32; o];
-                with_scratch(k * nb * p, o * nb * p, |col, gy| {
-                    // gy: the gradient after the ReLU, as [O, nb * P] to match im2col.
-                    for i in 0..nb {
-                        for oc in 0..o {
-                            let at = ((first + i) * o + oc) * p;
-                            let src = &grad[at..at + p];
-                            let alive = &out[at..at + p];
-                            let dst = &mut gy[oc * nb * p + i * p..][..p];
-                            for ((d, &gv), &y) in dst.iter_mut().zip(src).zip(alive) {
-                                *d = if y > 0.0 { gv } else { 0.0 };
+                with_scratch(
+                    [k * nb * p, o * nb * p, g.padded_len(nb)],
+                    |col, gy, pad| {
+                        // gy: the gradient after the ReLU, as [O, nb * P] to match im2col.
+                        for i in 0..nb {
+                            for oc in 0..o {
+                                let at = ((first + i) * o + oc) * p;
+                                let src = &grad[at..at + p];
+                                let alive = &out[at..at + p];
+                                let dst = &mut gy[oc * nb * p + i * p..][..p];
+                                for ((d, &gv), &y) in dst.iter_mut().zip(src).zip(alive) {
+                                    *d = if y > 0.0 { gv } else { 0.0 };
+                                }
                             }
                         }
-                    }
-                    for (oc, row) in gy.chunks_exact(nb * p).enumerate() {
-                        db[oc] = row.iter().sum();
-                    }
-                    g.im2col(&xv[first * in_image..(first + nb) * in_image], nb, col);
-                    let gy_mat = Mat::rows(gy, o, nb * p);
-                    // dW = gy · col^T
-                    matmul(&mut dw, gy_mat, Mat::rows(col, k, nb * p).t(), false, 1);
-                    if self.input_grad {
-                        // dcol = W^T · gy, into the col buffer (its im2col is used up).
-                        matmul(col, Mat::rows(w, o, k).t(), gy_mat, false, 1);
-                        g.col2im(col, nb, dx);
-                    }
-                });
+                        for (oc, row) in gy.chunks_exact(nb * p).enumerate() {
+                            db[oc] = row.iter().sum();
+                        }
+                        g.pad(&xv[first * in_image..(first + nb) * in_image], nb, pad);
+                        g.im2col(pad, nb, col);
+                        let gy_mat = Mat::rows(gy, o, nb * p);
+                        // dW = gy · col^T
+                        matmul(&mut dw, gy_mat, Mat::rows(col, k, nb * p).t(), false, 1);
+                        if self.input_grad {
+                            // dcol = W^T · gy, into the col buffer (its im2col is used up).
+                            matmul(col, Mat::rows(w, o, k).t(), gy_mat, false, 1);
+                            pad.fill(0.0);
+                            g.col2im(col, nb, pad);
+                            g.crop(pad, nb, dx);
+                        }
+                    },
+                );
                 (dw, db)
             })
             .collect_into_vec(&mut partials);

@@ -5,7 +5,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 use super::gemm::{matmul, Mat};
-use super::{cpu_f32, cpu_f32_tensor};
+use super::{cpu_f32, cpu_f32_tensor, zeroed};
 
 /// `act(x · weightᵀ + bias)` with `x` `[B, in]`, `weight` `[out, in]` (PyTorch's
 /// layout), `bias` `[out]`; `act` is ReLU when `relu`, else the identity. Apply with
@@ -113,7 +113,7 @@ impl CustomOp3 for LinearAct {
             db.iter_mut().zip(row).for_each(|(a, b)| *a += b);
         }
         let gy_mat = Mat::rows(&gy, batch, n_out);
-        let mut dw = vec![0f32; n_out * n_in];
+        let mut dw = zeroed(n_out * n_in);
         matmul(
             &mut dw,
             gy_mat.t(),
@@ -121,7 +121,7 @@ impl CustomOp3 for LinearAct {
             false,
             threads(),
         );
-        let mut dx = vec![0f32; batch * n_in];
+        let mut dx = zeroed(batch * n_in);
         matmul(&mut dx, gy_mat, Mat::rows(w, n_out, n_in), false, threads());
         let device = weight.device();
         Ok((

@@ -17,6 +17,18 @@ pub use linear::LinearAct;
 
 use candle_core::{bail, CpuStorage, DType, Device, Layout, Result, Storage};
 
+/// `n` zeros, written by all threads: `vec![0.0; n]` is one thread's memset, which for
+/// the large buffers of a step (`fc1`'s weight gradient is 6.4 M floats) leaves the
+/// other cores waiting.
+fn zeroed(n: usize) -> Vec<f32> {
+    use rayon::prelude::*;
+    (0..n)
+        .into_par_iter()
+        .with_min_len(1 << 16)
+        .map(|_| 0f32)
+        .collect()
+}
+
 /// Whether the fused kernels serve tensors of this device and dtype.
 pub fn fused_path(device: &Device, dtype: DType) -> bool {
     device.is_cpu() && dtype == DType::F32
@@ -39,6 +51,25 @@ fn cpu_f32_tensor<'a>(storage: &'a Storage, layout: &Layout, what: &str) -> Resu
         Storage::Cpu(s) => cpu_f32(s, layout, what),
         _ => bail!("{what}: the fused kernels run on the CPU"),
     }
+}
+
+/// Runs candle's own element-wise ops on the calling thread, leaving the cores to
+/// rayon's workers (which run the fused kernels). Returns whether the setting took.
+///
+/// candle 0.11 parallelises large element-wise ops on a thread pool of its own, besides
+/// rayon's, and its workers spin for 25,000 rounds after each op before they sleep. On
+/// 2 cores that spinning takes turns away from the fused kernels' threads: measured
+/// (`throughput train 20`, alternating) 524 and 559 training pairs/s with candle's
+/// pool, 616 and 612 without it. The setting is candle's `CANDLE_NUM_THREADS=1`, read
+/// once when candle first needs its pool, so binaries call this first thing in
+/// `main` (`siamese` does); a value the user has set is kept.
+pub fn candle_ops_on_calling_thread() -> bool {
+    const VAR: &str = "CANDLE_NUM_THREADS";
+    if std::env::var_os(VAR).is_some() {
+        return false;
+    }
+    std::env::set_var(VAR, "1");
+    true
 }
 
 /// Asks the C allocator to keep freed memory for reuse rather than hand it back to the
