@@ -59,11 +59,24 @@ fn geometry(
     }
 }
 
-/// The plain candle layer: pad (possibly asymmetrically), conv, bias, ReLU.
+/// The plain candle layer: crop what the output never reads, pad (possibly
+/// asymmetrically), conv, bias, ReLU. (The crop is explicit because candle 0.11's
+/// convolution backward sizes the input gradient's width from the height's leftover
+/// rows: when the stride leaves a different number of columns unread than rows, the
+/// gradient comes back the wrong width.)
 fn plain_conv(x: &Tensor, w: &Tensor, b: &Tensor, g: &ConvGeometry) -> Tensor {
-    let bottom = ((g.h_out - 1) * g.stride + g.kernel).saturating_sub(g.h_in + g.pad_top);
-    let right = ((g.w_out - 1) * g.stride + g.kernel).saturating_sub(g.w_in + g.pad_left);
-    x.pad_with_zeros(2, g.pad_top, bottom)
+    let (hp, wp) = (
+        (g.h_out - 1) * g.stride + g.kernel,
+        (g.w_out - 1) * g.stride + g.kernel,
+    );
+    let (rows, cols) = (g.h_in.min(hp - g.pad_top), g.w_in.min(wp - g.pad_left));
+    let bottom = hp - g.pad_top - rows;
+    let right = wp - g.pad_left - cols;
+    x.narrow(2, 0, rows)
+        .unwrap()
+        .narrow(3, 0, cols)
+        .unwrap()
+        .pad_with_zeros(2, g.pad_top, bottom)
         .unwrap()
         .pad_with_zeros(3, g.pad_left, right)
         .unwrap()
@@ -135,9 +148,17 @@ fn conv_matches_candle_stride_2_asymmetric_padding() {
 }
 
 #[test]
+fn conv_matches_candle_stride_3_with_unread_pixels() {
+    // Stride 3 takes the kernels' generic-stride path; with no padding a 10x8 input has
+    // its last row and last two columns never read, whose gradient must be 0.
+    let g = geometry(2, (10, 8), 4, 3, 3, 0, (3, 2));
+    check_conv(g, 3, 50);
+}
+
+#[test]
 fn conv_matches_candle_across_chunks() {
-    // K * P = 288 * 196: four images per chunk, so a batch of 10 spans three chunks,
-    // the last one short.
+    // K * P = 288 * 196: at most four images per chunk, so a batch of 10 is spread
+    // over four chunks of 3, 3, 3 and 1.
     let g = geometry(32, (14, 14), 8, 3, 1, 1, (14, 14));
     check_conv(g, 10, 40);
 }

@@ -4,7 +4,9 @@
 //! and a ReLU, each a fresh tensor; its backward goes through a transposed convolution
 //! and a per-element dot-product path. Here each layer is one pass of im2col and one
 //! GEMM per chunk of images, with bias and ReLU folded into the pass that writes the
-//! output, and the backward is two GEMMs and a col2im per chunk. Chunks are sized so
+//! output, and the backward is two GEMMs and a col2im per chunk. im2col reads from a
+//! zero-padded copy of the chunk (and col2im writes into one), so their inner loops are
+//! plain strided moves, with the stride a compile-time constant. Chunks are sized so
 //! the im2col buffer stays near the core's L2 cache, are processed in parallel (rayon,
 //! one chunk per task, single-threaded GEMMs inside), and reuse per-thread buffers
 //! across calls, so a training step allocates only its outputs.
