@@ -13,7 +13,7 @@
 //!   network) and checks the split sizes; the loader itself verifies counts per class
 //!   and the SHA-256 of every file.
 //! - `train-check`: a short real-data training that must learn (validation ROC AUC
-//!   above 0.95, where chance is 0.5), then `siamese eval` of its checkpoint, which must
+//!   above 0.98, where chance is 0.5), then `siamese eval` of its checkpoint, which must
 //!   agree with the metrics written during training.
 
 use std::process::{Command, ExitCode};
@@ -159,12 +159,12 @@ fn data_check() -> Result<()> {
 }
 
 /// Steps of the CI training. Measured on the 2-core machine: the default recipe over 600
-/// steps reaches validation ROC AUC 0.967 on the protocol's 10,000 pairs (0.824 on the
-/// 2,000 pairs checked at step 100), in about 6 minutes of a debug build sharing the
-/// cores with another run.
+/// steps reaches validation ROC AUC 0.9936 on the protocol's 10,000 pairs (test
+/// accuracy 95.65%, kNN-5 95.89%), in 4 min 18 s of a debug build, compile included.
 const CHECK_STEPS: &str = "600";
-/// The bar the CI training must pass; chance is 0.5.
-const CHECK_MIN_AUC: f64 = 0.95;
+/// The bar the CI training must pass. Chance is 0.5; before the default preset scored
+/// every pair of the batch (sampled pairs only), it reached 0.967 in as many steps.
+const CHECK_MIN_AUC: f64 = 0.98;
 
 fn train_check() -> Result<()> {
     let dir = std::path::Path::new("target/ci-train-check");
