@@ -7,8 +7,8 @@ use std::path::Path;
 use siamese_data::{Dataset, DatasetSpec, ImageSet, Rng};
 use siamese_model::TowerConfig;
 use siamese_train::{
-    load_run_config, run, LossConfig, OptimConfig, Pairing, RunOptions, SamplerConfig, Schedule,
-    Silent, TrainConfig, TrainError,
+    load_run_config, run, EvalReport, LossConfig, OptimConfig, Pairing, RunOptions, SamplerConfig,
+    Schedule, Silent, TrainConfig, TrainError,
 };
 
 const SIDE: usize = 8;
@@ -101,21 +101,19 @@ fn losses(dir: &Path) -> Vec<(u64, f64)> {
         .collect()
 }
 
-#[test]
-fn learns_and_writes_the_run_folder() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dataset();
-    let summary = run(
-        &config(),
-        &data,
-        dir.path(),
-        &RunOptions::default(),
-        &mut Silent,
-    )
-    .unwrap();
+/// Trains `config` on the synthetic data into `dir` and checks that the model learned.
+fn train_and_check_it_learns(config: &TrainConfig, dir: &Path) -> EvalReport {
+    let summary = run(config, &dataset(), dir, &RunOptions::default(), &mut Silent).unwrap();
     let report = summary.report.unwrap();
     assert!(report.test_roc_auc > 0.95, "{report:?}");
     assert!(report.knn5_accuracy > 0.9, "{report:?}");
+    report
+}
+
+#[test]
+fn learns_and_writes_the_run_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = train_and_check_it_learns(&config(), dir.path());
     for file in [
         "config.json",
         "model.safetensors",
@@ -160,7 +158,7 @@ fn learns_and_writes_the_run_folder() {
     // Refuses to overwrite a run.
     let err = run(
         &config(),
-        &data,
+        &dataset(),
         dir.path(),
         &RunOptions::default(),
         &mut Silent,
@@ -176,17 +174,7 @@ fn learns_from_every_pair_in_the_batch() {
         pairing: Pairing::AllInBatch,
         ..config()
     };
-    let summary = run(
-        &all_in_batch,
-        &dataset(),
-        dir.path(),
-        &RunOptions::default(),
-        &mut Silent,
-    )
-    .unwrap();
-    let report = summary.report.unwrap();
-    assert!(report.test_roc_auc > 0.95, "{report:?}");
-    assert!(report.knn5_accuracy > 0.9, "{report:?}");
+    train_and_check_it_learns(&all_in_batch, dir.path());
     let saved = load_run_config(dir.path()).unwrap();
     assert_eq!(saved.pairing, Pairing::AllInBatch);
     // The loss differs from the sampled-pairs run's: the setting is not ignored.

@@ -173,21 +173,34 @@ impl ConvGeometry {
         }
     }
 
+    /// Calls `f(src, dst)` for every output row of every im2col row and image of a
+    /// chunk of `nb`: `col[dst..dst + w_out]` holds the padded pixels
+    /// `padded[src + ox * stride]`. The index walk that im2col and col2im share.
+    #[inline(always)]
+    fn for_each_row(&self, nb: usize, mut f: impl FnMut(usize, usize)) {
+        let (p, (hp, wp)) = (self.p(), self.padded());
+        self.for_each_tap(nb, |k, i, c, ky, kx| {
+            let plane = (i * self.c_in + c) * hp * wp;
+            let row = (k * nb + i) * p;
+            for oy in 0..self.h_out {
+                f(
+                    plane + (oy * self.stride + ky) * wp + kx,
+                    row + oy * self.w_out,
+                );
+            }
+        });
+    }
+
     /// [`Self::im2col`] with the stride `S` known at compile time (0: read it from
     /// `self`).
     #[inline(always)]
     fn im2col_strided<const S: usize>(&self, padded: &[f32], nb: usize, col: &mut [f32]) {
         let s = if S == 0 { self.stride } else { S };
-        let (p, (hp, wp)) = (self.p(), self.padded());
-        let w_out = self.w_out;
-        self.for_each_tap(nb, |k, i, c, ky, kx| {
-            let plane = &padded[(i * self.c_in + c) * hp * wp..][..hp * wp];
-            let out = &mut col[(k * nb + i) * p..][..p];
-            for (oy, out_row) in out.chunks_exact_mut(w_out).enumerate() {
-                let src = &plane[(oy * s + ky) * wp + kx..][..(w_out - 1) * s + 1];
-                for (ox, o) in out_row.iter_mut().enumerate() {
-                    *o = src[ox * s];
-                }
+        let w = self.w_out;
+        self.for_each_row(nb, |src, dst| {
+            let src = &padded[src..][..(w - 1) * s + 1];
+            for (ox, o) in col[dst..][..w].iter_mut().enumerate() {
+                *o = src[ox * s];
             }
         });
     }
@@ -205,16 +218,11 @@ impl ConvGeometry {
     #[inline(always)]
     fn col2im_strided<const S: usize>(&self, col: &[f32], nb: usize, padded: &mut [f32]) {
         let s = if S == 0 { self.stride } else { S };
-        let (p, (hp, wp)) = (self.p(), self.padded());
-        let w_out = self.w_out;
-        self.for_each_tap(nb, |k, i, c, ky, kx| {
-            let plane = &mut padded[(i * self.c_in + c) * hp * wp..][..hp * wp];
-            let src = &col[(k * nb + i) * p..][..p];
-            for (oy, src_row) in src.chunks_exact(w_out).enumerate() {
-                let dst = &mut plane[(oy * s + ky) * wp + kx..][..(w_out - 1) * s + 1];
-                for (ox, &g) in src_row.iter().enumerate() {
-                    dst[ox * s] += g;
-                }
+        let w = self.w_out;
+        self.for_each_row(nb, |dst, src| {
+            let dst = &mut padded[dst..][..(w - 1) * s + 1];
+            for (ox, &g) in col[src..][..w].iter().enumerate() {
+                dst[ox * s] += g;
             }
         });
     }
