@@ -14,7 +14,7 @@ use rand::{Rng as _, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{PadAmount, TowerConfig};
+use crate::config::TowerConfig;
 use crate::error::ModelError;
 use crate::kernels::{fused_path, Conv2dRelu, ConvGeometry, LinearAct};
 
@@ -42,10 +42,9 @@ pub struct DropoutState {
 
 struct ConvLayer {
     conv: Conv2d,
-    /// Extra zero rows/columns added before the convolution when the padding is
-    /// asymmetric (TensorFlow SAME with stride 2); `None` when the conv pads itself.
-    explicit_pad: Option<(PadAmount, PadAmount)>,
-    /// The same convolution for the fused kernel.
+    /// The same convolution for the fused kernel; its geometry also pads the input of
+    /// the plain path ([`crate::kernels::ConvGeometry::pad_tensor`]), whose `conv` pads
+    /// nothing.
     fused: Conv2dRelu,
 }
 
@@ -95,10 +94,8 @@ impl ConvTower {
             .zip(config.conv_geometry())
             .enumerate()
         {
-            // candle pads symmetrically; an asymmetric SAME padding is done by hand.
-            let symmetric = ph.0 == ph.1 && pw.0 == pw.1 && ph.0 == pw.0;
             let cfg = Conv2dConfig {
-                padding: if symmetric { ph.0 } else { 0 },
+                padding: 0,
                 stride,
                 ..Default::default()
             };
@@ -123,7 +120,6 @@ impl ConvTower {
             };
             convs.push(ConvLayer {
                 conv,
-                explicit_pad: (!symmetric).then_some((ph, pw)),
                 fused: Conv2dRelu {
                     geometry,
                     // The first layer's input is the images: no gradient needed.
@@ -268,12 +264,8 @@ impl Embedder for ConvTower {
                 x.contiguous()?
                     .apply_op3(layer.conv.weight(), bias, layer.fused)?
             } else {
-                if let Some(((top, bottom), (left, right))) = layer.explicit_pad {
-                    x = x
-                        .pad_with_zeros(2, top, bottom)?
-                        .pad_with_zeros(3, left, right)?;
-                }
-                layer.conv.forward(&x)?.relu()?
+                let padded = layer.fused.geometry.pad_tensor(&x)?;
+                layer.conv.forward(&padded)?.relu()?
             };
         }
         x = x.flatten_from(1)?;

@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use siamese_model::kernels::{Conv2dRelu, ConvGeometry, LinearAct};
-use siamese_model::{ConvTower, Embedder, TowerConfig};
+use siamese_model::{ConvTower, Embedder, Padding, TowerConfig};
 
 fn random(shape: &[usize], seed: u64) -> Tensor {
     // A fixed generator (not candle's, which cannot be seeded): values in [-1, 1).
@@ -59,26 +59,9 @@ fn geometry(
     }
 }
 
-/// The plain candle layer: crop what the output never reads, pad (possibly
-/// asymmetrically), conv, bias, ReLU. (The crop is explicit because candle 0.11's
-/// convolution backward sizes the input gradient's width from the height's leftover
-/// rows: when the stride leaves a different number of columns unread than rows, the
-/// gradient comes back the wrong width.)
+/// The plain candle layer: crop what the output never reads and pad, conv, bias, ReLU.
 fn plain_conv(x: &Tensor, w: &Tensor, b: &Tensor, g: &ConvGeometry) -> Tensor {
-    let (hp, wp) = (
-        (g.h_out - 1) * g.stride + g.kernel,
-        (g.w_out - 1) * g.stride + g.kernel,
-    );
-    let (rows, cols) = (g.h_in.min(hp - g.pad_top), g.w_in.min(wp - g.pad_left));
-    let bottom = hp - g.pad_top - rows;
-    let right = wp - g.pad_left - cols;
-    x.narrow(2, 0, rows)
-        .unwrap()
-        .narrow(3, 0, cols)
-        .unwrap()
-        .pad_with_zeros(2, g.pad_top, bottom)
-        .unwrap()
-        .pad_with_zeros(3, g.pad_left, right)
+    g.pad_tensor(x)
         .unwrap()
         .conv2d(w, 0, g.stride, 1, 1)
         .unwrap()
@@ -232,10 +215,28 @@ fn linear_matches_candle_with_and_without_relu() {
 /// for every parameter.
 #[test]
 fn fused_tower_matches_plain_tower() {
-    let config = TowerConfig::default();
-    let (mut tower, varmap) = ConvTower::init(&config, &Device::Cpu, 7).unwrap();
+    check_tower(&TowerConfig::default());
+}
+
+#[test]
+fn fused_tower_matches_plain_tower_with_symmetric_padding_of_odd_widths() {
+    // 20 x 17 images, padding 1 on every side: the stride-2 layers leave the last padded
+    // row unread but read every column, the case candle's own backward gets wrong.
+    check_tower(&TowerConfig {
+        input_height: 20,
+        input_width: 17,
+        padding: Padding::Symmetric,
+        ..TowerConfig::default()
+    });
+}
+
+/// The tower on both paths: inference and training embeddings, and the gradient of
+/// every parameter.
+fn check_tower(config: &TowerConfig) {
+    let (mut tower, varmap) = ConvTower::init(config, &Device::Cpu, 7).unwrap();
     assert!(tower.fused(), "CPU f32 takes the fused path by default");
-    let images = ((random(&[6, 1, 28, 28], 70) + 1.0).unwrap() * 0.5).unwrap();
+    let shape = [6, 1, config.input_height, config.input_width];
+    let images = ((random(&shape, 70) + 1.0).unwrap() * 0.5).unwrap();
     let r = random(&[6, 2], 71);
     // Inference first: a training pass moves batch norm's running statistics.
     let mut evals = Vec::new();

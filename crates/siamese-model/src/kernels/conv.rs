@@ -83,6 +83,21 @@ impl ConvGeometry {
         )
     }
 
+    /// The fused kernel's zero padding for a `[B, c_in, h_in, w_in]` tensor, with
+    /// candle's own ops: the input cropped to the rows and columns the output reads,
+    /// then zero-padded, so a convolution without padding gives this geometry's output.
+    /// The plain candle path pads this way rather than through candle's `conv2d`
+    /// padding, whose backward (candle 0.11) takes the width of the input gradient from
+    /// the height's leftover rows and gets it wrong when the two differ.
+    pub fn pad_tensor(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (hp, wp) = self.padded();
+        let (rows, cols) = self.interior();
+        x.narrow(2, 0, rows.len())?
+            .narrow(3, 0, cols.len())?
+            .pad_with_zeros(2, rows.start, hp - rows.end)?
+            .pad_with_zeros(3, cols.start, wp - cols.end)
+    }
+
     /// Floats of a chunk of `nb` padded input planes.
     fn padded_len(&self, nb: usize) -> usize {
         let (hp, wp) = self.padded();
