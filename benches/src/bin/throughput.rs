@@ -4,11 +4,11 @@
 //! `throughput train [STEPS]`: training pairs per second (64 pairs = 128 images through
 //! the tower, Chopra loss, backward, Adam step) after warm-up.
 //! `--all-in-batch` scores every pair of the batch's images (the default recipe's loss)
-//! instead of the 64 sampled pairs. `--plain` runs the same work on plain candle layers and the tensor-op Adam instead of
-//! the fused kernels, for the before/after comparison. `--candle-pool` keeps candle's
-//! element-wise thread pool next to the fused kernels' (see
-//! `siamese_model::kernels::candle_ops_on_calling_thread`); `--default-malloc` keeps
-//! glibc's default allocator settings.
+//! instead of the 64 sampled pairs. `--plain` runs the same work on plain candle layers
+//! and the tensor-op Adam instead of the fused kernels, for the before/after
+//! comparison. `--candle-pool` keeps candle's element-wise thread pool next to the
+//! fused kernels' (see `siamese_model::kernels::candle_ops_on_calling_thread`);
+//! `--default-malloc` keeps glibc's default allocator settings.
 //! `throughput embed [BATCHES]`: embedded images per second in inference, batches of
 //! 1000, after warm-up. Both print one JSON line; inputs are random images, since the
 //! arithmetic does not depend on the pixel values.
@@ -69,8 +69,7 @@ fn train(steps: usize, plain: bool, pairing: Pairing) -> serde_json::Value {
         Batcher::new(device),
     )
     .expect("trainer");
-    trainer.pairing = pairing;
-    trainer.reduction = pairing.reduction();
+    trainer.set_pairing(pairing);
     if plain {
         trainer.optimizer.use_tensor_ops();
     }

@@ -62,14 +62,21 @@ fn large_inference_batches_are_sliced_without_changing_the_result() {
     let batch = images(1030, 9, &config);
     let all = tower.forward_t(&batch, false).unwrap();
     assert_eq!(all.dims(), &[1030, config.embedding_dim]);
-    for i in [0, 1023, 1024, 1029] {
+    assert_rows_match_images_alone(&tower, &batch, &all, &[0, 1023, 1024, 1029]);
+}
+
+/// Rows `rows` of `all` (the inference embeddings of `batch`) equal the embeddings of
+/// those images alone, up to the summation order of the matrix products.
+fn assert_rows_match_images_alone(tower: &ConvTower, batch: &Tensor, all: &Tensor, rows: &[usize]) {
+    for &i in rows {
         let alone = tower
             .forward_t(&batch.narrow(0, i, 1).unwrap(), false)
             .unwrap();
         let diff = max_abs_diff(&alone, &all.narrow(0, i, 1).unwrap());
         assert!(
             diff < 1e-5,
-            "image {i}: alone vs in a batch of 1030 differ by {diff}"
+            "image {i}: alone vs in a batch of {} differ by {diff}",
+            batch.dim(0).unwrap()
         );
     }
 }
@@ -89,17 +96,7 @@ fn inference_is_independent_of_the_batch_and_repeatable() {
         all.to_vec2::<f32>().unwrap(),
         again.to_vec2::<f32>().unwrap()
     );
-    for i in [0, 37, 99] {
-        let alone = tower
-            .forward_t(&batch.narrow(0, i, 1).unwrap(), false)
-            .unwrap();
-        let diff = max_abs_diff(&alone, &all.narrow(0, i, 1).unwrap());
-        // Same numbers up to the summation order of the matrix products.
-        assert!(
-            diff < 1e-5,
-            "image {i}: alone vs in a batch of 100 differ by {diff}"
-        );
-    }
+    assert_rows_match_images_alone(&tower, &batch, &all, &[0, 37, 99]);
 }
 
 #[test]

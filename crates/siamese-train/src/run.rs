@@ -257,8 +257,7 @@ pub fn run(
         config.optim.adam,
         batcher.clone(),
     )?;
-    trainer.pairing = config.pairing;
-    trainer.reduction = config.pairing.reduction();
+    trainer.set_pairing(config.pairing);
 
     let mut start = 0;
     let mut last_loss = f64::NAN;

@@ -24,8 +24,8 @@ pub struct Trainer<S, E, L> {
     pub distance: Euclidean,
     /// Which pairs of a batch the loss sees.
     pub pairing: Pairing,
-    /// How per-pair losses become one number ([`Pairing::reduction`] goes with the
-    /// pairing).
+    /// How per-pair losses become one number ([`Self::set_pairing`] sets the one that
+    /// goes with the pairing).
     pub reduction: Reduction,
     /// Updates the parameters.
     pub optimizer: Adam,
@@ -52,6 +52,13 @@ impl<S: PairSampler, E: Embedder, L: PairLoss> Trainer<S, E, L> {
             optimizer: Adam::new(params, adam)?,
             batcher,
         })
+    }
+
+    /// Sets which pairs of a batch the loss sees, and the reduction that goes with it
+    /// ([`Pairing::reduction`]).
+    pub fn set_pairing(&mut self, pairing: Pairing) {
+        self.pairing = pairing;
+        self.reduction = pairing.reduction();
     }
 
     /// One step: draw `batch_size` pairs from `set`, forward in training mode, backward,

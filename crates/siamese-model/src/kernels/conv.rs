@@ -74,8 +74,8 @@ impl ConvGeometry {
     }
 
     /// Height and width of an input plane with its padding: exactly the rows and
-    /// columns the output reads (the input is cropped where a padding of `Valid` kind
-    /// leaves some unread).
+    /// columns the output reads (the input is cropped where the stride leaves its last
+    /// rows or columns unread).
     fn padded(&self) -> (usize, usize) {
         (
             (self.h_out - 1) * self.stride + self.kernel,
@@ -104,8 +104,8 @@ impl ConvGeometry {
         nb * self.c_in * hp * wp
     }
 
-    /// The input rows `iy` and columns `ix` that padded row / column 0 maps to, and
-    /// the range of padded rows / columns that lie inside the input.
+    /// The padded rows and columns that hold input pixels (padded row `py` is input
+    /// row `py - pad_top`, likewise for columns).
     fn interior(&self) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
         let (hp, wp) = self.padded();
         let rows = self.pad_top.min(hp)..(self.pad_top + self.h_in).min(hp);
@@ -131,13 +131,13 @@ impl ConvGeometry {
                 let iy = py - self.pad_top;
                 out_row[..cols.start].fill(0.0);
                 out_row[cols.end..].fill(0.0);
-                let ix = cols.start - self.pad_left;
-                out_row[cols.clone()].copy_from_slice(&plane[iy * self.w_in + ix..][..cols.len()]);
+                out_row[cols.clone()].copy_from_slice(&plane[iy * self.w_in..][..cols.len()]);
             }
         }
     }
 
-    /// The adjoint of [`Self::pad`]: the interior of `padded` into `dx` (overwritten).
+    /// The adjoint of [`Self::pad`]: the interior of `padded` into `dx`, which must be
+    /// zeroed by the caller (input pixels the output never reads get no gradient).
     fn crop(&self, padded: &[f32], nb: usize, dx: &mut [f32]) {
         let (hp, wp) = self.padded();
         let (rows, cols) = self.interior();
@@ -147,12 +147,9 @@ impl ConvGeometry {
             .zip(padded.chunks_exact(hp * wp))
             .take(nb * self.c_in)
         {
-            // Input pixels the output never reads get no gradient.
-            plane.fill(0.0);
-            let ix = cols.start - self.pad_left;
             for py in rows.clone() {
                 let iy = py - self.pad_top;
-                plane[iy * self.w_in + ix..][..cols.len()]
+                plane[iy * self.w_in..][..cols.len()]
                     .copy_from_slice(&src[py * wp..][cols.clone()]);
             }
         }
@@ -372,6 +369,7 @@ impl CustomOp3 for Conv2dRelu {
 
         let per_chunk = g.images_per_chunk(batch);
         let in_image = g.c_in * g.h_in * g.w_in;
+        // Zeros: `crop` writes only the pixels the output reads.
         let mut dx = if self.input_grad {
             zeroed(batch * in_image)
         } else {
