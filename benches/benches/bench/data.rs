@@ -79,7 +79,7 @@ fn batch(c: &mut Criterion) {
     let mut group = c.benchmark_group("batcher");
     group.throughput(Throughput::Elements(64));
     group.bench_function("cpu_f32_pairs_64x1x28x28", |b| {
-        b.iter(|| batcher.pairs(&set, black_box(&pairs)).unwrap())
+        b.iter(|| batcher.pairs(&set, black_box(&pairs), None).unwrap())
     });
     group.finish();
 }

@@ -92,7 +92,7 @@ fn train(steps: usize, plain: bool, pairing: Pairing) -> serde_json::Value {
     for _ in 0..steps {
         let mut t = Instant::now();
         let pairs = trainer.sampler.sample(64);
-        let batch = batcher.pairs(&set, &pairs).expect("batch");
+        let batch = batcher.pairs(&set, &pairs, None).expect("batch");
         let (l, r) = trainer
             .model
             .forward_pair(&batch.left, &batch.right, true)

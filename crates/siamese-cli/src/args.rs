@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use siamese_data::HeldOutClasses;
 
 /// Learn, evaluate and use a similarity metric with a Siamese network.
 #[derive(Debug, Parser)]
@@ -17,6 +18,7 @@ pub struct Cli {
 const EXAMPLES: &str = "Examples:
   siamese train                                  # the default recipe on MNIST, into runs/<time>
   siamese train --preset reference --out runs/ref
+  siamese train --holdout-classes 5-9 --out runs/open  # test on digits never trained on
   siamese train --data fashion-mnist --steps 2000 --pairs balanced --lr 0.001
   siamese train --resume runs/ref                # continue a stopped run
   siamese eval --model runs/ref/model.safetensors --json
@@ -31,7 +33,7 @@ const EXAMPLES: &str = "Examples:
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Train a model; writes a run folder (config, checkpoints, metrics, plot).
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Evaluate a model with the fixed protocol (validation threshold, test pairs, kNN-5).
     Eval(EvalArgs),
     /// Write the embeddings of a split to a .csv or .safetensors file.
@@ -68,6 +70,14 @@ pub struct DataSource {
     /// Image folders: N images of every class for validation (split by image).
     #[arg(long, value_name = "N")]
     pub val_images: Option<usize>,
+    /// mnist and fashion-mnist: keep these classes out of training (`5-9`, `5,7,9`);
+    /// validation and test then hold only them (the held-out-class protocol).
+    #[arg(long, value_name = "CLASSES", value_parser = parse_held_out)]
+    pub holdout_classes: Option<HeldOutClasses>,
+}
+
+fn parse_held_out(text: &str) -> Result<HeldOutClasses, String> {
+    text.parse()
 }
 
 impl DataSource {
@@ -164,6 +174,24 @@ pub struct TrainArgs {
     /// Embedding dimension.
     #[arg(long)]
     pub dim: Option<usize>,
+    /// Scale embeddings to unit length (distance then follows the cosine).
+    #[arg(long)]
+    pub normalize: bool,
+    /// Distort training images at random (rotation 15 degrees, scale 0.9-1.1, shift
+    /// 2 pixels).
+    #[arg(long)]
+    pub augment: bool,
+    /// Add the self-supervised term with this weight: two augmented views of each
+    /// image, the two views of one image as the only positives (needs --augment).
+    #[arg(long, value_name = "WEIGHT")]
+    pub self_supervised: Option<f64>,
+    /// The self-supervised term's loss: NT-Xent at this temperature (default: the
+    /// run's pair loss).
+    #[arg(long, value_name = "TEMPERATURE", requires = "self_supervised")]
+    pub nt_xent: Option<f64>,
+    /// Dropout probability after each hidden layer.
+    #[arg(long, value_name = "P")]
+    pub dropout: Option<f64>,
     /// Seed of everything random.
     #[arg(long)]
     pub seed: Option<u64>,

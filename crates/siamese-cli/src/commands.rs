@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use siamese_data::{
     is_image_folder, load, load_image_folder, read_image, Batcher, Dataset, DatasetSpec,
-    FolderOptions, FolderSplit, LoadOptions, Preprocessing, KNOWN_DATASETS,
+    FolderOptions, FolderSplit, HeldOutClasses, LoadOptions, Preprocessing, KNOWN_DATASETS,
 };
 use siamese_model::{checkpoint, Embedder};
 use siamese_train::eval::{embed_set, evaluate};
@@ -24,7 +24,7 @@ use crate::report::Printer;
 /// Runs the chosen subcommand.
 pub fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Train(a) => train(a),
+        Command::Train(a) => train(*a),
         Command::Eval(a) => eval(a),
         Command::Embed(a) => embed(a),
         Command::Verify(a) => verify(a),
@@ -158,6 +158,24 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
     if let Some(v) = a.dim {
         c.model.embedding_dim = v;
     }
+    if a.normalize {
+        c.model.normalize = true;
+    }
+    if let Some(p) = a.dropout {
+        c.model.dropout = p;
+    }
+    if a.augment {
+        c.augment = Some(siamese_data::AugmentConfig::default());
+    }
+    if let Some(weight) = a.self_supervised {
+        c.self_supervised = Some(siamese_train::SelfSupervised {
+            weight,
+            loss: match a.nt_xent {
+                Some(temperature) => siamese_train::ViewLoss::NtXent { temperature },
+                None => siamese_train::ViewLoss::PairLoss,
+            },
+        });
+    }
     if let Some(v) = a.eval_every {
         c.eval_every = v;
     }
@@ -227,6 +245,12 @@ fn train(a: TrainArgs) -> Result<()> {
         }
     };
     let mut config = config;
+    if let Some(held_out) = &a.source.holdout_classes {
+        if resume {
+            bail!("--holdout-classes cannot change a run being resumed; it holds out what its config.json says");
+        }
+        config.holdout_classes = Some(held_out.clone());
+    }
     let folder = folder_options(&a.source, config.image_folder, config.seed);
     let loaded = load_data(&config.data, &folder)?;
     match loaded.folder {
@@ -245,13 +269,18 @@ fn train(a: TrainArgs) -> Result<()> {
         ),
         None => {}
     }
-    let data = loaded.data;
+    let data = apply_holdout(
+        loaded.data,
+        config.holdout_classes.as_ref(),
+        loaded.folder.is_some(),
+    )?;
     eprintln!(
         "data: {} from {}; run folder: {}",
         data.spec.name,
         loaded.origin,
         dir.display()
     );
+    eprintln!("{}", describe_protocol(&data));
     let options = RunOptions {
         resume,
         device: device()?,
@@ -288,9 +317,18 @@ fn data_for(source: &DataSource, ckpt: &checkpoint::Checkpoint) -> Result<Datase
         .map(|json| serde_json::from_str::<FolderOptions>(json))
         .transpose()
         .context("the checkpoint's image_folder metadata is not valid")?;
+    let held_out = match &source.holdout_classes {
+        Some(h) => Some(h.clone()),
+        None => ckpt
+            .metadata
+            .get("holdout_classes")
+            .map(|json| serde_json::from_str::<HeldOutClasses>(json))
+            .transpose()
+            .context("the checkpoint's holdout_classes metadata is not valid")?,
+    };
     let loaded = load_data(&name, &folder_options(source, saved, 0))?;
     let (h, w) = (ckpt.config.input_height, ckpt.config.input_width);
-    let data = loaded.data;
+    let data = apply_holdout(loaded.data, held_out.as_ref(), loaded.folder.is_some())?;
     if (data.spec.rows, data.spec.cols) != (h, w) {
         bail!(
             "{name} has {}x{} images, the model expects {h}x{w} (height x width)",
@@ -299,6 +337,60 @@ fn data_for(source: &DataSource, ckpt: &checkpoint::Checkpoint) -> Result<Datase
         );
     }
     Ok(data)
+}
+
+/// The held-out-class protocol on an IDX data set; image folders hold out classes with
+/// their own split, so both together are refused.
+fn apply_holdout(
+    data: Dataset,
+    held_out: Option<&HeldOutClasses>,
+    image_folder: bool,
+) -> Result<Dataset> {
+    match held_out {
+        None => Ok(data),
+        Some(_) if image_folder => bail!(
+            "--holdout-classes applies to mnist and fashion-mnist; an image folder holds out \
+             whole classes with --test-classes and --val-classes"
+        ),
+        Some(h) => data
+            .hold_out(h)
+            .with_context(|| format!("holding out classes {h}")),
+    }
+}
+
+/// One line saying which classes each split holds, by name, when training does not
+/// see every test class.
+fn describe_protocol(data: &Dataset) -> String {
+    let names = |set: &siamese_data::ImageSet| {
+        set.class_counts()
+            .iter()
+            .enumerate()
+            .filter(|&(_, &n)| n > 0)
+            .map(|(c, _)| {
+                data.spec
+                    .class_names
+                    .get(c)
+                    .cloned()
+                    .unwrap_or_else(|| c.to_string())
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if data.unseen_test_classes().is_empty() {
+        return format!(
+            "protocol: closed set (test classes were trained on): {}",
+            names(&data.test)
+        );
+    }
+    format!(
+        "protocol: unseen classes\n  train:      {} images of {}\n  validation: {} images of {}\n  test:       {} images of {}",
+        data.train.len(),
+        names(&data.train),
+        data.validation.len(),
+        names(&data.validation),
+        data.test.len(),
+        names(&data.test)
+    )
 }
 
 fn print_report(r: &siamese_train::EvalReport, json: bool) {
@@ -324,6 +416,28 @@ fn print_report(r: &siamese_train::EvalReport, json: bool) {
         KnnGallery::TestLeaveOneOut => "test classes unseen in training: among test embeddings",
     };
     println!("kNN-5:      {:.2}% ({gallery})", 100.0 * r.knn5_accuracy);
+    println!(
+        "retrieval:  precision@1 {:.2}%, R-precision {:.2}%, MAP@R {:.2}% (test embeddings, each against the others)",
+        100.0 * r.precision_at_1,
+        100.0 * r.r_precision,
+        100.0 * r.map_at_r
+    );
+    let baseline = |name: &str, b: &Option<siamese_train::Verification>| match b {
+        Some(b) => println!(
+            "{name} accuracy {:.2}%, ROC AUC {:.4}, EER {:.2}%{}",
+            100.0 * b.test_accuracy,
+            b.test_roc_auc,
+            100.0 * b.test_eer,
+            if b.test_roc_auc >= r.test_roc_auc {
+                "   <- the model does not beat it"
+            } else {
+                ""
+            }
+        ),
+        None => println!("{name} not computed (images too large, or fewer pixels than dimensions)"),
+    };
+    baseline("baseline:   raw pixels,", &r.pixel_baseline);
+    baseline("baseline:   PCA,       ", &r.pca_baseline);
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
@@ -463,7 +577,12 @@ fn plot(a: PlotArgs) -> Result<()> {
 fn data(a: DataArgs) -> Result<()> {
     let name = a.source.data.clone().unwrap_or_else(|| "mnist".into());
     let loaded = load_data(&name, &folder_options(&a.source, None, 0))?;
-    let (data, origin) = (loaded.data, loaded.origin);
+    let data = apply_holdout(
+        loaded.data,
+        a.source.holdout_classes.as_ref(),
+        loaded.folder.is_some(),
+    )?;
+    let origin = loaded.origin;
     match a.action {
         DataAction::Fetch => println!(
             "{}: ready ({origin}), counts and checksums verified",
@@ -490,6 +609,7 @@ fn data(a: DataArgs) -> Result<()> {
             if let Some(folder) = loaded.folder {
                 println!("split:      {}", serde_json::to_string(&folder.split)?);
             }
+            println!("{}", describe_protocol(&data));
             println!("per class:  train {:?}", data.train.class_counts());
             println!("            test  {:?}", data.test.class_counts());
         }

@@ -3,6 +3,7 @@
 
 use candle_core::{Device, Tensor};
 
+use crate::augment::Augmenter;
 use crate::dataset::ImageSet;
 use crate::error::DataError;
 use crate::sampler::PairBatch;
@@ -40,13 +41,7 @@ impl Batcher {
         let n = set.image_len();
         let mut data = Vec::with_capacity(indices.len() * n);
         for &i in indices {
-            if i >= set.len() {
-                return Err(DataError::Unexpected {
-                    what: "image index".into(),
-                    expected: format!("below {}", set.len()),
-                    found: i.to_string(),
-                });
-            }
+            check_index(set, i)?;
             // Division rather than a multiplication by 1/255: exact rounding, so 51 -> 0.2.
             data.extend(set.image(i).iter().map(|&p| f32::from(p) / 255.0));
         }
@@ -57,15 +52,63 @@ impl Batcher {
         )?)
     }
 
-    /// Both sides of a pair batch, and its labels.
-    pub fn pairs(&self, set: &ImageSet, batch: &PairBatch) -> Result<PairTensors, DataError> {
+    /// The images at `indices`, each distorted by `augmenter`, as `[B, 1, H, W]` f32
+    /// in `[0, 1]`.
+    pub fn images_augmented(
+        &self,
+        set: &ImageSet,
+        indices: &[usize],
+        augmenter: &mut Augmenter,
+    ) -> Result<Tensor, DataError> {
+        let n = set.image_len();
+        let mut data = vec![0f32; indices.len() * n];
+        for (&i, out) in indices.iter().zip(data.chunks_exact_mut(n)) {
+            check_index(set, i)?;
+            augmenter.apply(set.image(i), set.rows(), set.cols(), out);
+        }
+        Ok(Tensor::from_vec(
+            data,
+            (indices.len(), 1, set.rows(), set.cols()),
+            &self.device,
+        )?)
+    }
+
+    /// Both sides of a pair batch, and its labels; each image distorted by `augmenter`
+    /// when one is given.
+    pub fn pairs(
+        &self,
+        set: &ImageSet,
+        batch: &PairBatch,
+        augmenter: Option<&mut Augmenter>,
+    ) -> Result<PairTensors, DataError> {
         let same: Vec<f32> = batch.same.iter().map(|&s| f32::from(u8::from(s))).collect();
+        let (left, right) = match augmenter {
+            Some(a) => (
+                self.images_augmented(set, &batch.left, a)?,
+                self.images_augmented(set, &batch.right, a)?,
+            ),
+            None => (
+                self.images(set, &batch.left)?,
+                self.images(set, &batch.right)?,
+            ),
+        };
         Ok(PairTensors {
-            left: self.images(set, &batch.left)?,
-            right: self.images(set, &batch.right)?,
+            left,
+            right,
             same: Tensor::from_vec(same, batch.len(), &self.device)?,
         })
     }
+}
+
+fn check_index(set: &ImageSet, i: usize) -> Result<(), DataError> {
+    if i >= set.len() {
+        return Err(DataError::Unexpected {
+            what: "image index".into(),
+            expected: format!("below {}", set.len()),
+            found: i.to_string(),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -83,7 +126,7 @@ mod tests {
             right: vec![0, 0],
             same: vec![false, true],
         };
-        let t = batcher.pairs(&set, &batch).unwrap();
+        let t = batcher.pairs(&set, &batch, None).unwrap();
         assert_eq!(t.left.dims(), &[2, 1, 1, 2]);
         let left: Vec<f32> = t.left.flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(left, vec![0.2, 0.4, 0.0, 1.0]);

@@ -127,21 +127,19 @@ impl ImageSet {
         let at = at.min(self.len());
         let tail_pixels = self.pixels.split_off(at * self.image_len());
         let tail_labels = self.labels.split_off(at);
-        let tail = ImageSet {
-            pixels: tail_pixels,
-            labels: tail_labels,
-            ..self.clone_shape()
-        };
+        let tail = self.with_content(tail_pixels, tail_labels);
         (self, tail)
     }
 
-    fn clone_shape(&self) -> ImageSet {
+    /// A set of the same image size and classes holding these images (the caller keeps
+    /// `pixels` at `labels.len()` images and the labels in range).
+    pub(crate) fn with_content(&self, pixels: Vec<u8>, labels: Vec<u8>) -> ImageSet {
         ImageSet {
             rows: self.rows,
             cols: self.cols,
             num_classes: self.num_classes,
-            pixels: Vec::new(),
-            labels: Vec::new(),
+            pixels,
+            labels,
         }
     }
 }

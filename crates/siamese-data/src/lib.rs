@@ -19,7 +19,7 @@
 //! let pairs = sampler.sample(4);
 //! assert_eq!(pairs.positives(), 2);
 //!
-//! let batch = Batcher::new(Device::Cpu).pairs(&set, &pairs)?;
+//! let batch = Batcher::new(Device::Cpu).pairs(&set, &pairs, None)?;
 //! assert_eq!(batch.left.dims(), &[4, 1, 2, 2]);
 //! assert_eq!(batch.same.dims(), &[4]);
 //! # Ok::<(), siamese_data::DataError>(())
@@ -37,17 +37,20 @@
 //! Labels: `same = 1` means the two images are of the same class, as in the reference
 //! program (Chopra et al. 2005 write `Y = 0` for genuine pairs).
 
+pub mod augment;
 pub mod batcher;
 pub mod dataset;
 pub mod error;
 pub mod folder;
 mod fsutil;
+pub mod holdout;
 pub mod hub;
 pub mod idx;
 pub mod rng;
 pub mod sampler;
 pub mod source;
 
+pub use augment::{AugmentConfig, Augmenter};
 pub use batcher::{Batcher, PairTensors};
 pub use dataset::{Dataset, DatasetSpec, ImageSet, Part, PartSpec, Split, KNOWN_DATASETS};
 pub use error::DataError;
@@ -56,6 +59,7 @@ pub use folder::{
     Preprocessing,
 };
 pub use fsutil::write_atomic;
+pub use holdout::HeldOutClasses;
 pub use rng::Rng;
 pub use sampler::{
     evaluation_pairs, BalancedPairs, PairBatch, PairSampler, RandomPairs, SamplerState,

@@ -32,7 +32,9 @@
 pub mod distance;
 pub mod error;
 pub mod loss;
+pub mod ntxent;
 
 pub use distance::{Cosine, Distance, Euclidean, SquaredEuclidean};
 pub use error::LossError;
 pub use loss::{split_means, Chopra2005, ContrastiveLoss, Hadsell2006, PairLoss, Reduction};
+pub use ntxent::nt_xent;

@@ -55,6 +55,10 @@ pub struct TowerConfig {
     pub batch_norm_eps: f64,
     /// Standard deviation of the truncated-normal initial weights.
     pub init_std: f64,
+    /// Scale every embedding to unit length (then Euclidean distance is a function of
+    /// cosine similarity, at most 2): the network cannot spread classes apart by
+    /// growing norms, only by direction.
+    pub normalize: bool,
 }
 
 impl Default for TowerConfig {
@@ -74,6 +78,7 @@ impl Default for TowerConfig {
             batch_norm_momentum: 0.01,
             batch_norm_eps: 1e-3,
             init_std: 0.05,
+            normalize: false,
         }
     }
 }

@@ -278,7 +278,13 @@ impl Embedder for ConvTower {
                 x = bn.forward_t(&x, train)?;
             }
         }
-        linear(&self.head, &x, false, fused)
+        let embeddings = linear(&self.head, &x, false, fused)?;
+        if !c.normalize {
+            return Ok(embeddings);
+        }
+        // The epsilon keeps the gradient finite for an all-zero embedding.
+        let norm = (embeddings.sqr()?.sum_keepdim(1)? + 1e-12)?.sqrt()?;
+        Ok(embeddings.broadcast_div(&norm)?)
     }
 
     fn embedding_dim(&self) -> usize {

@@ -3,7 +3,9 @@
 //! project recommends for the same architecture).
 
 use serde::{Deserialize, Serialize};
-use siamese_data::{BalancedPairs, FolderOptions, PairSampler, RandomPairs};
+use siamese_data::{
+    AugmentConfig, BalancedPairs, FolderOptions, HeldOutClasses, PairSampler, RandomPairs,
+};
 use siamese_loss::{Chopra2005, Hadsell2006, PairLoss, Reduction};
 use siamese_model::TowerConfig;
 
@@ -148,6 +150,10 @@ pub struct TrainConfig {
     /// How an image folder is sized and split (absent for the IDX data sets).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_folder: Option<FolderOptions>,
+    /// Classes kept out of training, for the held-out-class protocol
+    /// ([`siamese_data::holdout`]): validation and test then hold only these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holdout_classes: Option<HeldOutClasses>,
     /// The tower.
     pub model: TowerConfig,
     /// The loss.
@@ -157,6 +163,15 @@ pub struct TrainConfig {
     /// Which pairs of each batch the loss sees.
     #[serde(default)]
     pub pairing: Pairing,
+    /// Random distortions of training images (none when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augment: Option<AugmentConfig>,
+    /// The self-supervised term (absent: off): each image of a step is seen in two
+    /// augmented views, and besides the labelled loss over all their pairs, a loss
+    /// where only the two views of one image belong together is added. Needs
+    /// `augment` and `pairing: all_in_batch`; doubles the images per step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_supervised: Option<SelfSupervised>,
     /// The optimiser.
     pub optim: OptimConfig,
     /// Optimisation steps.
@@ -175,6 +190,45 @@ pub struct TrainConfig {
     pub log_every: u64,
 }
 
+/// The loss of the self-supervised term.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ViewLoss {
+    /// The run's pair loss over every pair of views, the two views of one image the
+    /// only "same" pairs.
+    PairLoss,
+    /// NT-Xent at this temperature ([`siamese_loss::nt_xent`]).
+    NtXent {
+        /// Softmax temperature.
+        temperature: f64,
+    },
+}
+
+/// The self-supervised term: its loss and its weight beside the labelled loss.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelfSupervised {
+    /// Weight of the term (the labelled loss has weight 1).
+    pub weight: f64,
+    /// Its loss.
+    pub loss: ViewLoss,
+}
+
+impl SelfSupervised {
+    fn validate(&self) -> Result<(), TrainError> {
+        let temperature_ok = match self.loss {
+            ViewLoss::PairLoss => true,
+            ViewLoss::NtXent { temperature } => temperature > 0.0 && temperature.is_finite(),
+        };
+        if !(self.weight > 0.0 && self.weight.is_finite() && temperature_ok) {
+            return Err(TrainError::Config(format!(
+                "self-supervised weight and temperature must be positive and finite, found {self:?}"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// The names of the presets.
 pub const PRESETS: [&str; 2] = ["reference", "default"];
 
@@ -186,10 +240,13 @@ impl TrainConfig {
             preset: "reference".into(),
             data: "mnist".into(),
             image_folder: None,
+            holdout_classes: None,
             model: TowerConfig::default(),
             loss: LossConfig::Chopra { q: 5.0 },
             sampler: SamplerConfig::Random,
             pairing: Pairing::Sampled,
+            augment: None,
+            self_supervised: None,
             optim: OptimConfig {
                 lr: 0.01,
                 schedule: Schedule::Constant,
@@ -255,12 +312,34 @@ impl TrainConfig {
                 self.optim.lr
             )));
         }
+        if let Some(augment) = &self.augment {
+            augment
+                .validate()
+                .map_err(|e| TrainError::Config(e.to_string()))?;
+        }
+        if let Some(ssl) = &self.self_supervised {
+            ssl.validate()?;
+        }
+        if self.self_supervised.is_some()
+            && (self.augment.is_none() || self.pairing != Pairing::AllInBatch)
+        {
+            return Err(TrainError::Config(
+                "self-supervised views need augmentation (augment) and all-in-batch pairing".into(),
+            ));
+        }
         if let SamplerConfig::Balanced { positive_fraction } = self.sampler {
             if !(0.0..=1.0).contains(&positive_fraction) {
                 return Err(TrainError::Config(format!(
                     "positive fraction must be in [0, 1], found {positive_fraction}"
                 )));
             }
+        }
+        if self.holdout_classes.is_some() && self.image_folder.is_some() {
+            return Err(TrainError::Config(
+                "held-out classes apply to mnist and fashion-mnist; an image folder holds \
+                 out whole classes with its own split (test_classes, val_classes)"
+                    .into(),
+            ));
         }
         if self.validation_pairs < 2 || self.checkpoint_every == 0 || self.log_every == 0 {
             return Err(TrainError::Config(

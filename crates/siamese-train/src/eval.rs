@@ -1,18 +1,21 @@
 //! The fixed evaluation protocol of DESIGN.md, shared by training and `siamese eval`
 //! so their numbers agree: 10,000 balanced validation pairs choose the threshold; on
 //! 10,000 balanced test pairs (a fixed seed) report ROC AUC, EER and accuracy at that
-//! threshold; and kNN-5 accuracy of test embeddings against train embeddings (or,
-//! when the test classes were never trained on, among the test embeddings, leaving
-//! each query out).
+//! threshold; kNN-5 accuracy of test embeddings against train embeddings (or, when the
+//! test classes were never trained on, among the test embeddings, leaving each query
+//! out); retrieval among the test embeddings (precision@1, R-precision, MAP@R); and
+//! the same pairs scored by raw pixels and by PCA, the baselines to beat.
 
 use serde::{Deserialize, Serialize};
 use siamese_data::{evaluation_pairs, Batcher, Dataset, ImageSet, PairBatch};
 use siamese_model::Embedder;
 
-use crate::error::TrainError;
-use crate::metrics::{
-    accuracy_at, knn_accuracy, knn_accuracy_leave_one_out, pair_metrics, PairMetrics,
+use siamese_metrics::{
+    knn_accuracy, knn_accuracy_leave_one_out, pair_metrics, retrieval_leave_one_out, verification,
+    PairMetrics, Pca, Verification,
 };
+
+use crate::error::TrainError;
 
 /// Pairs drawn from each of the validation and test splits.
 pub const PROTOCOL_PAIRS: usize = 10_000;
@@ -26,7 +29,7 @@ pub const KNN_K: usize = 5;
 pub const EMBED_BATCH: usize = 1000;
 
 /// The protocol's numbers.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalReport {
     /// Metrics of the validation pairs (the threshold is their best one).
     pub validation: PairMetrics,
@@ -43,7 +46,37 @@ pub struct EvalReport {
     /// Which embeddings the kNN neighbours come from.
     #[serde(default)]
     pub knn_gallery: KnnGallery,
+    /// Test classes that training never saw (held out, or an image folder's test
+    /// classes); empty for the closed-set protocol.
+    #[serde(default)]
+    pub unseen_test_classes: Vec<u8>,
+    /// Retrieval among the test embeddings, each one a query against the others: the
+    /// share whose nearest neighbour has their class.
+    #[serde(default)]
+    pub precision_at_1: f64,
+    /// R-precision of the same queries.
+    #[serde(default)]
+    pub r_precision: f64,
+    /// MAP@R of the same queries.
+    #[serde(default)]
+    pub map_at_r: f64,
+    /// The same validation and test pairs scored by the Euclidean distance of raw
+    /// pixels (scaled to [0, 1]).
+    #[serde(default)]
+    pub pixel_baseline: Option<Verification>,
+    /// The same pairs scored after PCA of the pixels onto the embedding's dimension,
+    /// fitted on the training images; absent when the images are too large to fit it
+    /// (more than [`PCA_BASELINE_MAX_PIXELS`] pixels) or have fewer pixels than the
+    /// embedding has dimensions.
+    #[serde(default)]
+    pub pca_baseline: Option<Verification>,
 }
+
+/// Largest image (in pixels) for which the PCA baseline is fitted: its covariance
+/// matrix grows with the square of this.
+pub const PCA_BASELINE_MAX_PIXELS: usize = 4096;
+/// Seed of the PCA baseline's start.
+pub const PCA_BASELINE_SEED: u64 = 2007;
 
 /// The gallery of the kNN evaluation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -75,22 +108,7 @@ pub fn embed_set<E: Embedder>(
 
 /// Euclidean distances of `pairs` between rows of `embeddings` (`dim` columns).
 pub fn pair_distances(embeddings: &[f32], dim: usize, pairs: &PairBatch) -> Vec<f32> {
-    pairs
-        .left
-        .iter()
-        .zip(&pairs.right)
-        .map(|(&a, &b)| {
-            let (x, y) = (
-                &embeddings[a * dim..(a + 1) * dim],
-                &embeddings[b * dim..(b + 1) * dim],
-            );
-            x.iter()
-                .zip(y)
-                .map(|(p, q)| (p - q) * (p - q))
-                .sum::<f32>()
-                .sqrt()
-        })
-        .collect()
+    siamese_metrics::pair_distances(embeddings, dim, &pairs.left, &pairs.right)
 }
 
 /// Metrics of `n` fixed balanced pairs of `set`, from its embeddings.
@@ -106,6 +124,76 @@ pub fn pair_metrics_of(
     Ok((pair_metrics(&d, &pairs.same), d, pairs.same))
 }
 
+/// The pixels of images `indices` of `set` (all when `None`), scaled to [0, 1] as the
+/// batcher scales them: the "embedding" of the pixel baseline.
+fn pixels_f32(set: &ImageSet, indices: Option<&[usize]>) -> Vec<f32> {
+    let scale = |p: &u8| f32::from(*p) / 255.0;
+    match indices {
+        None => set.pixels().iter().map(scale).collect(),
+        Some(ix) => ix
+            .iter()
+            .flat_map(|&i| set.image(i).iter().map(scale))
+            .collect(),
+    }
+}
+
+/// The protocol's validation and test pairs, drawn once.
+struct ProtocolPairs {
+    validation: PairBatch,
+    test: PairBatch,
+}
+
+impl ProtocolPairs {
+    fn draw(data: &Dataset) -> Result<Self, TrainError> {
+        let draw = |set: &ImageSet, seed| {
+            evaluation_pairs(set.labels(), set.num_classes(), PROTOCOL_PAIRS, seed)
+        };
+        Ok(Self {
+            validation: draw(&data.validation, VALIDATION_PAIRS_SEED)?,
+            test: draw(&data.test, TEST_PAIRS_SEED)?,
+        })
+    }
+
+    /// Verification figures of embeddings of the validation and test sets.
+    fn score(&self, validation: &[f32], test: &[f32], dim: usize) -> Verification {
+        let v = pair_distances(validation, dim, &self.validation);
+        let t = pair_distances(test, dim, &self.test);
+        verification(&v, &self.validation.same, &t, &self.test.same)
+    }
+}
+
+/// The baselines of the protocol: raw pixels, and PCA of the pixels onto `dim`
+/// dimensions fitted on (at most [`siamese_metrics::pca::PCA_MAX_FIT_ROWS`] evenly
+/// spaced) training images.
+fn baselines(
+    data: &Dataset,
+    pairs: &ProtocolPairs,
+    dim: usize,
+) -> (Verification, Option<Verification>) {
+    let pixels = data.test.image_len();
+    let (validation, test) = (
+        pixels_f32(&data.validation, None),
+        pixels_f32(&data.test, None),
+    );
+    let pixel = pairs.score(&validation, &test, pixels);
+    let pca =
+        (pixels <= PCA_BASELINE_MAX_PIXELS && dim <= pixels && !data.train.is_empty()).then(|| {
+            let step = data
+                .train
+                .len()
+                .div_ceil(siamese_metrics::pca::PCA_MAX_FIT_ROWS);
+            let fit_rows: Vec<usize> = (0..data.train.len()).step_by(step.max(1)).collect();
+            let pca = Pca::fit(
+                &pixels_f32(&data.train, Some(&fit_rows)),
+                pixels,
+                dim,
+                PCA_BASELINE_SEED,
+            );
+            pairs.score(&pca.project(&validation), &pca.project(&test), dim)
+        });
+    (pixel, pca)
+}
+
 /// Runs the whole protocol. Returns the report and the test embeddings.
 pub fn evaluate<E: Embedder>(
     tower: &E,
@@ -113,27 +201,12 @@ pub fn evaluate<E: Embedder>(
     batcher: &Batcher,
 ) -> Result<(EvalReport, Vec<f32>), TrainError> {
     let dim = tower.embedding_dim();
+    let pairs = ProtocolPairs::draw(data)?;
     let val = embed_set(tower, &data.validation, batcher)?;
-    let (validation, _, _) = pair_metrics_of(
-        &data.validation,
-        &val,
-        dim,
-        PROTOCOL_PAIRS,
-        VALIDATION_PAIRS_SEED,
-    )?;
     let test = embed_set(tower, &data.test, batcher)?;
-    let (test_metrics, d, same) =
-        pair_metrics_of(&data.test, &test, dim, PROTOCOL_PAIRS, TEST_PAIRS_SEED)?;
-    let seen = data.train.class_counts();
-    let unseen = data
-        .test
-        .labels()
-        .iter()
-        .any(|&l| seen.get(l as usize).is_none_or(|&n| n == 0));
-    let (knn5_accuracy, knn_gallery) = if unseen {
-        let acc = knn_accuracy_leave_one_out(&test, data.test.labels(), dim, KNN_K);
-        (acc, KnnGallery::TestLeaveOneOut)
-    } else {
+    let model = pairs.score(&val, &test, dim);
+    let unseen_test_classes = data.unseen_test_classes();
+    let (knn5_accuracy, knn_gallery) = if unseen_test_classes.is_empty() {
         let train = embed_set(tower, &data.train, batcher)?;
         let acc = knn_accuracy(
             &train,
@@ -144,15 +217,26 @@ pub fn evaluate<E: Embedder>(
             KNN_K,
         );
         (acc, KnnGallery::Train)
+    } else {
+        let acc = knn_accuracy_leave_one_out(&test, data.test.labels(), dim, KNN_K);
+        (acc, KnnGallery::TestLeaveOneOut)
     };
+    let retrieval = retrieval_leave_one_out(&test, data.test.labels(), dim);
+    let (pixel, pca) = baselines(data, &pairs, dim);
     let report = EvalReport {
-        validation,
-        threshold: validation.best_threshold,
-        test_accuracy: accuracy_at(&d, &same, validation.best_threshold),
-        test_roc_auc: test_metrics.roc_auc,
-        test_eer: test_metrics.eer,
+        validation: model.validation,
+        threshold: model.threshold,
+        test_accuracy: model.test_accuracy,
+        test_roc_auc: model.test_roc_auc,
+        test_eer: model.test_eer,
         knn5_accuracy,
         knn_gallery,
+        unseen_test_classes,
+        precision_at_1: retrieval.precision_at_1,
+        r_precision: retrieval.r_precision,
+        map_at_r: retrieval.map_at_r,
+        pixel_baseline: Some(pixel),
+        pca_baseline: pca,
     };
     Ok((report, test))
 }

@@ -17,22 +17,27 @@
 pub mod config;
 pub mod error;
 pub mod eval;
-pub mod metrics;
+/// The evaluation metrics, from the `siamese-metrics` crate (usable without this one).
+pub use siamese_metrics as metrics;
 pub mod optim;
 pub mod plot;
 pub mod run;
 pub mod tensorboard;
 pub mod trainer;
 
-pub use config::{LossConfig, OptimConfig, Pairing, SamplerConfig, Schedule, TrainConfig, PRESETS};
+pub use config::{
+    LossConfig, OptimConfig, Pairing, SamplerConfig, Schedule, SelfSupervised, TrainConfig,
+    ViewLoss, PRESETS,
+};
 pub use error::TrainError;
 pub use eval::{evaluate, EvalReport, KnnGallery};
-pub use metrics::{
-    accuracy_at, knn_accuracy, knn_accuracy_leave_one_out, pair_metrics, PairMetrics,
-};
 pub use optim::{Adam, AdamConfig};
 pub use run::{
     data_metadata, final_evaluation, load_run_config, run, EvalRecord, Reporter, RunOptions,
     RunSummary, Silent, StepRecord,
+};
+pub use siamese_metrics::{
+    accuracy_at, knn_accuracy, knn_accuracy_leave_one_out, pair_metrics, PairMetrics,
+    RetrievalMetrics, Verification,
 };
 pub use trainer::Trainer;

@@ -34,8 +34,8 @@ fn register_fonts() {
 }
 
 /// Projects `n x dim` values on two axes: the values themselves for `dim <= 2` (a zero
-/// second axis for `dim = 1`), else the first two principal components (power
-/// iteration on the covariance). Returns the points and whether PCA was used.
+/// second axis for `dim = 1`), else the first two principal components
+/// ([`siamese_metrics::Pca`]). Returns the points and whether PCA was used.
 pub fn project_2d(values: &[f32], dim: usize) -> (Vec<(f64, f64)>, bool) {
     let rows = values.chunks_exact(dim);
     match dim {
@@ -48,49 +48,11 @@ pub fn project_2d(values: &[f32], dim: usize) -> (Vec<(f64, f64)>, bool) {
         }
         _ => {}
     }
-    let n = values.len() / dim;
-    let mut mean = vec![0f64; dim];
-    for r in values.chunks_exact(dim) {
-        for (m, &v) in mean.iter_mut().zip(r) {
-            *m += f64::from(v) / n as f64;
-        }
-    }
-    let mut cov = vec![0f64; dim * dim];
-    for r in values.chunks_exact(dim) {
-        for i in 0..dim {
-            for j in 0..dim {
-                cov[i * dim + j] += (f64::from(r[i]) - mean[i]) * (f64::from(r[j]) - mean[j]);
-            }
-        }
-    }
-    let mut components: Vec<Vec<f64>> = Vec::new();
-    for k in 0..2 {
-        let mut v: Vec<f64> = (0..dim).map(|i| if i == k { 1.0 } else { 0.5 }).collect();
-        for _ in 0..200 {
-            let mut next: Vec<f64> = (0..dim)
-                .map(|i| (0..dim).map(|j| cov[i * dim + j] * v[j]).sum())
-                .collect();
-            for c in &components {
-                let dot: f64 = next.iter().zip(c).map(|(a, b)| a * b).sum();
-                next.iter_mut().zip(c).for_each(|(a, b)| *a -= dot * b);
-            }
-            let norm = next.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-30);
-            v = next.into_iter().map(|x| x / norm).collect();
-        }
-        components.push(v);
-    }
-    let points = values
-        .chunks_exact(dim)
-        .map(|r| {
-            let p = |c: &Vec<f64>| {
-                r.iter()
-                    .zip(&mean)
-                    .zip(c)
-                    .map(|((&x, m), w)| (f64::from(x) - m) * w)
-                    .sum::<f64>()
-            };
-            (p(&components[0]), p(&components[1]))
-        })
+    let pca = siamese_metrics::Pca::fit(values, dim, 2, 0);
+    let points = pca
+        .project(values)
+        .chunks_exact(2)
+        .map(|p| (f64::from(p[0]), f64::from(p[1])))
         .collect();
     (points, true)
 }

@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
-use siamese_data::{Batcher, Dataset, Preprocessing, SamplerState};
+use siamese_data::{Augmenter, Batcher, Dataset, Preprocessing, Rng, SamplerState};
 use siamese_model::{checkpoint, ConvTower, DropoutState, SiameseModel};
 
 use crate::config::TrainConfig;
@@ -136,6 +136,10 @@ struct TrainState {
     dropout: DropoutState,
     adam_step: u64,
     best_validation_eer: Option<f64>,
+    /// The augmenter's generator (absent without augmentation, and in checkpoints
+    /// written before augmentation existed).
+    #[serde(default)]
+    augment: Option<Rng>,
 }
 
 /// Reads a run folder's `config.json`.
@@ -202,6 +206,14 @@ pub fn run(
             data.train.cols()
         )));
     }
+    if let Some(held_out) = &config.holdout_classes {
+        if let Some(&l) = data.train.labels().iter().find(|&&l| held_out.contains(l)) {
+            return Err(TrainError::Config(format!(
+                "the config holds out classes {held_out} but the training split has class \
+                 {l}: load the data through Dataset::hold_out first"
+            )));
+        }
+    }
     let last_path = dir.join(files::LAST);
     if options.resume {
         if !last_path.is_file() {
@@ -258,6 +270,10 @@ pub fn run(
         batcher.clone(),
     )?;
     trainer.set_pairing(config.pairing);
+    if let Some(augment) = config.augment {
+        trainer.augmenter = Some(Augmenter::new(augment, config.seed.wrapping_add(3))?);
+    }
+    trainer.self_supervised = config.self_supervised;
 
     let mut start = 0;
     let mut last_loss = f64::NAN;
@@ -277,6 +293,16 @@ pub fn run(
         trainer.optimizer.restore(&adam, state.adam_step)?;
         trainer.sampler.restore(&state.sampler)?;
         trainer.model.tower.set_dropout_state(state.dropout);
+        match (&mut trainer.augmenter, state.augment) {
+            (Some(a), Some(rng)) => a.restore(rng),
+            (None, None) => {}
+            _ => {
+                return Err(TrainError::Resume(format!(
+                    "{}: the checkpoint and the config disagree on augmentation",
+                    last_path.display()
+                )))
+            }
+        }
         start = state.step;
         last_loss = state.last_loss;
         best_eer = state.best_validation_eer;
@@ -365,6 +391,7 @@ pub fn run(
                 dropout: trainer.model.tower.dropout_state(),
                 adam_step: trainer.optimizer.step_count(),
                 best_validation_eer: best_eer,
+                augment: trainer.augmenter.as_ref().map(Augmenter::state),
             };
             write_last(
                 &last_path,
@@ -396,8 +423,9 @@ pub fn run(
 
 /// What a checkpoint says of its data, so that `siamese eval`, `embed` and `verify`
 /// need nothing but the file: `data` (the name or folder), `image_folder` (the split
-/// and size, JSON) and `preprocessing` (what to do to an image file, JSON: resized for
-/// image folders, required at the input size for the IDX sets).
+/// and size, JSON), `holdout_classes` (JSON list, when classes were held out) and
+/// `preprocessing` (what to do to an image file, JSON: resized for image folders,
+/// required at the input size for the IDX sets).
 pub fn data_metadata(config: &TrainConfig) -> BTreeMap<String, String> {
     let preprocessing = Preprocessing {
         height: config.model.input_height,
@@ -415,6 +443,12 @@ pub fn data_metadata(config: &TrainConfig) -> BTreeMap<String, String> {
         meta.insert(
             "image_folder".to_string(),
             serde_json::to_string(folder).expect("plain data"),
+        );
+    }
+    if let Some(held_out) = &config.holdout_classes {
+        meta.insert(
+            "holdout_classes".to_string(),
+            serde_json::to_string(held_out).expect("plain data"),
         );
     }
     meta

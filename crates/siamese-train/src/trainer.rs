@@ -4,11 +4,11 @@
 //! change, not a fork.
 
 use candle_core::{Tensor, Var};
-use siamese_data::{Batcher, ImageSet, PairSampler};
-use siamese_loss::{Distance, Euclidean, PairLoss, Reduction};
+use siamese_data::{Augmenter, Batcher, ImageSet, PairBatch, PairSampler};
+use siamese_loss::{nt_xent, Distance, Euclidean, PairLoss, Reduction};
 use siamese_model::{Embedder, SiameseModel};
 
-use crate::config::Pairing;
+use crate::config::{Pairing, SelfSupervised, ViewLoss};
 use crate::error::TrainError;
 use crate::optim::{Adam, AdamConfig};
 
@@ -29,6 +29,11 @@ pub struct Trainer<S, E, L> {
     pub reduction: Reduction,
     /// Updates the parameters.
     pub optimizer: Adam,
+    /// Distorts every training image, when set.
+    pub augmenter: Option<Augmenter>,
+    /// The self-supervised term (two views of each image, the two views of one image
+    /// the only positives), when set. Needs an augmenter.
+    pub self_supervised: Option<SelfSupervised>,
     batcher: Batcher,
 }
 
@@ -50,6 +55,8 @@ impl<S: PairSampler, E: Embedder, L: PairLoss> Trainer<S, E, L> {
             pairing: Pairing::Sampled,
             reduction: Reduction::Mean,
             optimizer: Adam::new(params, adam)?,
+            augmenter: None,
+            self_supervised: None,
             batcher,
         })
     }
@@ -72,29 +79,29 @@ impl<S: PairSampler, E: Embedder, L: PairLoss> Trainer<S, E, L> {
         step: u64,
     ) -> Result<f64, TrainError> {
         let pairs = self.sampler.sample(batch_size);
-        let batch = self.batcher.pairs(set, &pairs)?;
-        let (left, right) = self.model.forward_pair(&batch.left, &batch.right, true)?;
-        let (distance, same) = match self.pairing {
-            Pairing::Sampled => (self.distance.paired(&left, &right)?, batch.same),
-            Pairing::AllInBatch => {
-                // The batch's 2B images, in the order of the embeddings below.
-                let labels: Vec<u8> = pairs
-                    .left
-                    .iter()
-                    .chain(&pairs.right)
-                    .map(|&i| set.labels()[i])
-                    .collect();
-                let (first, second, same) = all_pairs(&labels);
-                let embeddings = Tensor::cat(&[&left, &right], 0)?;
-                let device = embeddings.device();
-                let a = embeddings.index_select(&Tensor::new(first, device)?, 0)?;
-                let b = embeddings.index_select(&Tensor::new(second, device)?, 0)?;
-                let same = Tensor::new(same, device)?.to_dtype(embeddings.dtype())?;
-                (self.distance.paired(&a, &b)?, same)
+        let loss = if let Some(ssl) = self.self_supervised {
+            self.views_loss(set, &pairs, ssl)?
+        } else {
+            let batch = self.batcher.pairs(set, &pairs, self.augmenter.as_mut())?;
+            let (left, right) = self.model.forward_pair(&batch.left, &batch.right, true)?;
+            match self.pairing {
+                Pairing::Sampled => {
+                    let distance = self.distance.paired(&left, &right)?;
+                    let terms = self.loss.terms(&distance, &batch.same)?;
+                    self.reduction.reduce(&terms, &batch.same)?
+                }
+                Pairing::AllInBatch => {
+                    // The batch's 2B images, in the order of the embeddings below.
+                    let labels: Vec<u8> = pairs
+                        .left
+                        .iter()
+                        .chain(&pairs.right)
+                        .map(|&i| set.labels()[i])
+                        .collect();
+                    self.all_pairs_loss(&Tensor::cat(&[&left, &right], 0)?, &labels)?
+                }
             }
         };
-        let terms = self.loss.terms(&distance, &same)?;
-        let loss = self.reduction.reduce(&terms, &same)?;
         let value = f64::from(loss.to_scalar::<f32>()?);
         if !value.is_finite() {
             return Err(TrainError::Diverged { step, loss: value });
@@ -103,11 +110,68 @@ impl<S: PairSampler, E: Embedder, L: PairLoss> Trainer<S, E, L> {
         self.optimizer.step(&grads, lr)?;
         Ok(value)
     }
+
+    /// The loss over every pair of `embeddings` (rows), same-class when their `labels`
+    /// agree, with the trainer's reduction.
+    fn all_pairs_loss<T: PartialEq>(
+        &self,
+        embeddings: &Tensor,
+        labels: &[T],
+    ) -> Result<Tensor, TrainError> {
+        let (first, second, same) = all_pairs(labels);
+        let device = embeddings.device();
+        let a = embeddings.index_select(&Tensor::new(first, device)?, 0)?;
+        let b = embeddings.index_select(&Tensor::new(second, device)?, 0)?;
+        let same = Tensor::new(same, device)?.to_dtype(embeddings.dtype())?;
+        let distance = self.distance.paired(&a, &b)?;
+        let terms = self.loss.terms(&distance, &same)?;
+        Ok(self.reduction.reduce(&terms, &same)?)
+    }
+
+    /// Two augmented views of each of the batch's `2B` images, embedded in one pass:
+    /// the labelled loss over every pair of the `4B` views (same class = same), plus
+    /// the weighted self-supervised loss, for which only the two views of one image
+    /// belong together (instance discrimination, SimCLR's positives). The second term
+    /// keeps images of one class apart from each other, so the embedding does not
+    /// collapse onto the training classes: what unseen classes need.
+    fn views_loss(
+        &mut self,
+        set: &ImageSet,
+        pairs: &PairBatch,
+        ssl: SelfSupervised,
+    ) -> Result<Tensor, TrainError> {
+        let augmenter = self
+            .augmenter
+            .as_mut()
+            .ok_or_else(|| TrainError::Config("self-supervised views need augmentation".into()))?;
+        let images: Vec<usize> = pairs.left.iter().chain(&pairs.right).copied().collect();
+        let first = self.batcher.images_augmented(set, &images, augmenter)?;
+        let second = self.batcher.images_augmented(set, &images, augmenter)?;
+        let embeddings = self
+            .model
+            .tower
+            .forward_t(&Tensor::cat(&[&first, &second], 0)?, true)?;
+        let n = images.len();
+        let labels: Vec<u8> = images
+            .iter()
+            .chain(&images)
+            .map(|&i| set.labels()[i])
+            .collect();
+        let labelled = self.all_pairs_loss(&embeddings, &labels)?;
+        let instance = match ssl.loss {
+            ViewLoss::PairLoss => {
+                let instances: Vec<usize> = (0..2 * n).map(|i| i % n).collect();
+                self.all_pairs_loss(&embeddings, &instances)?
+            }
+            ViewLoss::NtXent { temperature } => nt_xent(&embeddings, temperature)?,
+        };
+        Ok((labelled + (instance * ssl.weight)?)?)
+    }
 }
 
 /// Every pair `(i, j)`, `i < j`, of images with these labels: the two index lists and
 /// whether each pair is same-class (1.0) or not (0.0).
-pub fn all_pairs(labels: &[u8]) -> (Vec<u32>, Vec<u32>, Vec<f32>) {
+pub fn all_pairs<T: PartialEq>(labels: &[T]) -> (Vec<u32>, Vec<u32>, Vec<f32>) {
     let n = labels.len();
     let count = n * n.saturating_sub(1) / 2;
     let (mut first, mut second, mut same) = (
@@ -136,6 +200,6 @@ mod tests {
         assert_eq!(second, [1, 2, 3, 2, 3, 3]);
         assert_eq!(same, [0.0, 1.0, 0.0, 0.0, 1.0, 0.0]);
         assert_eq!(all_pairs(&[7]).0.len(), 0);
-        assert_eq!(all_pairs(&[]).0.len(), 0);
+        assert_eq!(all_pairs::<u8>(&[]).0.len(), 0);
     }
 }

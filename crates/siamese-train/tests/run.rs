@@ -4,11 +4,15 @@
 
 use std::path::Path;
 
-use siamese_data::{Dataset, DatasetSpec, ImageSet, Rng};
+use siamese_data::{
+    evaluation_pairs, AugmentConfig, Dataset, DatasetSpec, HeldOutClasses, ImageSet, Rng,
+};
 use siamese_model::TowerConfig;
+use siamese_train::eval::{PROTOCOL_PAIRS, TEST_PAIRS_SEED, VALIDATION_PAIRS_SEED};
 use siamese_train::{
-    load_run_config, run, EvalReport, LossConfig, OptimConfig, Pairing, RunOptions, SamplerConfig,
-    Schedule, Silent, TrainConfig, TrainError,
+    accuracy_at, load_run_config, pair_metrics, run, EvalReport, KnnGallery, LossConfig,
+    OptimConfig, Pairing, RunOptions, SamplerConfig, Schedule, SelfSupervised, Silent, TrainConfig,
+    TrainError, ViewLoss,
 };
 
 const SIDE: usize = 8;
@@ -49,6 +53,7 @@ fn config() -> TrainConfig {
         preset: "test".into(),
         data: "synthetic".into(),
         image_folder: None,
+        holdout_classes: None,
         model: TowerConfig {
             input_height: SIDE,
             input_width: SIDE,
@@ -63,6 +68,8 @@ fn config() -> TrainConfig {
             positive_fraction: 0.5,
         },
         pairing: Pairing::Sampled,
+        augment: None,
+        self_supervised: None,
         optim: OptimConfig {
             lr: 3e-3,
             schedule: Schedule::Cosine {
@@ -200,6 +207,28 @@ fn configs_written_before_pairing_existed_still_load() {
 
 #[test]
 fn stopped_and_resumed_run_matches_an_uninterrupted_one() {
+    stop_resume_and_compare(&config());
+}
+
+/// Augmentation and the self-supervised views draw from their own generator: it is
+/// saved and restored too.
+#[test]
+fn stopped_and_resumed_run_with_augmented_views_matches_an_uninterrupted_one() {
+    let c = TrainConfig {
+        pairing: Pairing::AllInBatch,
+        augment: Some(AugmentConfig::default()),
+        self_supervised: Some(SelfSupervised {
+            weight: 0.5,
+            loss: ViewLoss::NtXent { temperature: 0.5 },
+        }),
+        batch_size: 8,
+        ..config()
+    };
+    stop_resume_and_compare(&c);
+}
+
+fn stop_resume_and_compare(config: &TrainConfig) {
+    let config = || config.clone();
     let data = dataset();
     let no_eval = RunOptions {
         final_eval: false,
@@ -235,6 +264,146 @@ fn stopped_and_resumed_run_matches_an_uninterrupted_one() {
         model_tensors(broken.path()),
         "weights, batch-norm statistics and Adam moments agree bit for bit"
     );
+}
+
+fn hold_out(classes: &str) -> (TrainConfig, Dataset) {
+    let held_out: HeldOutClasses = classes.parse().unwrap();
+    let config = TrainConfig {
+        holdout_classes: Some(held_out.clone()),
+        ..config()
+    };
+    (config, dataset().hold_out(&held_out).unwrap())
+}
+
+#[test]
+fn held_out_classes_never_reach_a_training_batch() {
+    let (config, data) = hold_out("1,3");
+    let mut sampler = config
+        .sampler
+        .build(data.train.labels(), data.train.num_classes(), 9)
+        .unwrap();
+    let mut seen = [0usize; CLASSES];
+    for _ in 0..2_000 {
+        let batch = sampler.sample(config.batch_size);
+        for &i in batch.left.iter().chain(&batch.right) {
+            seen[data.train.labels()[i] as usize] += 1;
+        }
+    }
+    assert_eq!((seen[1], seen[3]), (0, 0), "{seen:?}");
+    assert!(seen[0] > 0 && seen[2] > 0);
+    // A run given data that still holds a held-out class refuses to start.
+    let dir = tempfile::tempdir().unwrap();
+    let err = run(
+        &config,
+        &dataset(),
+        dir.path(),
+        &RunOptions::default(),
+        &mut Silent,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("holds out classes 1,3") && err.contains("hold_out"),
+        "{err}"
+    );
+}
+
+#[test]
+fn held_out_run_reports_unseen_classes_retrieval_and_baselines() {
+    let (config, data) = hold_out("1,3");
+    let dir = tempfile::tempdir().unwrap();
+    let summary = run(
+        &config,
+        &data,
+        dir.path(),
+        &RunOptions::default(),
+        &mut Silent,
+    )
+    .unwrap();
+    let report = summary.report.unwrap();
+    assert_eq!(report.unseen_test_classes, vec![1, 3]);
+    assert_eq!(report.knn_gallery, KnnGallery::TestLeaveOneOut);
+    // The retrieval figures are the library's, over the saved test embeddings.
+    let saved = candle_core::safetensors::load(
+        dir.path().join("test_embeddings.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let embeddings: Vec<f32> = saved["embeddings"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let r = siamese_metrics::retrieval_leave_one_out(&embeddings, data.test.labels(), 2);
+    assert_eq!(
+        (report.precision_at_1, report.r_precision, report.map_at_r),
+        (r.precision_at_1, r.r_precision, r.map_at_r)
+    );
+    // The checkpoint says which classes were held out, so eval can rebuild the protocol.
+    let ckpt = siamese_model::checkpoint::read(
+        &dir.path().join("model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(ckpt.metadata["holdout_classes"], "[1,3]");
+    assert_eq!(load_run_config(dir.path()).unwrap(), config);
+}
+
+/// The pixel baseline, recomputed here from the definition: the protocol's pairs,
+/// Euclidean distance of pixels / 255, threshold from validation, then the test pairs.
+#[test]
+fn pixel_baseline_equals_a_direct_computation() {
+    let data = dataset();
+    let dir = tempfile::tempdir().unwrap();
+    let report = run(
+        &config(),
+        &data,
+        dir.path(),
+        &RunOptions::default(),
+        &mut Silent,
+    )
+    .unwrap()
+    .report
+    .unwrap();
+    let distances = |set: &ImageSet, seed| {
+        let pairs =
+            evaluation_pairs(set.labels(), set.num_classes(), PROTOCOL_PAIRS, seed).unwrap();
+        let d: Vec<f32> = pairs
+            .left
+            .iter()
+            .zip(&pairs.right)
+            .map(|(&a, &b)| {
+                let sum: f64 = set
+                    .image(a)
+                    .iter()
+                    .zip(set.image(b))
+                    .map(|(&x, &y)| (f64::from(x) / 255.0 - f64::from(y) / 255.0).powi(2))
+                    .sum();
+                sum.sqrt() as f32
+            })
+            .collect();
+        (d, pairs.same)
+    };
+    let (vd, vs) = distances(&data.validation, VALIDATION_PAIRS_SEED);
+    let (td, ts) = distances(&data.test, TEST_PAIRS_SEED);
+    let validation = pair_metrics(&vd, &vs);
+    let test = pair_metrics(&td, &ts);
+    let pixel = report.pixel_baseline.unwrap();
+    assert!(
+        (pixel.test_roc_auc - test.roc_auc).abs() < 1e-3,
+        "{pixel:?} {test:?}"
+    );
+    assert!((pixel.test_eer - test.eer).abs() < 1e-2);
+    assert!((pixel.validation.roc_auc - validation.roc_auc).abs() < 1e-3);
+    let accuracy = accuracy_at(&td, &ts, validation.best_threshold);
+    assert!(
+        (pixel.test_accuracy - accuracy).abs() < 1e-2,
+        "{pixel:?} {accuracy}"
+    );
+    // The synthetic classes are bright squares: pixels alone tell them apart well, and
+    // the PCA baseline (2-D here) is there beside it.
+    assert!(pixel.test_roc_auc > 0.9, "{pixel:?}");
+    assert!(report.pca_baseline.is_some());
 }
 
 #[test]

@@ -1,7 +1,6 @@
-//! Evaluation metrics, computed in plain Rust on distances and embeddings: ROC AUC,
-//! equal error rate, accuracy at a threshold (and the threshold that maximises it), and
-//! k-nearest-neighbour accuracy. A pair is predicted "same" when its distance is at most
-//! the threshold.
+//! Verification metrics of pairs (ROC AUC, equal error rate, accuracy at a threshold
+//! and the threshold that maximises it) and k-nearest-neighbour accuracy. A pair is
+//! predicted "same" when its distance is at most the threshold.
 
 use serde::{Deserialize, Serialize};
 
@@ -30,9 +29,18 @@ pub fn accuracy_at(distances: &[f32], same: &[bool], threshold: f64) -> f64 {
 }
 
 /// ROC AUC, EER and the best threshold of a set of pairs. With only one kind of pair
-/// present, AUC and EER are undefined and reported as NaN.
+/// present, AUC and EER are undefined and reported as NaN; so is everything when a
+/// distance is not finite (broken numbers get no confident answer).
 pub fn pair_metrics(distances: &[f32], same: &[bool]) -> PairMetrics {
     assert_eq!(distances.len(), same.len(), "one label per distance");
+    if distances.iter().any(|d| !d.is_finite()) {
+        return PairMetrics {
+            roc_auc: f64::NAN,
+            eer: f64::NAN,
+            best_threshold: f64::NAN,
+            best_accuracy: f64::NAN,
+        };
+    }
     let n = distances.len();
     let positives = same.iter().filter(|&&s| s).count();
     let negatives = n - positives;
@@ -237,6 +245,14 @@ mod tests {
             .fold(0.0, f64::max);
         assert!(m.best_accuracy >= best - 1e-12);
         assert_eq!(accuracy_at(&d, &s, m.best_threshold), m.best_accuracy);
+    }
+
+    #[test]
+    fn non_finite_distances_give_nan_not_a_hang() {
+        for bad in [f32::NAN, f32::INFINITY] {
+            let m = pair_metrics(&[0.1, bad, 0.3, bad], &[true, false, true, false]);
+            assert!(m.roc_auc.is_nan() && m.eer.is_nan() && m.best_threshold.is_nan());
+        }
     }
 
     #[test]
