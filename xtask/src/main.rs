@@ -14,7 +14,8 @@
 //!   and the SHA-256 of every file.
 //! - `train-check`: a short real-data training that must learn (validation ROC AUC
 //!   above 0.98, where chance is 0.5), then `siamese eval` of its checkpoint, which must
-//!   agree with the metrics written during training.
+//!   agree with the metrics written during training; then the same with digits 5-9
+//!   held out, whose report must name them unseen and carry the baselines.
 
 use std::process::{Command, ExitCode};
 
@@ -168,50 +169,66 @@ const CHECK_MIN_AUC: f64 = 0.98;
 
 fn train_check() -> Result<()> {
     let dir = std::path::Path::new("target/ci-train-check");
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
-    }
-    let out = dir.to_str().context("a UTF-8 path")?;
-    cargo(&[
-        "run",
-        "-q",
-        "-p",
-        "siamese-cli",
-        "--",
-        "train",
-        "--steps",
-        CHECK_STEPS,
-        "--eval-every",
-        "100",
-        "--out",
-        out,
-    ])?;
-    let written: serde_json::Value = read_json(&dir.join("metrics.json"))?;
+    let written = train_and_eval(dir, &["--steps", CHECK_STEPS, "--eval-every", "100"])?;
     let auc = written["validation"]["roc_auc"]
         .as_f64()
         .context("metrics.json lacks validation.roc_auc")?;
     if auc <= CHECK_MIN_AUC {
         bail!("the model did not learn: validation ROC AUC {auc:.4} after {CHECK_STEPS} steps (need > {CHECK_MIN_AUC})");
     }
+    eprintln!("train-check: validation ROC AUC {auc:.4} after {CHECK_STEPS} steps; siamese eval agrees with metrics.json: {written}");
+
+    // The held-out-class protocol: the checkpoint alone must rebuild it (eval agrees),
+    // and the report must say which classes were unseen and carry the baselines.
+    let dir = std::path::Path::new("target/ci-train-check-holdout");
+    let written = train_and_eval(
+        dir,
+        &[
+            "--steps",
+            HOLDOUT_CHECK_STEPS,
+            "--eval-every",
+            "100",
+            "--holdout-classes",
+            "5-9",
+        ],
+    )?;
+    if written["unseen_test_classes"] != serde_json::json!([5, 6, 7, 8, 9])
+        || written["knn_gallery"] != "test_leave_one_out"
+    {
+        bail!("the held-out run does not report digits 5-9 as unseen: {written}");
+    }
+    for baseline in ["pixel_baseline", "pca_baseline"] {
+        if !written[baseline]["test_roc_auc"].is_f64() {
+            bail!("the held-out report lacks {baseline}.test_roc_auc: {written}");
+        }
+    }
+    eprintln!("train-check (held out 5-9, {HOLDOUT_CHECK_STEPS} steps): siamese eval rebuilt the protocol from the checkpoint and agrees: {written}");
+    Ok(())
+}
+
+/// Steps of the held-out-class check: enough for a checkpoint and an evaluation; what
+/// it checks is the protocol, not the quality.
+const HOLDOUT_CHECK_STEPS: &str = "200";
+
+/// Trains into a fresh `dir` with `args`, then checks that `siamese eval` of the
+/// checkpoint (nothing but the file) reproduces `metrics.json` exactly; returns it.
+fn train_and_eval(dir: &std::path::Path, args: &[&str]) -> Result<serde_json::Value> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    let out = dir.to_str().context("a UTF-8 path")?;
+    let run = ["run", "-q", "-p", "siamese-cli", "--"];
+    cargo(&[&run[..], &["train"], args, &["--out", out]].concat())?;
+    let written: serde_json::Value = read_json(&dir.join("metrics.json"))?;
     let model = dir.join("model.safetensors");
-    let eval = cargo_output(&[
-        "run",
-        "-q",
-        "-p",
-        "siamese-cli",
-        "--",
-        "eval",
-        "--model",
-        model.to_str().context("a UTF-8 path")?,
-        "--json",
-    ])?;
+    let model = model.to_str().context("a UTF-8 path")?;
+    let eval = cargo_output(&[&run[..], &["eval", "--model", model, "--json"]].concat())?;
     let evaluated: serde_json::Value =
         serde_json::from_str(eval.trim()).context("parsing siamese eval --json")?;
     if evaluated != written {
         bail!("siamese eval disagrees with the metrics written during training:\n  eval:     {evaluated}\n  training: {written}");
     }
-    eprintln!("train-check: validation ROC AUC {auc:.4} after {CHECK_STEPS} steps; siamese eval agrees with metrics.json: {evaluated}");
-    Ok(())
+    Ok(written)
 }
 
 fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {

@@ -524,13 +524,19 @@ fn verify(a: VerifyArgs) -> Result<()> {
     let images = (Tensor::from_vec(pixels, (2, 1, h, w), &device()?)?
         .to_dtype(candle_core::DType::F32)?
         / 255.0)?;
-    let e = tower.forward_t(&images, false)?.to_vec2::<f32>()?;
-    let distance = e[0]
-        .iter()
-        .zip(&e[1])
-        .map(|(x, y)| f64::from((x - y) * (x - y)))
-        .sum::<f64>()
-        .sqrt();
+    let e = tower
+        .forward_t(&images, false)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    // The distance the evaluation protocol uses, so the threshold means the same here.
+    let distance =
+        f64::from(siamese_train::metrics::pair_distances(&e, tower.embedding_dim(), &[0], &[1])[0]);
+    if !distance.is_finite() || !threshold.is_finite() {
+        bail!(
+            "no verdict: the distance ({distance}) or the threshold ({threshold}) is not a finite number; the checkpoint {} is broken",
+            a.model.display()
+        );
+    }
     let verdict = if distance <= threshold {
         "same"
     } else {
