@@ -222,6 +222,13 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
             PairingName::AllInBatch => Pairing::AllInBatch,
         };
     }
+    if let Some(held_out) = &a.source.holdout_classes {
+        // Known data sets are checked now, before minutes of loading.
+        if let Ok(spec) = DatasetSpec::by_name(&c.data) {
+            held_out.check(spec.num_classes(), &spec.name)?;
+        }
+        c.holdout_classes = Some(held_out.clone());
+    }
     if a.positive_fraction.is_some() && c.sampler == SamplerConfig::Random {
         bail!("--positive-fraction applies to --pairs balanced; the pairs are random");
     }
@@ -245,11 +252,8 @@ fn train(a: TrainArgs) -> Result<()> {
         }
     };
     let mut config = config;
-    if let Some(held_out) = &a.source.holdout_classes {
-        if resume {
-            bail!("--holdout-classes cannot change a run being resumed; it holds out what its config.json says");
-        }
-        config.holdout_classes = Some(held_out.clone());
+    if resume && a.source.holdout_classes.is_some() {
+        bail!("--holdout-classes cannot change a run being resumed; it holds out what its config.json says");
     }
     let folder = folder_options(&a.source, config.image_folder, config.seed);
     let loaded = load_data(&config.data, &folder)?;

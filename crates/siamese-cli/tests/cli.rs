@@ -263,6 +263,19 @@ fn user_errors_are_one_line_and_non_zero() {
         &siamese(&["train", "--lr=-1"], dir.path()),
         "learning rate must be positive",
     );
+    // Held-out classes: refused before any data is loaded.
+    for (classes, needle) in [
+        ("5", "1 held out"),
+        ("3-12", "class 10, which mnist does not have"),
+        ("0-8", "leaving 1 to train on"),
+        ("9-5", "the range 9-5 is empty"),
+        ("x", "expected class numbers"),
+    ] {
+        assert_user_error(
+            &siamese(&["train", "--holdout-classes", classes], dir.path()),
+            needle,
+        );
+    }
     // Offline with no copy: the message says which files to put where.
     assert_user_error(
         &siamese(&["data", "info", "--data", "mnist"], dir.path()),

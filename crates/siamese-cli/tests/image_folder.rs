@@ -181,6 +181,34 @@ fn trains_on_an_image_folder_and_verifies_unseen_identities() {
         "unseen identities: accuracy {accuracy}, ROC AUC {auc}"
     );
     assert_eq!(metrics["knn_gallery"], "test_leave_one_out");
+    // The report names the 8 unseen identities and scores the same pairs by pixels.
+    assert_eq!(metrics["unseen_test_classes"].as_array().unwrap().len(), 8);
+    let pixels = metrics["pixel_baseline"]["test_roc_auc"].as_f64().unwrap();
+    eprintln!(
+        "pixel baseline ROC AUC {pixels}, MAP@R {}",
+        metrics["map_at_r"]
+    );
+    assert!(
+        auc > pixels,
+        "the model ({auc}) does not beat raw pixels ({pixels})"
+    );
+
+    // An image folder holds classes out with its own split, not --holdout-classes.
+    let refused = siamese(&[
+        "train",
+        "--data",
+        data,
+        "--holdout-classes",
+        "1,2",
+        "--steps",
+        "1",
+    ]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("holds out whole classes") && !err.contains("panicked"),
+        "{err}"
+    );
 
     // `siamese eval` rebuilds the same split from the checkpoint alone.
     let model = run.join("model.safetensors");
