@@ -282,7 +282,11 @@ fn main() {
     args.retain(|a| a != "--candle-pool");
     // Plain candle keeps candle's own thread pool, as a user of candle would have it.
     if !plain && !candle_pool {
-        siamese_model::kernels::candle_ops_on_calling_thread();
+        // SAFETY: nothing has started a thread yet (only arguments were read).
+        #[allow(unsafe_code)]
+        unsafe {
+            siamese_model::kernels::candle_ops_on_calling_thread();
+        }
     }
     let count = |default: usize| args.get(1).and_then(|a| a.parse().ok()).unwrap_or(default);
     let out = match args.first().map(String::as_str) {

@@ -198,11 +198,16 @@ pub struct TrainArgs {
     /// Evaluate on validation pairs every N steps.
     #[arg(long, value_name = "N")]
     pub eval_every: Option<u64>,
+    /// Save the resume checkpoint (last.safetensors) every N steps.
+    #[arg(long, value_name = "N")]
+    pub checkpoint_every: Option<u64>,
     /// Run folder (default `runs/<preset>-<unix time>`).
     #[arg(long, value_name = "DIR", conflicts_with = "resume")]
     pub out: Option<PathBuf>,
-    /// Continue the run in this folder from its last checkpoint.
-    #[arg(long, value_name = "DIR")]
+    /// Continue the run in this folder from its last checkpoint (from step 0 if it was
+    /// stopped before its first). Only `--steps` may change; other settings are the
+    /// run's own.
+    #[arg(long, value_name = "DIR", conflicts_with = "config")]
     pub resume: Option<PathBuf>,
 }
 
@@ -257,7 +262,7 @@ pub struct VerifyArgs {
     /// Second image.
     pub b: PathBuf,
     /// Distance at or below which the images are "same" (default: the checkpoint's).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_threshold)]
     pub threshold: Option<f64>,
 }
 
@@ -280,6 +285,10 @@ pub struct DataArgs {
     pub action: DataAction,
     #[command(flatten)]
     pub source: DataSource,
+    /// `info` as one JSON object (name, origin, image size, split sizes, per-class
+    /// counts).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// What `siamese data` does.
@@ -289,4 +298,10 @@ pub enum DataAction {
     Fetch,
     /// Describe the data set and where it was found.
     Info,
+}
+
+/// A distance threshold: a finite number >= 0 (`nan` or `inf` would make every verdict
+/// the same).
+fn parse_threshold(text: &str) -> Result<f64, String> {
+    siamese_model::checkpoint::threshold_value(text)
 }

@@ -100,6 +100,15 @@ fn load_data(name_or_dir: &str, folder: &FolderOptions) -> Result<Loaded> {
             folder: Some(loaded.options),
         });
     }
+    let looks_like_path = name_or_dir.contains(std::path::MAIN_SEPARATOR)
+        || name_or_dir.contains('/')
+        || name_or_dir.starts_with('.');
+    if looks_like_path && !path.exists() {
+        bail!(
+            "{name_or_dir}: no such folder (--data takes {} or a folder)",
+            KNOWN_DATASETS.join(", ")
+        );
+    }
     let found = if path.is_dir() {
         let mut failures = Vec::new();
         let mut found = None;
@@ -115,8 +124,8 @@ fn load_data(name_or_dir: &str, folder: &FolderOptions) -> Result<Loaded> {
         }
         found.with_context(|| {
             format!(
-                "{name_or_dir} holds no known data set and no class subfolders of images:\n  {}",
-                failures.join("\n  ")
+                "{name_or_dir} holds no known data set and no class subfolders of images ({})",
+                failures.join("; ")
             )
         })?
     } else {
@@ -130,15 +139,18 @@ fn load_data(name_or_dir: &str, folder: &FolderOptions) -> Result<Loaded> {
     })
 }
 
-fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
-    let mut c = match &a.config {
-        Some(path) => {
+/// The run's config: `base` (a resumed run's own) or the `--config` file or the preset,
+/// with every setting the command line gives applied on top.
+fn train_config(a: &TrainArgs, base: Option<TrainConfig>) -> Result<TrainConfig> {
+    let mut c = match (base, &a.config) {
+        (Some(base), _) => base,
+        (None, Some(path)) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
             serde_json::from_str(&text)
                 .with_context(|| format!("{} is not a valid training config", path.display()))?
         }
-        None => TrainConfig::preset(&a.preset)?,
+        (None, None) => TrainConfig::preset(&a.preset)?,
     };
     if let Some(d) = &a.source.data {
         c.data = d.clone();
@@ -178,6 +190,9 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
     }
     if let Some(v) = a.eval_every {
         c.eval_every = v;
+    }
+    if let Some(v) = a.checkpoint_every {
+        c.checkpoint_every = v;
     }
     c.loss = match (a.loss, c.loss) {
         (Some(LossName::Chopra), _) | (None, LossConfig::Chopra { .. }) => {
@@ -238,9 +253,14 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
 
 fn train(a: TrainArgs) -> Result<()> {
     let (config, dir, resume) = match &a.resume {
-        Some(dir) => (load_run_config(dir)?, dir.clone(), true),
+        // The library refuses any change but the number of steps, naming the settings.
+        Some(dir) => (
+            train_config(&a, Some(load_run_config(dir)?))?,
+            dir.clone(),
+            true,
+        ),
         None => {
-            let config = train_config(&a)?;
+            let config = train_config(&a, None)?;
             let dir = a.out.clone().unwrap_or_else(|| {
                 let secs = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -252,9 +272,6 @@ fn train(a: TrainArgs) -> Result<()> {
         }
     };
     let mut config = config;
-    if resume && a.source.holdout_classes.is_some() {
-        bail!("--holdout-classes cannot change a run being resumed; it holds out what its config.json says");
-    }
     let folder = folder_options(&a.source, config.image_folder, config.seed);
     let loaded = load_data(&config.data, &folder)?;
     match loaded.folder {
@@ -462,6 +479,14 @@ fn embed(a: EmbedArgs) -> Result<()> {
     };
     let dim = tower.embedding_dim();
     let values = embed_set(&tower, set, &Batcher::new(device()?))?;
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        bail!(
+            "the model {} gives a non-finite embedding (image {} of the {:?} split); nothing written",
+            a.model.display(),
+            i / dim.max(1),
+            a.split
+        );
+    }
     write_embeddings(&a.out, &values, dim, set.labels())?;
     eprintln!(
         "wrote {} embeddings of dimension {dim} to {}",
@@ -500,14 +525,15 @@ fn write_embeddings(path: &Path, values: &[f32], dim: usize, labels: &[u8]) -> R
 
 fn verify(a: VerifyArgs) -> Result<()> {
     let (tower, ckpt) = load_model(&a.model)?;
+    // Checked on load: a checkpoint's threshold is a finite number >= 0.
     let threshold = match a.threshold {
         Some(t) => t,
-        None => ckpt
-            .metadata
-            .get("threshold")
-            .context("the checkpoint holds no threshold; pass --threshold")?
-            .parse::<f64>()
-            .context("the checkpoint's threshold is not a number")?,
+        None => checkpoint::threshold_value(
+            ckpt.metadata
+                .get("threshold")
+                .context("the checkpoint holds no threshold; pass --threshold")?,
+        )
+        .map_err(anyhow::Error::msg)?,
     };
     let (h, w) = (ckpt.config.input_height, ckpt.config.input_width);
     // The steps of training: resized for image folders, exact size for the IDX sets.
@@ -598,6 +624,22 @@ fn data(a: DataArgs) -> Result<()> {
             "{}: ready ({origin}), counts and checksums verified",
             data.spec.name
         ),
+        DataAction::Info if a.json => {
+            let info = serde_json::json!({
+                "name": data.spec.name,
+                "origin": origin,
+                "classes": data.spec.class_names,
+                "rows": data.spec.rows,
+                "cols": data.spec.cols,
+                "train": data.train.len(),
+                "validation": data.validation.len(),
+                "test": data.test.len(),
+                "train_class_counts": data.train.class_counts(),
+                "validation_class_counts": data.validation.class_counts(),
+                "test_class_counts": data.test.class_counts(),
+            });
+            println!("{info}");
+        }
         DataAction::Info => {
             println!(
                 "data set:   {} ({} classes: {})",

@@ -8,6 +8,7 @@ mod report;
 
 use std::process::ExitCode;
 
+use clap::error::ErrorKind;
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -16,8 +17,15 @@ fn main() -> ExitCode {
     siamese_model::kernels::retain_freed_memory();
     // candle's element-wise thread pool spins next to the fused kernels' threads;
     // without it training ran about 1.1x faster on 2 cores.
-    siamese_model::kernels::candle_ops_on_calling_thread();
-    let cli = args::Cli::parse();
+    // SAFETY: the first line of `main`, before any thread exists.
+    #[allow(unsafe_code)]
+    unsafe {
+        siamese_model::kernels::candle_ops_on_calling_thread();
+    }
+    let cli = match args::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return bad_arguments(e),
+    };
     match commands::dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -26,4 +34,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Help and version go out as clap writes them; a usage error becomes one line like
+/// every other error (clap's first line; its usage block and tips are dropped), exit 2.
+fn bad_arguments(e: clap::Error) -> ExitCode {
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let first = text.lines().next().unwrap_or("error: invalid arguments");
+    eprintln!("{first} (see --help)");
+    ExitCode::from(2)
 }

@@ -36,6 +36,7 @@ fn assert_user_error(o: &Output, needle: &str) {
         "panic instead of an error: {err}"
     );
     assert!(err.starts_with("error: "), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
     assert!(err.contains(needle), "expected {needle:?} in {err}");
 }
 
@@ -109,23 +110,43 @@ fn verify_compares_two_images_with_the_checkpoint_threshold() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).starts_with("same: distance "), "{}", stdout(&o));
-    // The same image is at distance 0: "same" at any threshold; a negative one says no.
+    // Two different images are apart: "different" at threshold 0.
     let o = siamese(
         &[
             "verify",
             "--model",
             m,
             a.to_str().unwrap(),
-            a.to_str().unwrap(),
-            "--threshold=-1",
+            b.to_str().unwrap(),
+            "--threshold=0",
         ],
         dir.path(),
     );
     assert!(
-        stdout(&o).starts_with("different: distance 0.0000"),
+        stdout(&o).starts_with("different: distance "),
         "{}",
         stdout(&o)
     );
+    // Thresholds that would make every verdict the same are refused (issue #14).
+    for bad in ["-1", "nan", "inf"] {
+        let o = siamese(
+            &[
+                "verify",
+                "--model",
+                m,
+                a.to_str().unwrap(),
+                a.to_str().unwrap(),
+                &format!("--threshold={bad}"),
+            ],
+            dir.path(),
+        );
+        assert!(!o.status.success(), "{bad}");
+        assert!(
+            stderr(&o).contains("is not a distance threshold"),
+            "{bad}: {}",
+            stderr(&o)
+        );
+    }
 }
 
 #[test]

@@ -7,12 +7,15 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// The operating system refused a read or write.
-    #[error("{}: {source}", path.display())]
+    // The cause is in the message and deliberately not the error's `source()`: anyhow's
+    // `{:#}` prints both, and users saw "Is a directory (os error 21): Is a directory
+    // (os error 21)".
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file or folder involved.
         path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// What the operating system said.
+        error: std::io::Error,
     },
     /// The file is not a valid IDX file of the expected kind.
     #[error("{}: not a valid IDX file: expected {expected}, found {found}", path.display())]
@@ -77,7 +80,7 @@ pub enum DataError {
         found: String,
     },
     /// No local copy was found and downloading was impossible or disabled.
-    #[error("{dataset}: no local copy found and it could not be downloaded ({reason}).\n{help}")]
+    #[error("{dataset}: no local copy found and it could not be downloaded ({reason}); {help}")]
     NotAvailable {
         /// The data set.
         dataset: String,

@@ -138,7 +138,7 @@ fn folder_error(path: &Path, detail: impl Into<String>) -> DataError {
 fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
     let io = |source| DataError::Io {
         path: dir.to_path_buf(),
-        source,
+        error: source,
     };
     let mut paths = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io)? {
@@ -151,16 +151,21 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
     Ok(paths)
 }
 
+/// The largest image side this tool decodes, in pixels: a larger file (a decompression
+/// bomb, or a photograph far beyond any model's input) is refused from its header,
+/// before its pixels are allocated.
+pub const MAX_IMAGE_SIDE: u32 = 16_384;
+
 /// Decodes one image file to 8-bit grayscale: `(height, width, pixels)`.
 fn decode_gray(path: &Path) -> Result<(usize, usize, Vec<u8>), DataError> {
     let bad = |detail: String| DataError::ImageFile {
         path: path.to_path_buf(),
         detail,
     };
-    let reader = image::io::Reader::open(path)
+    let mut reader = image::io::Reader::open(path)
         .map_err(|e| DataError::Io {
             path: path.to_path_buf(),
-            source: e,
+            error: e,
         })?
         .with_guessed_format()
         .map_err(|e| bad(format!("cannot read it: {e}")))?;
@@ -169,9 +174,17 @@ fn decode_gray(path: &Path) -> Result<(usize, usize, Vec<u8>), DataError> {
             "not an image this tool reads (expected PNG, PGM/PNM or JPEG)".into(),
         ));
     }
-    let decoded = reader
-        .decode()
-        .map_err(|e| bad(format!("not a readable image: {e}")))?;
+    let mut limits = image::io::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(u64::from(MAX_IMAGE_SIDE).pow(2) * 4);
+    reader.limits(limits);
+    let decoded = reader.decode().map_err(|e| match e {
+        image::ImageError::Limits(_) => bad(format!(
+            "larger than this tool decodes ({MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} pixels): {e}"
+        )),
+        e => bad(format!("not a readable image: {e}")),
+    })?;
     let gray = decoded.to_luma8();
     let (w, h) = gray.dimensions();
     Ok((h as usize, w as usize, gray.into_raw()))

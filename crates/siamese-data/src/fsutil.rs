@@ -11,7 +11,7 @@ use crate::error::DataError;
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
     let io_err = |source| DataError::Io {
         path: path.to_path_buf(),
-        source,
+        error: source,
     };
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,

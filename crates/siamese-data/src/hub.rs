@@ -106,7 +106,7 @@ pub fn decode_parquet(
     };
     let file = std::fs::File::open(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
-        source,
+        error: source,
     })?;
     let reader = SerializedFileReader::new(file)
         .map_err(|e| parquet_err(format!("not a readable parquet file: {e}")))?;

@@ -87,7 +87,7 @@ pub fn encode_labels(labels: &[u8]) -> Vec<u8> {
 pub fn write_file(path: &Path, bytes: &[u8], gzip: bool) -> Result<(), DataError> {
     let io_err = |source| DataError::Io {
         path: path.to_path_buf(),
-        source,
+        error: source,
     };
     if gzip {
         let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -102,7 +102,7 @@ pub fn write_file(path: &Path, bytes: &[u8], gzip: bool) -> Result<(), DataError
 fn read_file(path: &Path) -> Result<Vec<u8>, DataError> {
     std::fs::read(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
-        source,
+        error: source,
     })
 }
 

@@ -108,24 +108,34 @@ pub fn load(spec: &DatasetSpec, options: &LoadOptions) -> Result<(Dataset, Origi
     }
     let mut looked_in = Vec::new();
     if let Some(dir) = &options.data_dir {
+        if dir.exists() && !dir.is_dir() {
+            return Err(DataError::Io {
+                path: dir.clone(),
+                error: std::io::Error::other(format!(
+                    "{DATA_DIR_ENV} names a file; it must be a folder holding {}/",
+                    spec.dir_name
+                )),
+            });
+        }
         let folder = dir.join(&spec.dir_name);
         if has_any_file(spec, &folder) {
             return Ok((load_folder(spec, &folder)?, Origin::DataDir(folder)));
         }
-        looked_in.push(format!("  {} ({DATA_DIR_ENV})", folder.display()));
+        looked_in.push(format!("{} ({DATA_DIR_ENV})", folder.display()));
     }
     let cache_folder = options.cache_dir.as_ref().map(|c| c.join(&spec.dir_name));
     if let Some(folder) = &cache_folder {
         if has_any_file(spec, folder) {
             return Ok((load_folder(spec, folder)?, Origin::Cache(folder.clone())));
         }
-        looked_in.push(format!("  {} (cache)", folder.display()));
+        looked_in.push(format!("{} (cache)", folder.display()));
     }
     let not_available = |reason: String, looked_in: &[String]| {
+        // One line, so that it reads as one error wherever it is printed.
         let looked_in = if looked_in.is_empty() {
-            "  (no folder: neither SIAMESE_DATA_DIR nor a cache folder is set)".to_string()
+            "(no folder: neither SIAMESE_DATA_DIR nor a cache folder is set)".to_string()
         } else {
-            looked_in.join("\n")
+            looked_in.join(", ")
         };
         let suggestion = cache_folder
             .as_ref()
@@ -135,7 +145,7 @@ pub fn load(spec: &DatasetSpec, options: &LoadOptions) -> Result<(Dataset, Origi
             dataset: spec.name.clone(),
             reason,
             help: format!(
-                "Looked in:\n{looked_in}\nTo use it offline, put the four files {} in {suggestion}, \
+                "looked in {looked_in}; to use it offline, put the four files {} in {suggestion}, \
                  or set SIAMESE_DATA_DIR to a folder holding {}/ with them",
                 spec.file_names().join(", "),
                 spec.dir_name
@@ -186,7 +196,7 @@ fn find_file(folder: &Path, name: &str) -> Option<PathBuf> {
 fn require_file(folder: &Path, name: &str) -> Result<PathBuf, DataError> {
     find_file(folder, name).ok_or_else(|| DataError::Io {
         path: folder.join(name),
-        source: std::io::Error::new(
+        error: std::io::Error::new(
             std::io::ErrorKind::NotFound,
             format!(
                 "missing (also looked for {})",

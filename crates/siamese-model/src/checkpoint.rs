@@ -47,22 +47,20 @@ pub fn save(
     config: &TowerConfig,
     extra: &BTreeMap<String, String>,
 ) -> Result<(), ModelError> {
+    if let Some(text) = extra.get("threshold") {
+        threshold_value(text)
+            .map_err(|detail| ModelError::Config(format!("threshold: {detail}")))?;
+    }
     let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
     let mut tensors = Vec::new();
     for (name, _) in config.parameter_shapes() {
         let var = data.get(&name).ok_or_else(|| {
             ModelError::Config(format!("the model has no parameter {name:?} to save"))
         })?;
-        let t = var.as_tensor().clone();
-        // 0 * x is 0 for every finite x and NaN for NaN or infinity; one scalar read.
-        let zero_if_finite = t.affine(0.0, 0.0)?.sum_all()?.to_scalar::<f32>()?;
-        if zero_if_finite != 0.0 {
-            return Err(ModelError::NonFinite { name });
-        }
-        tensors.push((name, t));
+        tensors.push((name, var.as_tensor().clone()));
     }
     drop(data);
-    let mut metadata: HashMap<String, String> = extra
+    let mut metadata: BTreeMap<String, String> = extra
         .iter()
         .filter(|(k, _)| !RESERVED_KEYS.contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
@@ -73,19 +71,92 @@ pub fn save(
         "model_config".into(),
         serde_json::to_string(config).expect("configs serialise"),
     );
-    let bytes = safetensors::serialize(tensors, Some(metadata)).map_err(|e| {
-        ModelError::NotSafetensors {
-            path: path.to_path_buf(),
-            detail: format!("serialising: {e}"),
-        }
-    })?;
+    write_safetensors(path, tensors, &metadata)
+}
+
+/// Writes `tensors` and `metadata` as a safetensors file: the one writer of every
+/// safetensors file this project makes (checkpoints, resume states, embeddings).
+///
+/// - Refuses, before writing anything, a tensor holding NaN or infinity (named in the
+///   error), so the previous file stays: a diverged run never overwrites good weights.
+/// - Deterministic: the header lists the metadata in key order (the safetensors crate
+///   writes it in hash-map order), so two equal states give byte-identical files.
+/// - Atomic: a temporary file beside the target, flushed, then renamed over it.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: Vec<(String, Tensor)>,
+    metadata: &BTreeMap<String, String>,
+) -> Result<(), ModelError> {
+    if let Some(name) = first_non_finite(tensors.iter().map(|(n, t)| (n.as_str(), t)))? {
+        return Err(ModelError::NonFinite { name });
+    }
+    let serialising = |detail: String| ModelError::NotSafetensors {
+        path: path.to_path_buf(),
+        detail: format!("serialising: {detail}"),
+    };
+    let bytes = safetensors::serialize(tensors, None).map_err(|e| serialising(e.to_string()))?;
+    let bytes = with_sorted_metadata(&bytes, metadata).map_err(serialising)?;
     write_atomic(path, &bytes)
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
+/// The name of the first tensor (in the order given) holding NaN or infinity, if any.
+/// Exact: `0 * x` is 0 for every finite `x` and NaN otherwise, so the sum of a tensor
+/// scaled by 0 is 0 exactly when the tensor is finite (no false alarm from large but
+/// finite values); one scalar is read per tensor.
+pub fn first_non_finite<'a>(
+    tensors: impl IntoIterator<Item = (&'a str, &'a Tensor)>,
+) -> Result<Option<String>, ModelError> {
+    for (name, t) in tensors {
+        let zero_if_finite = t
+            .affine(0.0, 0.0)?
+            .sum_all()?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
+        if zero_if_finite != 0.0 {
+            return Ok(Some(name.to_string()));
+        }
+    }
+    Ok(None)
+}
+
+/// Rewrites the header of a serialised safetensors file (written without metadata)
+/// with `metadata` and every entry in key order.
+fn with_sorted_metadata(
+    bytes: &[u8],
+    metadata: &BTreeMap<String, String>,
+) -> Result<Vec<u8>, String> {
+    let n = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+        .ok_or("no header length")?;
+    let header = bytes.get(8..8 + n).ok_or("header past the end")?;
+    let mut entries: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(header).map_err(|e| e.to_string())?;
+    entries.remove("__metadata__");
+    if !metadata.is_empty() {
+        let sorted: serde_json::Map<String, serde_json::Value> = metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        entries.insert("__metadata__".into(), serde_json::Value::Object(sorted));
+    }
+    let mut header = serde_json::to_vec(&entries).map_err(|e| e.to_string())?;
+    // The data must start at a multiple of 8 bytes; safetensors pads with spaces.
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + header.len() + bytes.len() - 8 - n);
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&bytes[8 + n..]);
+    Ok(out)
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file beside it (named with the
+/// process id, so two writers never share one), flushed to disk, then renamed over it.
+/// On failure the temporary file is removed and the previous file stays.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
     let io = |source| ModelError::Io {
         path: path.to_path_buf(),
-        source,
+        error: source,
     };
     let dir = path
         .parent()
@@ -108,7 +179,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
 pub fn read(path: &Path, device: &Device) -> Result<Checkpoint, ModelError> {
     let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
         path: path.to_path_buf(),
-        source,
+        error: source,
     })?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::NotSafetensors {
         path: path.to_path_buf(),
@@ -186,15 +257,56 @@ pub fn read(path: &Path, device: &Device) -> Result<Checkpoint, ModelError> {
         let t = Tensor::from_raw_buffer(view.data(), DType::F32, shape, device)?;
         tensors.insert(name.clone(), t);
     }
-    let metadata = meta
+    check_values(path, &expected, &tensors)?;
+    let metadata: BTreeMap<String, String> = meta
         .into_iter()
         .filter(|(k, _)| !RESERVED_KEYS.contains(&k.as_str()))
         .collect();
+    if let Some(text) = metadata.get("threshold") {
+        threshold_value(text).map_err(|detail| meta_err(format!("threshold: {detail}")))?;
+    }
     Ok(Checkpoint {
         config,
         tensors,
         metadata,
     })
+}
+
+/// Values no trained model holds, refused on load with the tensor named: NaN or
+/// infinity anywhere, a negative batch-norm running variance (its square root is NaN).
+fn check_values(
+    path: &Path,
+    expected: &[(String, Vec<usize>)],
+    tensors: &HashMap<String, Tensor>,
+) -> Result<(), ModelError> {
+    let bad = |name: &str, detail: &str| ModelError::BadValues {
+        path: path.to_path_buf(),
+        name: name.to_string(),
+        detail: detail.to_string(),
+    };
+    let in_order = expected.iter().map(|(n, _)| (n.as_str(), &tensors[n]));
+    if let Some(name) = first_non_finite(in_order)? {
+        return Err(bad(&name, "holds NaN or infinity"));
+    }
+    for (name, _) in expected.iter().filter(|(n, _)| n.ends_with(".running_var")) {
+        let min = tensors[name].flatten_all()?.min(0)?.to_scalar::<f32>()?;
+        if min < 0.0 {
+            return Err(bad(name, &format!("holds a negative variance ({min})")));
+        }
+    }
+    Ok(())
+}
+
+/// Parses a distance threshold as checkpoints store it (and users pass it): a finite,
+/// non-negative number, or an error saying what it is instead.
+pub fn threshold_value(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(t) if t.is_finite() && t >= 0.0 => Ok(t),
+        Ok(t) => Err(format!(
+            "{t} is not a distance threshold (a finite number >= 0)"
+        )),
+        Err(_) => Err(format!("{text:?} is not a number")),
+    }
 }
 
 /// Loads a tower from a checkpoint; its parameters live in the returned `VarMap`

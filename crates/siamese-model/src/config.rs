@@ -86,6 +86,34 @@ impl Default for TowerConfig {
 /// Padding of one convolution: `(before, after)` rows (and columns).
 pub type PadAmount = (usize, usize);
 
+/// Bounds on what a config may ask for, checked by [`TowerConfig::validate`] before
+/// anything is allocated. A checkpoint's config comes from a file: a forged one
+/// (25004x25004 inputs, a billion-wide embedding) gets a one-line error instead of a
+/// multi-gigabyte allocation and an abort. Each bound is far above any network this
+/// tool trains on a CPU.
+pub mod limits {
+    /// Largest input height or width, in pixels.
+    pub const MAX_INPUT_SIDE: usize = 4096;
+    /// Most channels of the input or of one convolution.
+    pub const MAX_CHANNELS: usize = 8192;
+    /// Widest fully connected layer or embedding.
+    pub const MAX_WIDTH: usize = 65_536;
+    /// Largest convolution kernel side.
+    pub const MAX_KERNEL: usize = 31;
+    /// Most convolutions, and most fully connected layers.
+    pub const MAX_LAYERS: usize = 64;
+    /// Most parameters and batch-norm statistics in all: 1 GiB of f32.
+    pub const MAX_PARAMETERS: u128 = 1 << 28;
+    /// Most activations of one image through the network: 256 MiB of f32.
+    pub const MAX_ACTIVATIONS_PER_IMAGE: u128 = 1 << 26;
+}
+
+fn over<T>(what: &str, value: u128, max: u128) -> Result<T, ModelError> {
+    Err(ModelError::Config(format!(
+        "{what} is {value}, more than this tool allows ({max})"
+    )))
+}
+
 impl TowerConfig {
     /// Checks that the numbers make a network.
     pub fn validate(&self) -> Result<(), ModelError> {
@@ -116,15 +144,27 @@ impl TowerConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             return fail(format!("dropout must be in [0, 1), found {}", self.dropout));
         }
-        if !(0.0..=1.0).contains(&self.batch_norm_momentum) || self.batch_norm_eps <= 0.0 {
-            return fail("batch norm momentum must be in [0, 1] and eps positive".into());
-        }
-        if !(self.init_std > 0.0 && self.init_std.is_finite()) {
+        if !(0.0..=1.0).contains(&self.batch_norm_momentum) {
             return fail(format!(
-                "init_std must be positive, found {}",
+                "batch_norm_momentum must be in [0, 1], found {}",
+                self.batch_norm_momentum
+            ));
+        }
+        // Above 1 the statistics no longer normalise anything (1e308 makes every
+        // activation 0): such a file is broken, not a choice.
+        if !(self.batch_norm_eps > 0.0 && self.batch_norm_eps <= 1.0) {
+            return fail(format!(
+                "batch_norm_eps must be in (0, 1], found {}",
+                self.batch_norm_eps
+            ));
+        }
+        if !(self.init_std > 0.0 && self.init_std <= 10.0) {
+            return fail(format!(
+                "init_std must be in (0, 10], found {}",
                 self.init_std
             ));
         }
+        self.check_sizes()?;
         let mut h = self.input_height;
         let mut w = self.input_width;
         for (i, &s) in self.conv_strides.iter().enumerate() {
@@ -139,7 +179,105 @@ impl TowerConfig {
             }
             (h, w) = (self.out_size(h, s), self.out_size(w, s));
         }
+        self.check_counts()
+    }
+
+    /// The [`limits`] on each size, checked first so that no arithmetic on them
+    /// overflows.
+    fn check_sizes(&self) -> Result<(), ModelError> {
+        use limits::*;
+        let sides = [
+            ("input_height", self.input_height, MAX_INPUT_SIDE),
+            ("input_width", self.input_width, MAX_INPUT_SIDE),
+            ("input_channels", self.input_channels, MAX_CHANNELS),
+            ("kernel_size", self.kernel_size, MAX_KERNEL),
+            ("embedding_dim", self.embedding_dim, MAX_WIDTH),
+            (
+                "the number of convolutions",
+                self.conv_channels.len(),
+                MAX_LAYERS,
+            ),
+            (
+                "the number of fully connected layers",
+                self.fc_widths.len(),
+                MAX_LAYERS,
+            ),
+        ];
+        for (what, value, max) in sides {
+            if value > max {
+                return over(what, value as u128, max as u128);
+            }
+        }
+        for (i, (&c, &s)) in self
+            .conv_channels
+            .iter()
+            .zip(&self.conv_strides)
+            .enumerate()
+        {
+            if c > MAX_CHANNELS {
+                return over(
+                    &format!("conv{} channels", i + 1),
+                    c as u128,
+                    MAX_CHANNELS as u128,
+                );
+            }
+            if s > MAX_INPUT_SIDE {
+                return over(
+                    &format!("conv{} stride", i + 1),
+                    s as u128,
+                    MAX_INPUT_SIDE as u128,
+                );
+            }
+        }
+        if let Some((j, &f)) = self
+            .fc_widths
+            .iter()
+            .enumerate()
+            .find(|(_, &f)| f > MAX_WIDTH)
+        {
+            return over(&format!("fc{} width", j + 1), f as u128, MAX_WIDTH as u128);
+        }
         Ok(())
+    }
+
+    /// The [`limits`] on the parameter count and the activations of one image.
+    fn check_counts(&self) -> Result<(), ModelError> {
+        use limits::*;
+        let parameters: u128 = self
+            .parameter_shapes()
+            .iter()
+            .map(|(_, shape)| shape.iter().map(|&d| d as u128).product::<u128>())
+            .sum();
+        if parameters > MAX_PARAMETERS {
+            return over("the parameter count", parameters, MAX_PARAMETERS);
+        }
+        let activations = self.activation_count();
+        if activations > MAX_ACTIVATIONS_PER_IMAGE {
+            return over(
+                "the activation count of one image",
+                activations,
+                MAX_ACTIVATIONS_PER_IMAGE,
+            );
+        }
+        Ok(())
+    }
+
+    /// Activations of one image through the network, input included (after
+    /// [`validate`](Self::validate) they fit the [`limits`]).
+    pub fn activations_per_image(&self) -> usize {
+        usize::try_from(self.activation_count()).unwrap_or(usize::MAX)
+    }
+
+    fn activation_count(&self) -> u128 {
+        let input = (self.input_channels * self.input_height * self.input_width) as u128;
+        let convs: u128 = self
+            .conv_geometry()
+            .iter()
+            .zip(&self.conv_channels)
+            .map(|(g, &c)| c as u128 * g.2 .0 as u128 * g.2 .1 as u128)
+            .sum();
+        let fcs: u128 = self.fc_widths.iter().map(|&f| f as u128).sum();
+        input + convs + fcs + self.embedding_dim as u128
     }
 
     fn out_size(&self, input: usize, stride: usize) -> usize {

@@ -20,12 +20,15 @@ pub enum ModelError {
         found: Vec<usize>,
     },
     /// The file could not be read or written.
-    #[error("{}: {source}", path.display())]
+    // The cause is in the message and deliberately not the error's `source()`: anyhow's
+    // `{:#}` prints both, and users saw "Is a directory (os error 21): Is a directory
+    // (os error 21)".
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// What the operating system said.
+        error: std::io::Error,
     },
     /// The file is not a (complete) safetensors file.
     #[error("{}: not a valid safetensors file: {detail}", path.display())]
@@ -88,6 +91,17 @@ pub enum ModelError {
     NonFinite {
         /// The tensor name.
         name: String,
+    },
+    /// A checkpoint's tensor holds values no trained model has: NaN or infinity
+    /// anywhere, a negative batch-norm variance.
+    #[error("{}: tensor {name:?} {detail}: the checkpoint is broken (from a diverged run, or edited)", path.display())]
+    BadValues {
+        /// The file.
+        path: PathBuf,
+        /// The tensor name.
+        name: String,
+        /// What is wrong with its values.
+        detail: String,
     },
     /// An error inside candle.
     #[error(transparent)]

@@ -267,3 +267,149 @@ fn tensor_problems_name_the_tensor() {
         "{err}"
     );
 }
+
+/// Issue #14, fault 5: values no trained model holds are refused on load, naming the
+/// tensor or the metadata entry, instead of answering from broken numbers.
+#[test]
+fn broken_values_are_refused_on_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("model.safetensors");
+    saved(&good);
+    let (tensors, meta) = valid_parts(&good);
+    let path = dir.path().join("bad.safetensors");
+    let cpu = &Device::Cpu;
+
+    let with = |name: &str, value: f32| {
+        let mut t = tensors.clone();
+        let shape = t[name].shape().clone();
+        let mut v = t[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let middle = v.len() / 2;
+        v[middle] = value;
+        t.insert(name.into(), Tensor::from_vec(v, shape, cpu).unwrap());
+        t
+    };
+    for (name, value, needle) in [
+        ("fc2.weight", f32::NAN, "holds NaN or infinity"),
+        ("conv1.weight", f32::INFINITY, "holds NaN or infinity"),
+        (
+            "bn1.running_mean",
+            f32::NEG_INFINITY,
+            "holds NaN or infinity",
+        ),
+        ("bn1.running_var", -1.0, "negative variance"),
+    ] {
+        write_raw(&path, &with(name, value), Some(meta.clone()));
+        let err = read(&path, cpu).unwrap_err();
+        assert!(
+            matches!(err, ModelError::BadValues { name: ref n, .. } if n == name)
+                && err.to_string().contains(needle)
+                && err.to_string().contains("bad.safetensors"),
+            "{name}: {err}"
+        );
+    }
+
+    for threshold in ["NaN", "inf", "-1", "near"] {
+        let mut m = meta.clone();
+        m.insert("threshold".into(), threshold.into());
+        write_raw(&path, &tensors, Some(m));
+        let err = read(&path, cpu).unwrap_err();
+        assert!(err.to_string().contains("threshold"), "{threshold}: {err}");
+    }
+
+    let mut config = small();
+    config.batch_norm_eps = 1e308;
+    let mut m = meta.clone();
+    m.insert(
+        "model_config".into(),
+        serde_json::to_string(&config).unwrap(),
+    );
+    write_raw(&path, &tensors, Some(m));
+    let err = read(&path, cpu).unwrap_err();
+    assert!(err.to_string().contains("batch_norm_eps"), "{err}");
+}
+
+/// Issue #14, fault 7: a forged, self-consistent config (25004x25004 inputs, strides
+/// that bring them back to the stored tensors' 7x7) is refused before anything of its
+/// size is allocated.
+#[test]
+fn configs_beyond_the_limits_are_refused_before_allocating() {
+    let forged = TowerConfig {
+        input_height: 25_004,
+        input_width: 25_004,
+        conv_strides: vec![3572, 1, 1],
+        ..Default::default()
+    };
+    // The tensors would match: the flatten size is the default's.
+    assert_eq!(forged.flatten_size(), TowerConfig::default().flatten_size());
+    let err = forged.validate().unwrap_err().to_string();
+    assert!(err.contains("input_height is 25004"), "{err}");
+
+    let cases: [(TowerConfig, &str); 4] = [
+        (
+            TowerConfig {
+                embedding_dim: 1_000_000_000,
+                ..Default::default()
+            },
+            "embedding_dim",
+        ),
+        (
+            TowerConfig {
+                fc_widths: vec![65_536, 65_536],
+                ..Default::default()
+            },
+            "parameter count",
+        ),
+        (
+            TowerConfig {
+                input_height: 4096,
+                input_width: 4096,
+                conv_strides: vec![1, 64, 64],
+                ..Default::default()
+            },
+            "activation count",
+        ),
+        (
+            TowerConfig {
+                kernel_size: usize::MAX,
+                ..Default::default()
+            },
+            "kernel_size",
+        ),
+    ];
+    for (config, needle) in cases {
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+    TowerConfig::default().validate().unwrap();
+}
+
+/// Issue #14, fault 10: equal states give byte-identical files (the metadata is in
+/// key order, not hash-map order), and NaN thresholds are never written.
+#[test]
+fn equal_states_give_identical_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small();
+    let (_, varmap) = ConvTower::init(&config, &Device::Cpu, 3).unwrap();
+    let extra: BTreeMap<String, String> = (0..12)
+        .map(|i| (format!("key{i}"), format!("value {i}")))
+        .chain([("threshold".to_string(), "0.5".to_string())])
+        .collect();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    save(&a, &varmap, &config, &extra).unwrap();
+    save(&b, &varmap, &config, &extra).unwrap();
+    let bytes = std::fs::read(&a).unwrap();
+    assert_eq!(bytes, std::fs::read(&b).unwrap());
+    // Still a standard safetensors file, with the metadata and data intact.
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    assert_eq!(header.metadata().as_ref().unwrap()["key7"], "value 7");
+    let ckpt = read(&a, &Device::Cpu).unwrap();
+    assert_eq!(ckpt.metadata["threshold"], "0.5");
+
+    for bad in ["NaN", "inf"] {
+        let mut extra = extra.clone();
+        extra.insert("threshold".into(), bad.into());
+        let err = save(&a, &varmap, &config, &extra).unwrap_err();
+        assert!(err.to_string().contains("threshold"), "{err}");
+    }
+    assert_eq!(std::fs::read(&a).unwrap(), bytes, "the file is unchanged");
+}

@@ -312,6 +312,7 @@ impl TrainConfig {
                 self.optim.lr
             )));
         }
+        self.check_step_size()?;
         if let Some(augment) = &self.augment {
             augment
                 .validate()
@@ -345,6 +346,59 @@ impl TrainConfig {
             return Err(TrainError::Config(
                 "validation_pairs >= 2, checkpoint_every and log_every > 0 are required".into(),
             ));
+        }
+        Ok(())
+    }
+}
+
+/// Most activations of one training step's images (2 GiB of f32; the step's peak
+/// memory is a few times that): `--batch 10000000` gets an error, not an abort.
+pub const MAX_STEP_ACTIVATIONS: u128 = 1 << 29;
+/// Most pairs the all-in-batch loss may score in one step (each pair costs a few
+/// floats in several tensors).
+pub const MAX_PAIRS_PER_STEP: u128 = 1 << 26;
+/// Most validation pairs.
+pub const MAX_VALIDATION_PAIRS: usize = 10_000_000;
+
+impl TrainConfig {
+    /// Images embedded in one step: two per sampled pair, twice that with views.
+    pub fn images_per_step(&self) -> u128 {
+        let images = 2 * self.batch_size as u128;
+        if self.self_supervised.is_some() {
+            2 * images
+        } else {
+            images
+        }
+    }
+
+    /// The bounds on one step's memory, checked before anything is allocated.
+    fn check_step_size(&self) -> Result<(), TrainError> {
+        let images = self.images_per_step();
+        let activations = images * self.model.activations_per_image() as u128;
+        if activations > MAX_STEP_ACTIVATIONS {
+            return Err(TrainError::Config(format!(
+                "batch size {} needs {activations} activations per step ({} images of {} \
+                 each), more than this tool allows ({MAX_STEP_ACTIVATIONS}): use a smaller batch",
+                self.batch_size,
+                images,
+                self.model.activations_per_image()
+            )));
+        }
+        if self.pairing == Pairing::AllInBatch {
+            let pairs = images * images.saturating_sub(1) / 2;
+            if pairs > MAX_PAIRS_PER_STEP {
+                return Err(TrainError::Config(format!(
+                    "batch size {} scores {pairs} pairs per step with all-in-batch pairing, \
+                     more than this tool allows ({MAX_PAIRS_PER_STEP}): use a smaller batch",
+                    self.batch_size
+                )));
+            }
+        }
+        if self.validation_pairs > MAX_VALIDATION_PAIRS {
+            return Err(TrainError::Config(format!(
+                "validation_pairs is {}, more than this tool allows ({MAX_VALIDATION_PAIRS})",
+                self.validation_pairs
+            )));
         }
         Ok(())
     }

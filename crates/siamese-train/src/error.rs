@@ -8,24 +8,33 @@ pub enum TrainError {
     /// The configuration is unusable.
     #[error("invalid training config: {0}")]
     Config(String),
-    /// The loss became NaN or infinite; the last good checkpoint is kept.
-    #[error("training diverged at step {step}: the loss is {loss} (the last good checkpoint, if any, is kept; try a lower learning rate)")]
+    /// The loss, a weight or a statistic became NaN or infinite; nothing of that step
+    /// was saved, and the last good checkpoint is kept.
+    #[error("training diverged at step {step}: {what}; {kept}; try a lower learning rate")]
     Diverged {
-        /// The step whose loss was not finite.
+        /// The step that produced the non-finite value.
         step: u64,
-        /// The loss value.
-        loss: f64,
+        /// What was found not finite.
+        what: String,
+        /// Which checkpoint is kept.
+        kept: String,
     },
+    /// A plot could not be drawn.
+    #[error("{0}")]
+    Plot(String),
     /// A run folder cannot be resumed.
     #[error("cannot resume: {0}")]
     Resume(String),
     /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
+    // The cause is in the message and deliberately not the error's `source()`: anyhow's
+    // `{:#}` prints both, and users saw "Is a directory (os error 21): Is a directory
+    // (os error 21)".
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// What the operating system said.
+        error: std::io::Error,
     },
     /// From the data crate.
     #[error(transparent)]
@@ -45,7 +54,7 @@ impl TrainError {
     pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
         move |source| TrainError::Io {
             path: path.to_path_buf(),
-            source,
+            error: source,
         }
     }
 }

@@ -74,7 +74,7 @@ pub fn plot_embeddings(
         title.to_string()
     };
     let plot_err =
-        |e: String| TrainError::Config(format!("{}: plotting failed: {e}", path.display()));
+        |e: String| TrainError::Plot(format!("{}: plotting failed: {e}", path.display()));
     if points.is_empty() || points.iter().any(|(x, y)| !x.is_finite() || !y.is_finite()) {
         return Err(plot_err(
             "the embeddings are empty or hold NaN or infinity".into(),

@@ -21,7 +21,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use siamese_data::{Augmenter, Batcher, Dataset, Preprocessing, Rng, SamplerState};
 use siamese_model::{checkpoint, ConvTower, DropoutState, SiameseModel};
@@ -215,26 +215,64 @@ pub fn run(
         }
     }
     let last_path = dir.join(files::LAST);
-    if options.resume {
-        if !last_path.is_file() {
-            return Err(TrainError::Resume(format!(
-                "{} does not exist",
-                last_path.display()
-            )));
-        }
-    } else {
-        if last_path.exists() || dir.join(files::MODEL).exists() {
+    let config_path = dir.join(files::CONFIG);
+    if options.resume && !config_path.is_file() {
+        return Err(TrainError::Resume(format!(
+            "{} has no {}: it holds no run",
+            dir.display(),
+            files::CONFIG
+        )));
+    }
+    std::fs::create_dir_all(dir).map_err(TrainError::io(dir))?;
+    // Held until the run returns; the OS releases it when the process dies (kill -9
+    // included), so a killed run's folder is never locked for good. Taken before the
+    // folder is looked at, so two processes never both find it free.
+    let _lock = RunLock::acquire(dir)?;
+    if !options.resume {
+        if let Some(found) = [files::CONFIG, files::LAST, files::MODEL]
+            .into_iter()
+            .find(|f| dir.join(f).exists())
+        {
             return Err(TrainError::Config(format!(
-                "{} already holds a run: resume it or choose another folder",
+                "{} already holds a run (it has {found}): resume it (from its last \
+                 checkpoint, or from step 0 when it has none) or choose another folder",
                 dir.display()
             )));
         }
-        std::fs::create_dir_all(dir).map_err(TrainError::io(dir))?;
-        write_json(&dir.join(files::CONFIG), config)?;
     }
+    remove_orphan_temp_files(dir)?;
     let log = MetricsLog {
         path: dir.join(files::METRICS_LOG),
     };
+    let mut new_length = false;
+    if options.resume {
+        let saved = load_run_config(dir)?;
+        let changed = changed_fields(&saved, config);
+        if changed.iter().any(|f| f != "steps") {
+            return Err(TrainError::Resume(format!(
+                "{} holds a run with other settings ({}): a resumed run continues as it \
+                 was started; only the number of steps may change",
+                dir.display(),
+                changed.join(", ")
+            )));
+        }
+        if !changed.is_empty() {
+            reporter.note(&format!(
+                "steps: {} -> {} (the learning-rate schedule follows the new length)",
+                saved.steps, config.steps
+            ));
+            new_length = true;
+        }
+    } else {
+        write_json(&config_path, config)?;
+        // A log without a config is no run's: start it afresh, never append to it.
+        std::fs::remove_file(&log.path)
+            .or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Ok(()),
+                _ => Err(e),
+            })
+            .map_err(TrainError::io(&log.path))?;
+    }
     let mut events: Option<EventWriter> = None;
 
     let device = &options.device;
@@ -278,7 +316,17 @@ pub fn run(
     let mut start = 0;
     let mut last_loss = f64::NAN;
     let mut best_eer: Option<f64> = None;
-    if options.resume {
+    let mut checkpointed: Option<u64> = None;
+    if options.resume && !last_path.exists() {
+        // Killed before its first checkpoint: everything is reproducible from the
+        // config, so the run starts over, and its old records go.
+        log.truncate_after(0)?;
+        reporter.note(&format!(
+            "{} has no checkpoint yet ({} is absent): starting it from step 0",
+            dir.display(),
+            files::LAST
+        ));
+    } else if options.resume {
         let (tensors, state) = read_last(&last_path, device)?;
         for name in &names {
             let t = tensors.get(&format!("model.{name}")).ok_or_else(|| {
@@ -303,23 +351,67 @@ pub fn run(
                 )))
             }
         }
+        if state.step > config.steps {
+            return Err(TrainError::Resume(format!(
+                "{} is at step {}, past the {} steps asked for",
+                last_path.display(),
+                state.step,
+                config.steps
+            )));
+        }
         start = state.step;
         last_loss = state.last_loss;
         best_eer = state.best_validation_eer;
+        checkpointed = Some(start);
         log.truncate_after(start)?;
         reporter.note(&format!("resumed {} at step {start}", dir.display()));
         events = Some(EventWriter::create(dir, Some(start))?);
     }
+    if new_length {
+        // Only once the checkpoint is known to be within the new length.
+        write_json(&config_path, config)?;
+    }
     let mut events = match events {
         Some(e) => e,
         None => EventWriter::create(dir, None)?,
+    };
+    // Every weight and batch-norm statistic, watched for divergence after each step:
+    // a saturating loss can stay finite while the weights are already NaN.
+    let watched: Vec<(String, Tensor)> = {
+        let vars = varmap.data().lock().expect("varmap lock");
+        names
+            .iter()
+            .map(|n| (n.clone(), vars[n].as_tensor().clone()))
+            .collect()
+    };
+    let kept = |checkpointed: Option<u64>| match checkpointed {
+        Some(step) => format!("{} of step {step} is kept", files::LAST),
+        None => "no checkpoint had been written yet".to_string(),
     };
 
     let mut clock = Instant::now();
     let mut pairs_since = 0usize;
     for step in start..config.steps {
         let lr = config.optim.lr_at(step, config.steps);
-        last_loss = trainer.step(&data.train, config.batch_size, lr, step + 1)?;
+        last_loss = match trainer.step(&data.train, config.batch_size, lr, step + 1) {
+            Err(TrainError::Diverged { step, what, .. }) => {
+                return Err(TrainError::Diverged {
+                    step,
+                    what,
+                    kept: kept(checkpointed),
+                })
+            }
+            other => other?,
+        };
+        if let Some(name) =
+            checkpoint::first_non_finite(watched.iter().map(|(n, t)| (n.as_str(), t)))?
+        {
+            return Err(TrainError::Diverged {
+                step: step + 1,
+                what: format!("{name} holds NaN or infinity after the update (loss {last_loss})"),
+                kept: kept(checkpointed),
+            });
+        }
         pairs_since += config.batch_size;
         let done = step + 1;
         if done % config.log_every == 0 || done == config.steps {
@@ -365,6 +457,13 @@ pub fn run(
                 ],
             )?;
             reporter.eval(&record);
+            if !(validation.eer.is_finite() && validation.best_threshold.is_finite()) {
+                return Err(TrainError::Diverged {
+                    step: done,
+                    what: "the validation distances are not finite numbers".into(),
+                    kept: kept(checkpointed),
+                });
+            }
             if best_eer.is_none_or(|best| validation.eer < best) {
                 best_eer = Some(validation.eer);
                 let mut meta = data_metadata(config);
@@ -401,6 +500,7 @@ pub fn run(
                 &state,
                 config,
             )?;
+            checkpointed = Some(done);
         }
         if done % config.log_every == 0 {
             clock = Instant::now();
@@ -497,20 +597,22 @@ pub fn save_embeddings(
     labels: &[u8],
 ) -> Result<(), TrainError> {
     let n = labels.len();
-    let tensors = [
+    let tensors = vec![
         (
-            "embeddings",
+            "embeddings".to_string(),
             Tensor::from_vec(values.to_vec(), (n, dim), &Device::Cpu)?,
         ),
         (
-            "labels",
-            Tensor::from_vec(labels.to_vec(), n, &Device::Cpu)?,
+            "labels".to_string(),
+            Tensor::from_vec(labels.to_vec(), n, &Device::Cpu)?.to_dtype(DType::U8)?,
         ),
     ];
-    let bytes = safetensors::serialize(tensors, None).map_err(|e| {
-        TrainError::Config(format!("{}: serialising embeddings: {e}", path.display()))
-    })?;
-    Ok(siamese_data::write_atomic(path, &bytes)?)
+    // Refuses NaN or infinite embeddings: such a file would answer nonsense later.
+    Ok(checkpoint::write_safetensors(
+        path,
+        tensors,
+        &BTreeMap::new(),
+    )?)
 }
 
 fn write_last(
@@ -528,7 +630,7 @@ fn write_last(
         .collect();
     drop(vars);
     tensors.extend(adam.iter().map(|(k, v)| (format!("adam.{k}"), v.clone())));
-    let meta = HashMap::from([
+    let meta = BTreeMap::from([
         (
             "train_state".to_string(),
             serde_json::to_string(state).expect("plain data"),
@@ -538,9 +640,8 @@ fn write_last(
             serde_json::to_string(config).expect("plain data"),
         ),
     ]);
-    let bytes = safetensors::serialize(tensors, Some(meta))
-        .map_err(|e| TrainError::Resume(format!("serialising the checkpoint: {e}")))?;
-    Ok(siamese_data::write_atomic(path, &bytes)?)
+    // Refuses non-finite values, keeping the previous checkpoint.
+    Ok(checkpoint::write_safetensors(path, tensors, &meta)?)
 }
 
 fn read_last(
@@ -559,5 +660,93 @@ fn read_last(
         .and_then(|s| serde_json::from_str(s).map_err(|e| bad(e.to_string())))?;
     let tensors =
         candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| bad(e.to_string()))?;
+    let mut sorted: Vec<(&String, &Tensor)> = tensors.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    if let Some(name) =
+        checkpoint::first_non_finite(sorted.into_iter().map(|(n, t)| (n.as_str(), t)))?
+    {
+        return Err(bad(format!("tensor {name:?} holds NaN or infinity")));
+    }
+    if state.best_validation_eer.is_some_and(|e| !e.is_finite()) || !state.last_loss.is_finite() {
+        return Err(bad(
+            "the saved loss or validation EER is not a finite number".into(),
+        ));
+    }
     Ok((tensors, state))
+}
+
+/// The settings in which two configs differ, as dotted JSON paths (`optim.lr`).
+pub fn changed_fields(a: &TrainConfig, b: &TrainConfig) -> Vec<String> {
+    fn walk(a: &serde_json::Value, b: &serde_json::Value, at: &str, out: &mut Vec<String>) {
+        match (a, b) {
+            (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                for k in keys {
+                    let null = serde_json::Value::Null;
+                    let path = if at.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{at}.{k}")
+                    };
+                    walk(
+                        x.get(k).unwrap_or(&null),
+                        y.get(k).unwrap_or(&null),
+                        &path,
+                        out,
+                    );
+                }
+            }
+            _ if a != b => out.push(at.to_string()),
+            _ => {}
+        }
+    }
+    let json = |c: &TrainConfig| serde_json::to_value(c).expect("plain data");
+    let mut out = Vec::new();
+    walk(&json(a), &json(b), "", &mut out);
+    out
+}
+
+/// The run folder's lock: `.lock` in the folder, held (an advisory `flock`) for as long
+/// as the value lives. The operating system drops it when the process ends however it
+/// ends, so a lock file left by a killed run is simply taken over.
+struct RunLock {
+    _file: std::fs::File,
+}
+
+impl RunLock {
+    const FILE: &str = ".lock";
+
+    fn acquire(dir: &Path) -> Result<Self, TrainError> {
+        let path = dir.join(Self::FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(TrainError::io(&path))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(TrainError::Config(format!(
+                "another process is training in {} (it holds {}); wait for it or choose another folder",
+                dir.display(),
+                path.display()
+            ))),
+            Err(std::fs::TryLockError::Error(e)) => Err(TrainError::io(&path)(e)),
+        }
+    }
+}
+
+/// Removes the temporary files of atomic writes (`.<name>.<pid>.tmp`) that a killed
+/// process left; called with the folder's lock held, so no live writer owns them.
+fn remove_orphan_temp_files(dir: &Path) -> Result<(), TrainError> {
+    let entries = std::fs::read_dir(dir).map_err(TrainError::io(dir))?;
+    for entry in entries {
+        let path = entry.map_err(TrainError::io(dir))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with('.') && name.ends_with(".tmp") && path.is_file() {
+            std::fs::remove_file(&path).map_err(TrainError::io(&path))?;
+        }
+    }
+    Ok(())
 }

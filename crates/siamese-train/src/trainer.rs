@@ -104,7 +104,11 @@ impl<S: PairSampler, E: Embedder, L: PairLoss> Trainer<S, E, L> {
         };
         let value = f64::from(loss.to_scalar::<f32>()?);
         if !value.is_finite() {
-            return Err(TrainError::Diverged { step, loss: value });
+            return Err(TrainError::Diverged {
+                step,
+                what: format!("the loss is {value}"),
+                kept: String::new(),
+            });
         }
         let grads = loss.backward()?;
         self.optimizer.step(&grads, lr)?;

@@ -406,31 +406,203 @@ fn pixel_baseline_equals_a_direct_computation() {
     assert!(report.pca_baseline.is_some());
 }
 
+/// Every safetensors file in `dir` loads: finite values, a valid threshold.
+fn saved_files_are_sound(dir: &Path) {
+    let model = dir.join("model.safetensors");
+    if model.exists() {
+        siamese_model::checkpoint::read(&model, &candle_core::Device::Cpu)
+            .unwrap_or_else(|e| panic!("a broken model was saved: {e}"));
+    }
+    if dir.join("last.safetensors").exists() {
+        for (name, values) in model_tensors(dir) {
+            assert!(
+                values.iter().all(|x| x.is_finite()),
+                "{name} in last.safetensors"
+            );
+        }
+    }
+}
+
+/// Issue #14, faults 2 and 3: at a huge learning rate the weights go NaN while a
+/// saturating loss can stay finite. The run must stop at that step, naming it and what
+/// went wrong, and leave only sound files (a checkpoint after every step). Each of the
+/// three watches is hit: the validation distances, the loss, and the weights
+/// themselves (all-negative pairs: the loss stays bounded while an update overflows).
 #[test]
-fn divergence_stops_with_the_step_and_keeps_the_last_checkpoint() {
+fn divergence_is_caught_in_the_weights_and_nothing_broken_is_saved() {
     let data = dataset();
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = config();
-    c.checkpoint_every = 1;
-    c.optim.lr = 1e30;
-    let err = run(
-        &c,
-        &data,
-        dir.path(),
-        &RunOptions {
+    for (lr, eval_every, positive_fraction, found) in [
+        (1e6, 1, 0.5, "the validation distances are not finite"),
+        (1e30, 0, 0.5, "the loss is NaN"),
+        (
+            1e38,
+            0,
+            0.0,
+            "fc1.bias holds NaN or infinity after the update (loss 9.57",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config();
+        c.checkpoint_every = 1;
+        c.eval_every = eval_every;
+        c.sampler = SamplerConfig::Balanced { positive_fraction };
+        c.optim.lr = lr;
+        let options = RunOptions {
             final_eval: false,
             ..Default::default()
-        },
-        &mut Silent,
-    )
-    .unwrap_err();
-    let TrainError::Diverged { step, .. } = err else {
-        panic!("expected divergence, got {err}")
+        };
+        let err = run(&c, &data, dir.path(), &options, &mut Silent).unwrap_err();
+        let TrainError::Diverged { step, ref kept, .. } = err else {
+            panic!("lr {lr}: expected divergence, got {err}")
+        };
+        let message = err.to_string();
+        assert!(
+            message.contains(&format!("diverged at step {step}: {found}")),
+            "{message}"
+        );
+        match step {
+            1 => assert!(kept.contains("no checkpoint"), "{message}"),
+            _ => assert!(kept.contains(&format!("step {}", step - 1)), "{message}"),
+        }
+        saved_files_are_sound(dir.path());
+    }
+}
+
+/// Issue #14, fault 4: two runs on one folder. The second is refused before it writes
+/// anything; once the first lets go, the folder is usable again (a killed process's
+/// lock goes with it, as this dropped one does).
+#[test]
+fn a_run_folder_has_one_owner() {
+    let data = dataset();
+    let dir = tempfile::tempdir().unwrap();
+    let lock = std::fs::File::create(dir.path().join(".lock")).unwrap();
+    lock.try_lock().unwrap();
+    let mut c = config();
+    c.steps = 10;
+    let options = RunOptions {
+        final_eval: false,
+        ..Default::default()
     };
-    assert!(step >= 2, "the first step's loss is finite");
-    let saved = model_tensors(dir.path());
+    let err = run(&c, &data, dir.path(), &options, &mut Silent).unwrap_err();
     assert!(
-        saved.iter().all(|(_, v)| v.iter().all(|x| x.is_finite())),
-        "the last checkpoint holds finite weights"
+        err.to_string().contains("another process is training"),
+        "{err}"
     );
+    assert!(!dir.path().join("config.json").exists(), "nothing written");
+    drop(lock);
+    run(&c, &data, dir.path(), &options, &mut Silent).unwrap();
+}
+
+/// Issue #14, faults 6 and 8: killed after the first model but before the first
+/// resume checkpoint. A fresh start is refused (it would lose the run) and points at
+/// `--resume`, which starts over from step 0: the old records are not appended to,
+/// orphaned temporary files go, and the result equals an uninterrupted run's.
+#[test]
+fn a_run_killed_before_its_first_checkpoint_resumes_from_step_0() {
+    let data = dataset();
+    let mut c = config();
+    c.checkpoint_every = 50;
+    let no_eval = RunOptions {
+        final_eval: false,
+        ..Default::default()
+    };
+    let whole = tempfile::tempdir().unwrap();
+    run(&c, &data, whole.path(), &no_eval, &mut Silent).unwrap();
+
+    let killed = tempfile::tempdir().unwrap();
+    let stop = RunOptions {
+        stop_after: Some(35),
+        ..no_eval.clone()
+    };
+    run(&c, &data, killed.path(), &stop, &mut Silent).unwrap();
+    assert!(killed.path().join("model.safetensors").exists());
+    assert!(!killed.path().join("last.safetensors").exists());
+    let orphan = killed.path().join(".last.safetensors.4242.tmp");
+    std::fs::write(&orphan, b"half a checkpoint").unwrap();
+
+    let err = run(&c, &data, killed.path(), &no_eval, &mut Silent).unwrap_err();
+    assert!(err.to_string().contains("resume it"), "{err}");
+    let resume = RunOptions {
+        resume: true,
+        ..no_eval
+    };
+    run(&c, &data, killed.path(), &resume, &mut Silent).unwrap();
+    assert!(!orphan.exists(), "orphaned temporary files are removed");
+    assert_eq!(
+        losses(whole.path()),
+        losses(killed.path()),
+        "each step logged once"
+    );
+    assert_eq!(model_tensors(whole.path()), model_tensors(killed.path()));
+}
+
+/// Issue #14: `--resume` used to ignore other settings silently. Now a change of any
+/// setting is refused, naming it; more steps are taken, and recorded in config.json.
+#[test]
+fn resume_refuses_other_settings_and_takes_more_steps() {
+    let data = dataset();
+    let dir = tempfile::tempdir().unwrap();
+    let options = RunOptions {
+        final_eval: false,
+        ..Default::default()
+    };
+    run(&config(), &data, dir.path(), &options, &mut Silent).unwrap();
+    let resume = RunOptions {
+        resume: true,
+        ..options
+    };
+    let mut c = config();
+    c.optim.lr = 1e-2;
+    c.batch_size = 16;
+    let err = run(&c, &data, dir.path(), &resume, &mut Silent).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("batch_size") && message.contains("optim.lr"),
+        "{message}"
+    );
+    let mut c = config();
+    c.steps = 40;
+    let err = run(&c, &data, dir.path(), &resume, &mut Silent).unwrap_err();
+    assert!(err.to_string().contains("past the 40 steps"), "{err}");
+    c.steps = 70;
+    let summary = run(&c, &data, dir.path(), &resume, &mut Silent).unwrap();
+    assert_eq!(summary.steps, 70);
+    assert_eq!(load_run_config(dir.path()).unwrap().steps, 70);
+    assert_eq!(losses(dir.path()).last().unwrap().0, 70);
+}
+
+/// Issue #14, fault 10: two identical runs write byte-identical checkpoints.
+#[test]
+fn identical_runs_write_identical_checkpoints() {
+    let data = dataset();
+    let mut c = config();
+    c.steps = 30;
+    let options = RunOptions {
+        final_eval: false,
+        ..Default::default()
+    };
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    run(&c, &data, a.path(), &options, &mut Silent).unwrap();
+    run(&c, &data, b.path(), &options, &mut Silent).unwrap();
+    for file in ["model.safetensors", "last.safetensors"] {
+        assert_eq!(
+            std::fs::read(a.path().join(file)).unwrap(),
+            std::fs::read(b.path().join(file)).unwrap(),
+            "{file}"
+        );
+    }
+}
+
+/// Issue #14, fault 9: sizes that would need terabytes are one error, before any
+/// allocation.
+#[test]
+fn oversized_runs_are_refused_by_validation() {
+    let mut c = config();
+    c.batch_size = 10_000_000;
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("batch size 10000000"), "{err}");
+    let mut c = config();
+    c.model.embedding_dim = 1_000_000_000;
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("embedding_dim"), "{err}");
 }

@@ -63,7 +63,14 @@ fn cpu_f32_tensor<'a>(storage: &'a Storage, layout: &Layout, what: &str) -> Resu
 /// pool, 616 and 612 without it. The setting is candle's `CANDLE_NUM_THREADS=1`, read
 /// once when candle first needs its pool, so binaries call this first thing in
 /// `main` (`siamese` does); a value the user has set is kept.
-pub fn candle_ops_on_calling_thread() -> bool {
+///
+/// # Safety
+///
+/// candle offers no setting but the environment, and changing the environment races
+/// with any other thread reading it (undefined behaviour in libc): call this before
+/// the program starts a thread, as the first line of `main`.
+#[allow(unsafe_code)]
+pub unsafe fn candle_ops_on_calling_thread() -> bool {
     const VAR: &str = "CANDLE_NUM_THREADS";
     if std::env::var_os(VAR).is_some() {
         return false;

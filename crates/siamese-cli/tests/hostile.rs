@@ -1,0 +1,218 @@
+//! Issue #14's faults as a hostile user meets them through the binary: forged but
+//! self-consistent checkpoints, NaN anywhere, oversized requests, odd paths. Each must
+//! end in one clear line and a non-zero exit, never a panic, an abort, a hang or a
+//! confident answer from broken numbers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::{Device, Tensor};
+use siamese_model::{checkpoint, ConvTower, TowerConfig};
+
+fn siamese(args: &[&str], cache: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_siamese"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("SIAMESE_CACHE_DIR", cache)
+        .env_remove("SIAMESE_DATA_DIR")
+        .output()
+        .unwrap()
+}
+
+/// Non-zero exit, exactly one line on stderr, mentioning every needle, no panic.
+fn assert_one_line_error(o: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "expected failure: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    for needle in needles {
+        assert!(err.contains(needle), "expected {needle:?} in {err}");
+    }
+}
+
+fn small_config() -> TowerConfig {
+    TowerConfig {
+        conv_channels: vec![4],
+        conv_strides: vec![2],
+        fc_widths: vec![8],
+        ..Default::default()
+    }
+}
+
+/// A valid untrained model: its tensors and metadata.
+fn parts(dir: &Path) -> (HashMap<String, Tensor>, HashMap<String, String>) {
+    let (_, varmap) = ConvTower::init(&small_config(), &Device::Cpu, 0).unwrap();
+    let path = dir.join("valid.safetensors");
+    let meta = BTreeMap::from([("threshold".to_string(), "1.5".to_string())]);
+    checkpoint::save(&path, &varmap, &small_config(), &meta).unwrap();
+    let tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    (tensors, header.metadata().clone().unwrap())
+}
+
+/// Writes a checkpoint byte by byte as a forger would, with no check of its values.
+fn forge(
+    path: &Path,
+    tensors: &HashMap<String, Tensor>,
+    meta: &HashMap<String, String>,
+) -> PathBuf {
+    let bytes = safetensors::serialize(
+        tensors.iter().map(|(k, v)| (k.clone(), v.clone())),
+        Some(meta.clone()),
+    )
+    .unwrap();
+    std::fs::write(path, bytes).unwrap();
+    path.to_path_buf()
+}
+
+fn png(path: &Path, side: u32) -> String {
+    let file = std::fs::File::create(path).unwrap();
+    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), side, side);
+    encoder.set_color(png::ColorType::Grayscale);
+    encoder.set_depth(png::BitDepth::Eight);
+    let pixels: Vec<u8> = (0..side * side).map(|i| (i * 7 % 251) as u8).collect();
+    encoder
+        .write_header()
+        .unwrap()
+        .write_image_data(&pixels)
+        .unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// Fault 5: broken numbers in a checkpoint gave confident verdicts ("same: distance
+/// 0.0000" for any pair, "different: distance NaN" for one image twice). Each is now
+/// refused on load, naming the file and the tensor or entry.
+#[test]
+fn broken_checkpoints_give_no_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tensors, meta) = parts(dir.path());
+    let a = png(&dir.path().join("a.png"), 28);
+    let cpu = &Device::Cpu;
+    let with = |name: &str, value: f32| {
+        let mut t = tensors.clone();
+        let shape = t[name].shape().clone();
+        let n = shape.elem_count();
+        let v: Vec<f32> = t[name].flatten_all().unwrap().to_vec1().unwrap();
+        let v: Vec<f32> = v
+            .into_iter()
+            .enumerate()
+            .map(|(i, x)| if i == n / 2 { value } else { x })
+            .collect();
+        t.insert(name.into(), Tensor::from_vec(v, shape, cpu).unwrap());
+        t
+    };
+    let verify = |model: &Path| {
+        siamese(
+            &["verify", "--model", model.to_str().unwrap(), &a, &a],
+            dir.path(),
+        )
+    };
+    for (name, value, needle) in [
+        ("fc2.weight", f32::NAN, "NaN or infinity"),
+        ("conv1.weight", f32::INFINITY, "NaN or infinity"),
+        ("bn1.running_var", -1.0, "negative variance"),
+    ] {
+        let m = forge(&dir.path().join("m.safetensors"), &with(name, value), &meta);
+        assert_one_line_error(&verify(&m), &["m.safetensors", name, needle]);
+    }
+    for threshold in ["NaN", "inf"] {
+        let mut bad = meta.clone();
+        bad.insert("threshold".into(), threshold.into());
+        let m = forge(&dir.path().join("t.safetensors"), &tensors, &bad);
+        assert_one_line_error(&verify(&m), &["t.safetensors", "threshold"]);
+    }
+    let mut config = small_config();
+    config.batch_norm_eps = 1e308;
+    let mut bad = meta.clone();
+    bad.insert(
+        "model_config".into(),
+        serde_json::to_string(&config).unwrap(),
+    );
+    let m = forge(&dir.path().join("e.safetensors"), &tensors, &bad);
+    assert_one_line_error(&verify(&m), &["e.safetensors", "batch_norm_eps"]);
+    // `embed` loads through the same checks.
+    let o = siamese(
+        &[
+            "embed",
+            "--model",
+            m.to_str().unwrap(),
+            "--out",
+            dir.path().join("e.csv").to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_one_line_error(&o, &["batch_norm_eps"]);
+}
+
+/// Fault 7: a self-consistent forged config asking for 25004x25004 inputs (strides
+/// that bring the tensors back to their real shapes) made `verify` resize two small
+/// images to that size and abort after a 5 GB allocation. It is refused on load.
+#[test]
+fn forged_input_sizes_are_refused_before_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tensors, meta) = parts(dir.path());
+    let forged = TowerConfig {
+        input_height: 25_004,
+        input_width: 25_004,
+        conv_strides: vec![1786],
+        ..small_config()
+    };
+    assert_eq!(forged.flatten_size(), small_config().flatten_size());
+    let mut bad = meta.clone();
+    bad.insert(
+        "model_config".into(),
+        serde_json::to_string(&forged).unwrap(),
+    );
+    let m = forge(&dir.path().join("big.safetensors"), &tensors, &bad);
+    let a = png(&dir.path().join("a.png"), 28);
+    let o = siamese(
+        &["verify", "--model", m.to_str().unwrap(), &a, &a],
+        dir.path(),
+    );
+    assert_one_line_error(&o, &["big.safetensors", "input_height is 25004"]);
+}
+
+/// Fault 9: sizes that needed terabytes aborted with a backtrace.
+#[test]
+fn oversized_training_requests_are_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = siamese(&["train", "--dim", "1000000000"], dir.path());
+    assert_one_line_error(&o, &["embedding_dim is 1000000000"]);
+    let o = siamese(&["train", "--batch", "10000000"], dir.path());
+    assert_one_line_error(&o, &["batch size 10000000"]);
+}
+
+/// Fault 11: operating-system errors were printed twice, a missing folder was called
+/// an unknown data set, and SIAMESE_DATA_DIR naming a file was not said.
+#[test]
+fn small_faults_read_right() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = siamese(
+        &["eval", "--model", dir.path().to_str().unwrap()],
+        dir.path(),
+    );
+    assert_one_line_error(&o, &["Is a directory"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.matches("Is a directory").count(), 1, "{err}");
+
+    let o = siamese(&["data", "info", "--data", "./no/such/folder"], dir.path());
+    assert_one_line_error(&o, &["./no/such/folder: no such folder"]);
+
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_siamese"))
+        .args(["data", "info", "--data", "mnist"])
+        .env("HF_HUB_OFFLINE", "1")
+        .env("SIAMESE_CACHE_DIR", dir.path())
+        .env("SIAMESE_DATA_DIR", &file)
+        .output()
+        .unwrap();
+    assert_one_line_error(&o, &["SIAMESE_DATA_DIR names a file"]);
+
+    // The checkpoint interval has a flag (it needed --config before).
+    let help = siamese(&["train", "--help"], dir.path());
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--checkpoint-every"));
+}
