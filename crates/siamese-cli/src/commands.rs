@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use siamese_data::{
     is_image_folder, load, load_image_folder, read_image, Batcher, Dataset, DatasetSpec,
     FolderOptions, FolderSplit, HeldOutClasses, LoadOptions, Preprocessing, KNOWN_DATASETS,
@@ -338,15 +338,28 @@ fn data_for(source: &DataSource, ckpt: &checkpoint::Checkpoint) -> Result<Datase
         .map(|json| serde_json::from_str::<FolderOptions>(json))
         .transpose()
         .context("the checkpoint's image_folder metadata is not valid")?;
-    let held_out = match &source.holdout_classes {
-        Some(h) => Some(h.clone()),
-        None => ckpt
-            .metadata
-            .get("holdout_classes")
-            .map(|json| serde_json::from_str::<HeldOutClasses>(json))
-            .transpose()
-            .context("the checkpoint's holdout_classes metadata is not valid")?,
-    };
+    // The protocol is the checkpoint's: classes the model trained on cannot be called
+    // unseen, so a different --holdout-classes is refused, not applied.
+    let held_out = ckpt
+        .metadata
+        .get("holdout_classes")
+        .map(|json| serde_json::from_str::<HeldOutClasses>(json))
+        .transpose()
+        .context("the checkpoint's holdout_classes metadata is not valid")?;
+    if let Some(asked) = &source.holdout_classes {
+        if held_out.as_ref() != Some(asked) {
+            match &held_out {
+                Some(h) => bail!(
+                    "the model was trained with classes {h} held out and is evaluated on \
+                     those; --holdout-classes {asked} asks for another protocol (omit the flag)"
+                ),
+                None => bail!(
+                    "the model was trained on every class; --holdout-classes {asked} would \
+                     call classes it trained on unseen (train with --holdout-classes instead)"
+                ),
+            }
+        }
+    }
     let loaded = load_data(&name, &folder_options(source, saved, 0))?;
     let (h, w) = (ckpt.config.input_height, ckpt.config.input_width);
     let data = apply_holdout(loaded.data, held_out.as_ref(), loaded.folder.is_some())?;
@@ -551,9 +564,8 @@ fn verify(a: VerifyArgs) -> Result<()> {
     }
     let mut pixels = read_image(&a.a, &preprocessing)?;
     pixels.extend(read_image(&a.b, &preprocessing)?);
-    let images = (Tensor::from_vec(pixels, (2, 1, h, w), &device()?)?
-        .to_dtype(candle_core::DType::F32)?
-        / 255.0)?;
+    // Scaled as every training batch was.
+    let images = Batcher::new(device()?).raw_images(&pixels, h, w)?;
     let e = tower
         .forward_t(&images, false)?
         .flatten_all()?

@@ -216,3 +216,38 @@ fn small_faults_read_right() {
     let help = siamese(&["train", "--help"], dir.path());
     assert!(String::from_utf8_lossy(&help.stdout).contains("--checkpoint-every"));
 }
+
+/// A model trained on every class cannot be evaluated as if some were unseen: the
+/// protocol is the checkpoint's, and another one is refused before data is loaded.
+#[test]
+fn eval_refuses_a_protocol_the_model_was_not_trained_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, varmap) = ConvTower::init(&small_config(), &Device::Cpu, 0).unwrap();
+    let path = dir.path().join("closed.safetensors");
+    checkpoint::save(&path, &varmap, &small_config(), &BTreeMap::new()).unwrap();
+    let o = siamese(
+        &[
+            "eval",
+            "--model",
+            path.to_str().unwrap(),
+            "--holdout-classes",
+            "5-9",
+        ],
+        dir.path(),
+    );
+    assert_one_line_error(&o, &["trained on every class"]);
+    let held_out = dir.path().join("open.safetensors");
+    let meta = BTreeMap::from([("holdout_classes".to_string(), "[5,6,7,8,9]".to_string())]);
+    checkpoint::save(&held_out, &varmap, &small_config(), &meta).unwrap();
+    let o = siamese(
+        &[
+            "eval",
+            "--model",
+            held_out.to_str().unwrap(),
+            "--holdout-classes",
+            "0-4",
+        ],
+        dir.path(),
+    );
+    assert_one_line_error(&o, &["held out", "another protocol"]);
+}

@@ -19,6 +19,13 @@ pub struct PairTensors {
     pub same: Tensor,
 }
 
+/// A pixel as the network sees it: `p / 255` in `[0, 1]`. Division rather than a
+/// multiplication by 1/255: exact rounding, so 51 -> 0.2. Every path from bytes to the
+/// network (batches, the pixel baseline, `verify`'s image files) goes through it.
+pub fn unit_pixel(p: u8) -> f32 {
+    f32::from(p) / 255.0
+}
+
 /// Turns index batches into tensors on one device.
 #[derive(Debug, Clone)]
 pub struct Batcher {
@@ -42,12 +49,30 @@ impl Batcher {
         let mut data = Vec::with_capacity(indices.len() * n);
         for &i in indices {
             check_index(set, i)?;
-            // Division rather than a multiplication by 1/255: exact rounding, so 51 -> 0.2.
-            data.extend(set.image(i).iter().map(|&p| f32::from(p) / 255.0));
+            data.extend(set.image(i).iter().copied().map(unit_pixel));
         }
         Ok(Tensor::from_vec(
             data,
             (indices.len(), 1, set.rows(), set.cols()),
+            &self.device,
+        )?)
+    }
+
+    /// Images given as bytes (`rows * cols` per image, one after another, as
+    /// [`read_image`](crate::read_image) returns them), as `[B, 1, H, W]` f32 in `[0, 1]`.
+    pub fn raw_images(&self, pixels: &[u8], rows: usize, cols: usize) -> Result<Tensor, DataError> {
+        let per_image = rows * cols;
+        if per_image == 0 || !pixels.len().is_multiple_of(per_image) {
+            return Err(DataError::Unexpected {
+                what: "image bytes".into(),
+                expected: format!("whole {rows}x{cols} images"),
+                found: format!("{} bytes", pixels.len()),
+            });
+        }
+        let data: Vec<f32> = pixels.iter().copied().map(unit_pixel).collect();
+        Ok(Tensor::from_vec(
+            data,
+            (pixels.len() / per_image, 1, rows, cols),
             &self.device,
         )?)
     }

@@ -51,7 +51,7 @@ pub mod sampler;
 pub mod source;
 
 pub use augment::{AugmentConfig, Augmenter};
-pub use batcher::{Batcher, PairTensors};
+pub use batcher::{unit_pixel, Batcher, PairTensors};
 pub use dataset::{Dataset, DatasetSpec, ImageSet, Part, PartSpec, Split, KNOWN_DATASETS};
 pub use error::DataError;
 pub use folder::{

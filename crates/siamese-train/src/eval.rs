@@ -127,7 +127,7 @@ pub fn pair_metrics_of(
 /// The pixels of images `indices` of `set` (all when `None`), scaled to [0, 1] as the
 /// batcher scales them: the "embedding" of the pixel baseline.
 fn pixels_f32(set: &ImageSet, indices: Option<&[usize]>) -> Vec<f32> {
-    let scale = |p: &u8| f32::from(*p) / 255.0;
+    let scale = |p: &u8| siamese_data::unit_pixel(*p);
     match indices {
         None => set.pixels().iter().map(scale).collect(),
         Some(ix) => ix

@@ -1,0 +1,133 @@
+//! Issue #14: `kill -9` at random moments of a run, in a loop, each time resumed (or
+//! started again when the kill came before the run had a config), must end with the
+//! files of an uninterrupted run, bit for bit: the best model, the resume checkpoint,
+//! the test embeddings and the report.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use siamese_data::Rng;
+
+const SIDE: usize = 12;
+const CLASSES: usize = 5;
+const PER_CLASS: usize = 16;
+
+/// Class `c` is a bright bar at row `2c`, on noise.
+fn write_folder(dir: &Path) {
+    let mut rng = Rng::new(9);
+    for c in 0..CLASSES {
+        let class_dir = dir.join(format!("class{c}"));
+        std::fs::create_dir_all(&class_dir).unwrap();
+        for i in 0..PER_CLASS {
+            let mut bytes = format!("P5\n{SIDE} {SIDE}\n255\n").into_bytes();
+            bytes.extend((0..SIDE * SIDE).map(|p| {
+                let on = p / SIDE == 2 * c || p / SIDE == 2 * c + 1;
+                (if on { 200 } else { 20 } + rng.below(40)) as u8
+            }));
+            std::fs::write(class_dir.join(format!("{i:02}.pgm")), bytes).unwrap();
+        }
+    }
+}
+
+fn train(args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_siamese"))
+        .arg("train")
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("SIAMESE_DATA_DIR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn finish(child: Child) {
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn killed_at_random_moments_and_resumed_equals_an_uninterrupted_run() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    write_folder(&data);
+    let data = data.to_str().unwrap();
+    let settings = [
+        "--data",
+        data,
+        "--test-images",
+        "4",
+        "--val-images",
+        "4",
+        "--steps",
+        "60",
+        "--batch",
+        "8",
+        "--eval-every",
+        "10",
+        "--checkpoint-every",
+        "3",
+    ];
+    let whole = root.path().join("whole");
+    let whole_arg = whole.to_str().unwrap();
+    let started = Instant::now();
+    finish(train(&[&settings[..], &["--out", whole_arg]].concat()));
+    let run_time = started.elapsed();
+
+    let killed = root.path().join("killed");
+    let killed_arg = killed.to_str().unwrap();
+    let mut rng = Rng::new(2024);
+    let (mut kills, mut kills_after_a_checkpoint) = (0, 0);
+    loop {
+        let mut child = if killed.join("config.json").exists() {
+            train(&["--resume", killed_arg])
+        } else {
+            train(&[&settings[..], &["--out", killed_arg]].concat())
+        };
+        if kills >= 12 {
+            finish(child);
+            break;
+        }
+        // Up to a third of a whole run's time: each attempt gets some way further, so
+        // the kills fall all along it, start-up and the final evaluation included.
+        let delay = run_time.mul_f64(rng.unit_f64() / 3.0);
+        std::thread::sleep(delay.max(Duration::from_millis(5)));
+        if child.try_wait().unwrap().is_some() {
+            finish(child);
+            break;
+        }
+        let had_checkpoint = killed.join("last.safetensors").exists();
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+        kills_after_a_checkpoint += usize::from(had_checkpoint);
+    }
+    eprintln!("{kills} kills, {kills_after_a_checkpoint} of them after a checkpoint existed");
+    assert!(kills >= 3, "only {kills} kills landed before the run ended");
+    assert!(
+        kills_after_a_checkpoint >= 1,
+        "no kill landed after a checkpoint ({kills} kills)"
+    );
+    for file in [
+        "model.safetensors",
+        "last.safetensors",
+        "test_embeddings.safetensors",
+        "metrics.json",
+    ] {
+        assert!(
+            std::fs::read(whole.join(file)).unwrap() == std::fs::read(killed.join(file)).unwrap(),
+            "{file} differs after {kills} kills"
+        );
+    }
+    let leftovers: Vec<String> = std::fs::read_dir(&killed)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
