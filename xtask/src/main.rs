@@ -17,6 +17,8 @@
 //!   agree with the metrics written during training; then the same with digits 5-9
 //!   held out, whose report must name them unseen and carry the baselines.
 
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context, Result};
@@ -36,8 +38,8 @@ fn main() -> ExitCode {
         ),
         Some("bench") => bench(args.iter().any(|a| a == "--plain")),
         Some("ci") => ci(),
-        Some("data-check") => data_check(),
-        Some("train-check") => train_check(),
+        Some("data-check") => siamese_binary(true).and_then(|bin| data_check(&bin)),
+        Some("train-check") => siamese_binary(true).and_then(|bin| train_check(&bin)),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
@@ -72,24 +74,47 @@ fn args_str(args: &[String]) -> Vec<&str> {
 
 /// Runs `cargo` with `args` and returns its standard output.
 fn cargo_output(args: &[&str]) -> Result<String> {
-    cargo_output_with(args, &[])
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    output_of(Path::new(&cargo), args, &[])
 }
 
-/// Runs `cargo` with `args` and the environment variables `envs` set, and returns its
-/// standard output.
-fn cargo_output_with(args: &[&str], envs: &[(&str, &std::ffi::OsStr)]) -> Result<String> {
-    eprintln!("+ cargo {}", args.join(" "));
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
+/// Runs `program` with `args` and the environment variables `envs` set, echoing the
+/// command, and returns its standard output; a non-zero exit is an error.
+fn output_of(program: &Path, args: &[&str], envs: &[(&str, &OsStr)]) -> Result<String> {
+    let shown = format!("{} {}", program.display(), args.join(" "));
+    eprintln!("+ {shown}");
+    let out = Command::new(program)
         .args(args)
         .envs(envs.iter().copied())
         .stderr(std::process::Stdio::inherit())
         .output()
-        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+        .with_context(|| format!("running {shown}"))?;
     if !out.status.success() {
-        bail!("cargo {} failed ({})", args.join(" "), out.status);
+        bail!("{shown} failed ({})", out.status);
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The debug `siamese` binary, built first when `build` (standalone checks).
+///
+/// In `ci` it is the one `cargo test --workspace` has just built, run directly: a
+/// `cargo run -p siamese-cli` there would build candle and everything above it a
+/// second time, because the test build's dev-dependencies (proptest's rand) turn on
+/// features of a crate under safetensors (getrandom) that the binary alone does not.
+fn siamese_binary(build: bool) -> Result<PathBuf> {
+    if build {
+        cargo(&["build", "-q", "-p", "siamese-cli"])?;
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target"));
+    let bin = target
+        .join("debug")
+        .join(format!("siamese{}", std::env::consts::EXE_SUFFIX));
+    if !bin.is_file() {
+        bail!("{} was not built", bin.display());
+    }
+    Ok(bin)
 }
 
 fn bench(plain: bool) -> Result<()> {
@@ -127,8 +152,9 @@ fn ci() -> Result<()> {
     // The README's test command.
     cargo(&["test", "--workspace"])?;
     if std::env::var_os("SIAMESE_DATA_DIR").is_some() {
-        data_check()?;
-        train_check()?;
+        let bin = siamese_binary(false)?;
+        data_check(&bin)?;
+        train_check(&bin)?;
     } else {
         eprintln!("SIAMESE_DATA_DIR is not set: skipping the real-data checks");
     }
@@ -138,32 +164,18 @@ fn ci() -> Result<()> {
 /// Loads each known data set through `siamese data info --json`, offline and with an
 /// empty cache, so only `SIAMESE_DATA_DIR` can supply it, and checks the split sizes
 /// (the loader itself verifies the counts per class and every file's SHA-256).
-fn data_check() -> Result<()> {
+fn data_check(bin: &Path) -> Result<()> {
     if std::env::var_os("SIAMESE_DATA_DIR").is_none() {
         bail!("data-check reads the data sets from SIAMESE_DATA_DIR, which is not set");
     }
-    let empty_cache = std::path::Path::new("target/ci-empty-cache");
+    let empty_cache = Path::new("target/ci-empty-cache");
     std::fs::create_dir_all(empty_cache).context("creating target/ci-empty-cache")?;
     let envs = [
-        ("HF_HUB_OFFLINE", std::ffi::OsStr::new("1")),
+        ("HF_HUB_OFFLINE", OsStr::new("1")),
         ("SIAMESE_CACHE_DIR", empty_cache.as_os_str()),
     ];
     for name in KNOWN_DATASETS {
-        let out = cargo_output_with(
-            &[
-                "run",
-                "-q",
-                "-p",
-                "siamese-cli",
-                "--",
-                "data",
-                "info",
-                "--data",
-                name,
-                "--json",
-            ],
-            &envs,
-        )?;
+        let out = output_of(bin, &["data", "info", "--data", name, "--json"], &envs)?;
         let info: serde_json::Value =
             serde_json::from_str(out.trim()).with_context(|| format!("parsing {name}'s info"))?;
         let sizes = (&info["train"], &info["validation"], &info["test"]);
@@ -189,9 +201,9 @@ const CHECK_STEPS: &str = "600";
 /// every pair of the batch (sampled pairs only), it reached 0.967 in as many steps.
 const CHECK_MIN_AUC: f64 = 0.98;
 
-fn train_check() -> Result<()> {
-    let dir = std::path::Path::new("target/ci-train-check");
-    let written = train_and_eval(dir, &["--steps", CHECK_STEPS, "--eval-every", "100"])?;
+fn train_check(bin: &Path) -> Result<()> {
+    let dir = Path::new("target/ci-train-check");
+    let written = train_and_eval(bin, dir, &["--steps", CHECK_STEPS, "--eval-every", "100"])?;
     let auc = written["validation"]["roc_auc"]
         .as_f64()
         .context("metrics.json lacks validation.roc_auc")?;
@@ -202,8 +214,9 @@ fn train_check() -> Result<()> {
 
     // The held-out-class protocol: the checkpoint alone must rebuild it (eval agrees),
     // and the report must say which classes were unseen and carry the baselines.
-    let dir = std::path::Path::new("target/ci-train-check-holdout");
+    let dir = Path::new("target/ci-train-check-holdout");
     let written = train_and_eval(
+        bin,
         dir,
         &[
             "--steps",
@@ -234,17 +247,17 @@ const HOLDOUT_CHECK_STEPS: &str = "200";
 
 /// Trains into a fresh `dir` with `args`, then checks that `siamese eval` of the
 /// checkpoint (nothing but the file) reproduces `metrics.json` exactly; returns it.
-fn train_and_eval(dir: &std::path::Path, args: &[&str]) -> Result<serde_json::Value> {
+fn train_and_eval(bin: &Path, dir: &Path, args: &[&str]) -> Result<serde_json::Value> {
     if dir.exists() {
         std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
     }
     let out = dir.to_str().context("a UTF-8 path")?;
-    let run = ["run", "-q", "-p", "siamese-cli", "--"];
-    cargo(&[&run[..], &["train"], args, &["--out", out]].concat())?;
+    let report = output_of(bin, &[&["train"], args, &["--out", out]].concat(), &[])?;
+    eprint!("{report}");
     let written: serde_json::Value = read_json(&dir.join("metrics.json"))?;
     let model = dir.join("model.safetensors");
     let model = model.to_str().context("a UTF-8 path")?;
-    let eval = cargo_output(&[&run[..], &["eval", "--model", model, "--json"]].concat())?;
+    let eval = output_of(bin, &["eval", "--model", model, "--json"], &[])?;
     let evaluated: serde_json::Value =
         serde_json::from_str(eval.trim()).context("parsing siamese eval --json")?;
     if evaluated != written {
@@ -253,7 +266,7 @@ fn train_and_eval(dir: &std::path::Path, args: &[&str]) -> Result<serde_json::Va
     Ok(written)
 }
 
-fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
+fn read_json(path: &Path) -> Result<serde_json::Value> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))

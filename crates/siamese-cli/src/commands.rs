@@ -9,7 +9,8 @@ use siamese_data::{
     is_image_folder, load, load_image_folder, read_image, Batcher, Dataset, DatasetSpec,
     FolderOptions, FolderSplit, HeldOutClasses, LoadOptions, Preprocessing, KNOWN_DATASETS,
 };
-use siamese_model::{checkpoint, Embedder};
+use siamese_model::checkpoint::{self, keys};
+use siamese_model::Embedder;
 use siamese_train::eval::{embed_set, evaluate};
 use siamese_train::{
     load_run_config, run, KnnGallery, LossConfig, Pairing, RunOptions, SamplerConfig, TrainConfig,
@@ -330,11 +331,11 @@ fn data_for(source: &DataSource, ckpt: &checkpoint::Checkpoint) -> Result<Datase
     let name = source
         .data
         .clone()
-        .or_else(|| ckpt.metadata.get("data").cloned())
+        .or_else(|| ckpt.metadata.get(keys::DATA).cloned())
         .unwrap_or_else(|| "mnist".into());
     let saved = ckpt
         .metadata
-        .get("image_folder")
+        .get(keys::IMAGE_FOLDER)
         .map(|json| serde_json::from_str::<FolderOptions>(json))
         .transpose()
         .context("the checkpoint's image_folder metadata is not valid")?;
@@ -342,7 +343,7 @@ fn data_for(source: &DataSource, ckpt: &checkpoint::Checkpoint) -> Result<Datase
     // unseen, so a different --holdout-classes is refused, not applied.
     let held_out = ckpt
         .metadata
-        .get("holdout_classes")
+        .get(keys::HOLDOUT_CLASSES)
         .map(|json| serde_json::from_str::<HeldOutClasses>(json))
         .transpose()
         .context("the checkpoint's holdout_classes metadata is not valid")?;
@@ -543,14 +544,14 @@ fn verify(a: VerifyArgs) -> Result<()> {
         Some(t) => t,
         None => checkpoint::threshold_value(
             ckpt.metadata
-                .get("threshold")
+                .get(keys::THRESHOLD)
                 .context("the checkpoint holds no threshold; pass --threshold")?,
         )
         .map_err(anyhow::Error::msg)?,
     };
     let (h, w) = (ckpt.config.input_height, ckpt.config.input_width);
     // The steps of training: resized for image folders, exact size for the IDX sets.
-    let preprocessing = match ckpt.metadata.get("preprocessing") {
+    let preprocessing = match ckpt.metadata.get(keys::PREPROCESSING) {
         Some(json) => serde_json::from_str::<Preprocessing>(json)
             .context("the checkpoint's preprocessing metadata is not valid")?,
         None => Preprocessing {

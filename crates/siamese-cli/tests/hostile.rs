@@ -251,3 +251,32 @@ fn eval_refuses_a_protocol_the_model_was_not_trained_for() {
     );
     assert_one_line_error(&o, &["held out", "another protocol"]);
 }
+
+/// Fault 11: plotting NaN embeddings said "invalid training config".
+#[test]
+fn plotting_nan_embeddings_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let values = vec![0.5f32, f32::NAN, 1.0, 2.0];
+    let embeddings = Tensor::from_vec(values, (2, 2), &Device::Cpu).unwrap();
+    let path = dir.path().join("e.safetensors");
+    forge(
+        &path,
+        &HashMap::from([("embeddings".to_string(), embeddings)]),
+        &HashMap::new(),
+    );
+    let out = dir.path().join("p.png");
+    let o = siamese(
+        &[
+            "plot",
+            "--embeddings",
+            path.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_one_line_error(&o, &["NaN or infinity"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("training config"), "{err}");
+    assert!(!out.exists());
+}

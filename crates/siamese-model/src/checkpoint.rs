@@ -29,6 +29,24 @@ pub const FORMAT_VERSION: u32 = 1;
 /// Metadata keys this module owns; extra entries may not use them.
 pub const RESERVED_KEYS: [&str; 3] = ["format", "format_version", "model_config"];
 
+/// The metadata entries a trained model carries besides the [`RESERVED_KEYS`]: written
+/// by the trainer (siamese-train), read by the commands that use a model (siamese-cli),
+/// named once here so that both sides agree.
+pub mod keys {
+    /// The validation distance threshold (a finite number >= 0; checked on load).
+    pub const THRESHOLD: &str = "threshold";
+    /// The step the model was saved at.
+    pub const STEP: &str = "step";
+    /// The data set's name or folder.
+    pub const DATA: &str = "data";
+    /// What to do to an image file (JSON `Preprocessing`).
+    pub const PREPROCESSING: &str = "preprocessing";
+    /// An image folder's split and size (JSON `FolderOptions`).
+    pub const IMAGE_FOLDER: &str = "image_folder";
+    /// The held-out classes (JSON list).
+    pub const HOLDOUT_CLASSES: &str = "holdout_classes";
+}
+
 /// A checkpoint read and validated.
 #[derive(Debug, Clone)]
 pub struct Checkpoint {
@@ -47,7 +65,7 @@ pub fn save(
     config: &TowerConfig,
     extra: &BTreeMap<String, String>,
 ) -> Result<(), ModelError> {
-    if let Some(text) = extra.get("threshold") {
+    if let Some(text) = extra.get(keys::THRESHOLD) {
         threshold_value(text)
             .map_err(|detail| ModelError::Config(format!("threshold: {detail}")))?;
     }
@@ -262,7 +280,7 @@ pub fn read(path: &Path, device: &Device) -> Result<Checkpoint, ModelError> {
         .into_iter()
         .filter(|(k, _)| !RESERVED_KEYS.contains(&k.as_str()))
         .collect();
-    if let Some(text) = metadata.get("threshold") {
+    if let Some(text) = metadata.get(keys::THRESHOLD) {
         threshold_value(text).map_err(|detail| meta_err(format!("threshold: {detail}")))?;
     }
     Ok(Checkpoint {

@@ -24,7 +24,8 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use siamese_data::{Augmenter, Batcher, Dataset, Preprocessing, Rng, SamplerState};
-use siamese_model::{checkpoint, ConvTower, DropoutState, SiameseModel};
+use siamese_model::checkpoint::{self, keys};
+use siamese_model::{ConvTower, DropoutState, SiameseModel};
 
 use crate::config::TrainConfig;
 use crate::error::TrainError;
@@ -468,10 +469,10 @@ pub fn run(
                 best_eer = Some(validation.eer);
                 let mut meta = data_metadata(config);
                 meta.insert(
-                    "threshold".to_string(),
+                    keys::THRESHOLD.to_string(),
                     validation.best_threshold.to_string(),
                 );
-                meta.insert("step".to_string(), done.to_string());
+                meta.insert(keys::STEP.to_string(), done.to_string());
                 checkpoint::save(&dir.join(files::MODEL), &varmap, &config.model, &meta)?;
             }
         }
@@ -533,21 +534,21 @@ pub fn data_metadata(config: &TrainConfig) -> BTreeMap<String, String> {
         resize: config.image_folder.is_some(),
     };
     let mut meta = BTreeMap::from([
-        ("data".to_string(), config.data.clone()),
+        (keys::DATA.to_string(), config.data.clone()),
         (
-            "preprocessing".to_string(),
+            keys::PREPROCESSING.to_string(),
             serde_json::to_string(&preprocessing).expect("plain data"),
         ),
     ]);
     if let Some(folder) = &config.image_folder {
         meta.insert(
-            "image_folder".to_string(),
+            keys::IMAGE_FOLDER.to_string(),
             serde_json::to_string(folder).expect("plain data"),
         );
     }
     if let Some(held_out) = &config.holdout_classes {
         meta.insert(
-            "holdout_classes".to_string(),
+            keys::HOLDOUT_CLASSES.to_string(),
             serde_json::to_string(held_out).expect("plain data"),
         );
     }
@@ -566,7 +567,7 @@ pub fn final_evaluation(
     let (report, test_embeddings) = evaluate(&tower, data, &Batcher::new(device.clone()))?;
     write_json(&dir.join(files::METRICS), &report)?;
     let mut meta = ckpt.metadata.clone();
-    meta.insert("threshold".into(), report.threshold.to_string());
+    meta.insert(keys::THRESHOLD.into(), report.threshold.to_string());
     checkpoint::save(&model_path, &varmap, &ckpt.config, &meta)?;
     let dim = ckpt.config.embedding_dim;
     save_embeddings(

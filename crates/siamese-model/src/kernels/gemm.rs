@@ -35,12 +35,15 @@ impl<'a> Mat<'a> {
         }
     }
 
-    fn extent(&self) -> usize {
+    /// One past the largest index the view touches; `None` when that overflows
+    /// (a view no slice can hold), so that the bounds check below cannot wrap around.
+    fn extent(&self) -> Option<usize> {
         if self.rows == 0 || self.cols == 0 {
-            0
-        } else {
-            (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride + 1
+            return Some(0);
         }
+        let last_row = (self.rows - 1).checked_mul(self.row_stride)?;
+        let last_col = (self.cols - 1).checked_mul(self.col_stride)?;
+        last_row.checked_add(last_col)?.checked_add(1)
     }
 }
 
@@ -54,9 +57,13 @@ impl<'a> Mat<'a> {
 pub(crate) fn matmul(dst: &mut [f32], a: Mat<'_>, b: Mat<'_>, accumulate: bool, threads: usize) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "matmul: inner dimensions differ");
-    assert!(a.extent() <= a.data.len(), "matmul: lhs view out of bounds");
-    assert!(b.extent() <= b.data.len(), "matmul: rhs view out of bounds");
-    assert!(m * n <= dst.len(), "matmul: destination too small");
+    let inside = |view: &Mat<'_>| view.extent().is_some_and(|e| e <= view.data.len());
+    assert!(inside(&a), "matmul: lhs view out of bounds");
+    assert!(inside(&b), "matmul: rhs view out of bounds");
+    assert!(
+        m.checked_mul(n).is_some_and(|mn| mn <= dst.len()),
+        "matmul: destination too small"
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -150,5 +157,20 @@ mod tests {
         let a = vec![0f32; 6];
         let mut out = vec![0f32; 9];
         matmul(&mut out, Mat::rows(&a, 3, 3), Mat::rows(&a, 3, 3), false, 1);
+    }
+
+    #[test]
+    #[should_panic(expected = "out of bounds")]
+    fn views_whose_extent_overflows_are_refused() {
+        let a = vec![0f32; 4];
+        let huge = Mat {
+            data: &a,
+            rows: 2,
+            cols: 2,
+            row_stride: usize::MAX,
+            col_stride: 1,
+        };
+        let mut out = vec![0f32; 4];
+        matmul(&mut out, huge, Mat::rows(&a, 2, 2), false, 1);
     }
 }
