@@ -10,8 +10,11 @@
 //! - `ci`: what `.ci/run` runs: format check, clippy with warnings denied, the test
 //!   suite, then `data-check` and `train-check`.
 //! - `data-check`: loads MNIST and Fashion-MNIST from `SIAMESE_DATA_DIR` (never the
-//!   network) and checks the split sizes; the loader itself verifies counts per class
-//!   and the SHA-256 of every file.
+//!   network) through `siamese data info --json` and checks the split sizes; the loader
+//!   itself verifies counts per class and the SHA-256 of every file.
+//!
+//! xtask depends on no product crate: it drives the `siamese` binary, so a fresh clone
+//! compiles the workspace once, not once more for xtask.
 //! - `train-check`: a short real-data training that must learn (validation ROC AUC
 //!   above 0.98, where chance is 0.5), then `siamese eval` of its checkpoint, which must
 //!   agree with the metrics written during training; then the same with digits 5-9
