@@ -325,6 +325,18 @@ fn load_model(path: &Path) -> Result<(siamese_model::ConvTower, checkpoint::Chec
     Ok((tower, ckpt))
 }
 
+/// A JSON metadata entry of the checkpoint, when present.
+fn metadata_json<T: serde::de::DeserializeOwned>(
+    ckpt: &checkpoint::Checkpoint,
+    key: &str,
+) -> Result<Option<T>> {
+    ckpt.metadata
+        .get(key)
+        .map(|json| serde_json::from_str(json))
+        .transpose()
+        .with_context(|| format!("the checkpoint's {key} metadata is not valid"))
+}
+
 /// The data set a command works on: `--data`, else the one the model was trained on,
 /// with the image-folder split the checkpoint records (command-line options win).
 fn data_for(source: &DataSource, ckpt: &checkpoint::Checkpoint) -> Result<Dataset> {
@@ -333,20 +345,10 @@ fn data_for(source: &DataSource, ckpt: &checkpoint::Checkpoint) -> Result<Datase
         .clone()
         .or_else(|| ckpt.metadata.get(keys::DATA).cloned())
         .unwrap_or_else(|| "mnist".into());
-    let saved = ckpt
-        .metadata
-        .get(keys::IMAGE_FOLDER)
-        .map(|json| serde_json::from_str::<FolderOptions>(json))
-        .transpose()
-        .context("the checkpoint's image_folder metadata is not valid")?;
+    let saved: Option<FolderOptions> = metadata_json(ckpt, keys::IMAGE_FOLDER)?;
     // The protocol is the checkpoint's: classes the model trained on cannot be called
     // unseen, so a different --holdout-classes is refused, not applied.
-    let held_out = ckpt
-        .metadata
-        .get(keys::HOLDOUT_CLASSES)
-        .map(|json| serde_json::from_str::<HeldOutClasses>(json))
-        .transpose()
-        .context("the checkpoint's holdout_classes metadata is not valid")?;
+    let held_out: Option<HeldOutClasses> = metadata_json(ckpt, keys::HOLDOUT_CLASSES)?;
     if let Some(asked) = &source.holdout_classes {
         if held_out.as_ref() != Some(asked) {
             match &held_out {
@@ -551,15 +553,11 @@ fn verify(a: VerifyArgs) -> Result<()> {
     };
     let (h, w) = (ckpt.config.input_height, ckpt.config.input_width);
     // The steps of training: resized for image folders, exact size for the IDX sets.
-    let preprocessing = match ckpt.metadata.get(keys::PREPROCESSING) {
-        Some(json) => serde_json::from_str::<Preprocessing>(json)
-            .context("the checkpoint's preprocessing metadata is not valid")?,
-        None => Preprocessing {
-            height: h,
-            width: w,
-            resize: false,
-        },
-    };
+    let preprocessing = metadata_json(&ckpt, keys::PREPROCESSING)?.unwrap_or(Preprocessing {
+        height: h,
+        width: w,
+        resize: false,
+    });
     if (preprocessing.height, preprocessing.width) != (h, w) {
         bail!("the checkpoint's preprocessing and model config disagree on the input size");
     }

@@ -280,3 +280,28 @@ fn plotting_nan_embeddings_says_so() {
     assert!(!err.contains("training config"), "{err}");
     assert!(!out.exists());
 }
+
+/// Images larger than the decoding limit are refused from their header: this PGM says
+/// 20000x20000 (400 MB of pixels) and holds a few bytes.
+#[test]
+fn oversized_images_are_refused_from_their_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tensors, meta) = parts(dir.path());
+    let m = forge(&dir.path().join("m.safetensors"), &tensors, &meta);
+    let big = dir.path().join("big.pgm");
+    let mut bytes = b"P5\n20000 20000\n255\n".to_vec();
+    bytes.extend_from_slice(&[0u8; 64]);
+    std::fs::write(&big, bytes).unwrap();
+    let a = png(&dir.path().join("a.png"), 28);
+    let o = siamese(
+        &[
+            "verify",
+            "--model",
+            m.to_str().unwrap(),
+            big.to_str().unwrap(),
+            &a,
+        ],
+        dir.path(),
+    );
+    assert_one_line_error(&o, &["big.pgm", "larger than this tool decodes"]);
+}

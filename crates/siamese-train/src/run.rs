@@ -21,7 +21,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use siamese_data::{Augmenter, Batcher, Dataset, Preprocessing, Rng, SamplerState};
 use siamese_model::checkpoint::{self, keys};
@@ -605,7 +605,7 @@ pub fn save_embeddings(
         ),
         (
             "labels".to_string(),
-            Tensor::from_vec(labels.to_vec(), n, &Device::Cpu)?.to_dtype(DType::U8)?,
+            Tensor::from_vec(labels.to_vec(), n, &Device::Cpu)?,
         ),
     ];
     // Refuses NaN or infinite embeddings: such a file would answer nonsense later.
