@@ -32,9 +32,11 @@
 pub mod distance;
 pub mod error;
 pub mod loss;
+pub mod miner;
 pub mod ntxent;
 
 pub use distance::{Cosine, Distance, Euclidean, SquaredEuclidean};
 pub use error::LossError;
 pub use loss::{split_means, Chopra2005, ContrastiveLoss, Hadsell2006, PairLoss, Reduction};
+pub use miner::{AllPairs, BatchHard, MinedPairs, Miner, MultiSimilarity};
 pub use ntxent::nt_xent;

@@ -19,6 +19,24 @@ pub enum Padding {
     Symmetric,
 }
 
+/// A point of the tower whose output can be read ([`crate::ConvTower::forward_to`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TowerLayer {
+    /// The output of hidden fully connected layer `i` (0-based: `fc{i+1}`), after its
+    /// ReLU, dropout and batch norm: SimCLR's representation before the projection head.
+    Hidden(usize),
+    /// The last layer (normalised when the config says so).
+    #[default]
+    Head,
+}
+
+impl TowerLayer {
+    fn is_head(&self) -> bool {
+        *self == TowerLayer::Head
+    }
+}
+
 /// The conv tower: convolutions with ReLU, then fully connected layers with ReLU,
 /// dropout and batch norm, then a linear embedding. The defaults are the reference
 /// program's architecture exactly.
@@ -59,6 +77,12 @@ pub struct TowerConfig {
     /// cosine similarity, at most 2): the network cannot spread classes apart by
     /// growing norms, only by direction.
     pub normalize: bool,
+    /// Where the embedding is read ([`crate::Embedder::embed`]): the last layer (the
+    /// default), or a hidden layer, scaled to unit length; the layers after it are then
+    /// a projection head that only the training loss sees. Features before the head
+    /// keep more than the training classes need, which is what unseen classes need.
+    #[serde(skip_serializing_if = "TowerLayer::is_head")]
+    pub embed_from: TowerLayer,
 }
 
 impl Default for TowerConfig {
@@ -79,6 +103,7 @@ impl Default for TowerConfig {
             batch_norm_eps: 1e-3,
             init_std: 0.05,
             normalize: false,
+            embed_from: TowerLayer::Head,
         }
     }
 }
@@ -115,6 +140,27 @@ fn over<T>(what: &str, value: u128, max: u128) -> Result<T, ModelError> {
 }
 
 impl TowerConfig {
+    /// Width of the output of `layer`.
+    pub fn layer_width(&self, layer: TowerLayer) -> Result<usize, ModelError> {
+        match layer {
+            TowerLayer::Head => Ok(self.embedding_dim),
+            TowerLayer::Hidden(i) => self.fc_widths.get(i).copied().ok_or_else(|| {
+                ModelError::Config(format!(
+                    "embed_from names hidden layer {i} (fc{}), but the tower has {} hidden \
+                     layers",
+                    i + 1,
+                    self.fc_widths.len()
+                ))
+            }),
+        }
+    }
+
+    /// The dimension of the embeddings the tower gives ([`Self::embed_from`]'s width).
+    pub fn output_dim(&self) -> usize {
+        self.layer_width(self.embed_from)
+            .unwrap_or(self.embedding_dim)
+    }
+
     /// Checks that the numbers make a network.
     pub fn validate(&self) -> Result<(), ModelError> {
         let fail = |msg: String| Err(ModelError::Config(msg));
@@ -179,6 +225,7 @@ impl TowerConfig {
             }
             (h, w) = (self.out_size(h, s), self.out_size(w, s));
         }
+        self.layer_width(self.embed_from)?;
         self.check_counts()
     }
 

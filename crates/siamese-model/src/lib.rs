@@ -58,7 +58,7 @@ pub mod pair;
 pub mod tower;
 
 pub use checkpoint::Checkpoint;
-pub use config::{Padding, TowerConfig};
+pub use config::{Padding, TowerConfig, TowerLayer};
 pub use error::ModelError;
 pub use pair::SiameseModel;
 pub use tower::{ConvTower, DropoutState, Embedder};

@@ -286,3 +286,68 @@ fn tf_same_padding_matches_a_naive_convolution() {
         assert!((o - n).abs() < 1e-4, "tower {out:?} vs naive {naive:?}");
     }
 }
+
+/// `embed_from: fc1` reads the embedding at the first hidden layer, scaled to unit
+/// length, in inference mode; the training output stays the head's. The reference is
+/// computed here from the layer's output, the normalisation written out by hand.
+#[test]
+fn embedding_from_a_hidden_layer_is_that_layer_at_unit_length() {
+    use siamese_model::TowerLayer;
+    let config = TowerConfig {
+        embed_from: TowerLayer::Hidden(0),
+        ..small()
+    };
+    let (tower, _) = ConvTower::init(&config, &Device::Cpu, 4).unwrap();
+    let x = images(5, 9, &config);
+    assert_eq!(tower.embedding_dim(), 32);
+    let embedded = tower.embed(&x).unwrap().to_vec2::<f32>().unwrap();
+    let hidden = tower
+        .forward_to(&x, false, TowerLayer::Hidden(0))
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    for (e, h) in embedded.iter().zip(&hidden) {
+        assert_eq!(e.len(), 32);
+        let norm = h.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
+        assert!(norm > 0.0);
+        for (a, b) in e.iter().zip(h) {
+            assert!((f64::from(*a) - f64::from(*b) / norm).abs() < 1e-5);
+        }
+    }
+    // Training still sees the head.
+    assert_eq!(tower.forward_t(&x, true).unwrap().dims(), &[5, 3]);
+    // A loaded tower can be read at another layer.
+    let mut tower = tower;
+    tower.set_embed_from(TowerLayer::Head).unwrap();
+    assert_eq!(tower.embed(&x).unwrap().dims(), &[5, 3]);
+    assert!(tower.set_embed_from(TowerLayer::Hidden(7)).is_err());
+    // The same weights read at the head give the head's output.
+    let head = TowerConfig { ..small() };
+    assert_eq!(head.output_dim(), 3);
+    // A layer the tower does not have is a config error, named.
+    let bad = TowerConfig {
+        embed_from: TowerLayer::Hidden(2),
+        ..small()
+    };
+    let err = bad.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("fc3") && err.contains("2 hidden layers"),
+        "{err}"
+    );
+}
+
+/// Configs that read at the head (every checkpoint before `embed_from` existed) keep
+/// their exact JSON; the hidden-layer choice round-trips.
+#[test]
+fn embed_from_is_saved_only_when_it_is_not_the_head() {
+    use siamese_model::TowerLayer;
+    let json = serde_json::to_string(&small()).unwrap();
+    assert!(!json.contains("embed_from"), "{json}");
+    let hidden = TowerConfig {
+        embed_from: TowerLayer::Hidden(1),
+        ..small()
+    };
+    let json = serde_json::to_string(&hidden).unwrap();
+    assert!(json.contains(r#""embed_from":{"hidden":1}"#), "{json}");
+    assert_eq!(serde_json::from_str::<TowerConfig>(&json).unwrap(), hidden);
+}

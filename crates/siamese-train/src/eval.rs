@@ -100,7 +100,7 @@ pub fn embed_set<E: Embedder>(
     let indices: Vec<usize> = (0..set.len()).collect();
     for chunk in indices.chunks(EMBED_BATCH) {
         let images = batcher.images(set, chunk)?;
-        let e = tower.forward_t(&images, false)?;
+        let e = tower.embed(&images)?;
         out.extend(e.flatten_all()?.to_vec1::<f32>()?);
     }
     Ok(out)

@@ -90,15 +90,15 @@ impl<S: PairSampler, E: Embedder, L: PairLoss> Trainer<S, E, L> {
                     let terms = self.loss.terms(&distance, &batch.same)?;
                     self.reduction.reduce(&terms, &batch.same)?
                 }
-                Pairing::AllInBatch => {
+                _ => {
                     // The batch's 2B images, in the order of the embeddings below.
-                    let labels: Vec<u8> = pairs
+                    let labels: Vec<u32> = pairs
                         .left
                         .iter()
                         .chain(&pairs.right)
-                        .map(|&i| set.labels()[i])
+                        .map(|&i| u32::from(set.labels()[i]))
                         .collect();
-                    self.all_pairs_loss(&Tensor::cat(&[&left, &right], 0)?, &labels)?
+                    self.mined_loss(&Tensor::cat(&[&left, &right], 0)?, &labels, self.pairing)?
                 }
             }
         };
@@ -115,18 +115,36 @@ impl<S: PairSampler, E: Embedder, L: PairLoss> Trainer<S, E, L> {
         Ok(value)
     }
 
-    /// The loss over every pair of `embeddings` (rows), same-class when their `labels`
-    /// agree, with the trainer's reduction.
-    fn all_pairs_loss<T: PartialEq>(
+    /// The loss over the pairs of `embeddings` (rows) that `pairing`'s miner picks,
+    /// same-class when their `labels` agree, with the trainer's reduction. The miner
+    /// sees the distances without their gradients.
+    fn mined_loss(
         &self,
         embeddings: &Tensor,
-        labels: &[T],
+        labels: &[u32],
+        pairing: Pairing,
     ) -> Result<Tensor, TrainError> {
-        let (first, second, same) = all_pairs(labels);
+        let miner = pairing
+            .miner()
+            .ok_or_else(|| TrainError::Config("sampled pairing mines no pairs".into()))?;
+        let distances = if miner.needs_distances() {
+            let e = embeddings.detach();
+            self.distance
+                .matrix(&e, &e)?
+                .flatten_all()?
+                .to_vec1::<f32>()?
+        } else {
+            Vec::new()
+        };
+        let mined = miner.mine(&distances, labels);
         let device = embeddings.device();
-        let a = embeddings.index_select(&Tensor::new(first, device)?, 0)?;
-        let b = embeddings.index_select(&Tensor::new(second, device)?, 0)?;
-        let same = Tensor::new(same, device)?.to_dtype(embeddings.dtype())?;
+        if mined.is_empty() {
+            // No pair to learn from (one class in the batch): a zero that keeps the graph.
+            return Ok((embeddings.sum_all()? * 0.0)?);
+        }
+        let a = embeddings.index_select(&Tensor::new(mined.first, device)?, 0)?;
+        let b = embeddings.index_select(&Tensor::new(mined.second, device)?, 0)?;
+        let same = Tensor::new(mined.same, device)?.to_dtype(embeddings.dtype())?;
         let distance = self.distance.paired(&a, &b)?;
         let terms = self.loss.terms(&distance, &same)?;
         Ok(self.reduction.reduce(&terms, &same)?)
@@ -156,54 +174,20 @@ impl<S: PairSampler, E: Embedder, L: PairLoss> Trainer<S, E, L> {
             .tower
             .forward_t(&Tensor::cat(&[&first, &second], 0)?, true)?;
         let n = images.len();
-        let labels: Vec<u8> = images
+        let labels: Vec<u32> = images
             .iter()
             .chain(&images)
-            .map(|&i| set.labels()[i])
+            .map(|&i| u32::from(set.labels()[i]))
             .collect();
-        let labelled = self.all_pairs_loss(&embeddings, &labels)?;
+        let labelled = self.mined_loss(&embeddings, &labels, self.pairing)?;
         let instance = match ssl.loss {
             ViewLoss::PairLoss => {
-                let instances: Vec<usize> = (0..2 * n).map(|i| i % n).collect();
-                self.all_pairs_loss(&embeddings, &instances)?
+                // Every pair of views: the instance term is not mined.
+                let instances: Vec<u32> = (0..2 * n).map(|i| (i % n) as u32).collect();
+                self.mined_loss(&embeddings, &instances, Pairing::AllInBatch)?
             }
             ViewLoss::NtXent { temperature } => nt_xent(&embeddings, temperature)?,
         };
         Ok((labelled + (instance * ssl.weight)?)?)
-    }
-}
-
-/// Every pair `(i, j)`, `i < j`, of images with these labels: the two index lists and
-/// whether each pair is same-class (1.0) or not (0.0).
-pub fn all_pairs<T: PartialEq>(labels: &[T]) -> (Vec<u32>, Vec<u32>, Vec<f32>) {
-    let n = labels.len();
-    let count = n * n.saturating_sub(1) / 2;
-    let (mut first, mut second, mut same) = (
-        Vec::with_capacity(count),
-        Vec::with_capacity(count),
-        Vec::with_capacity(count),
-    );
-    for i in 0..n {
-        for j in i + 1..n {
-            first.push(i as u32);
-            second.push(j as u32);
-            same.push(f32::from(u8::from(labels[i] == labels[j])));
-        }
-    }
-    (first, second, same)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn all_pairs_lists_each_unordered_pair_once() {
-        let (first, second, same) = all_pairs(&[3, 1, 3, 1]);
-        assert_eq!(first, [0, 0, 0, 1, 1, 2]);
-        assert_eq!(second, [1, 2, 3, 2, 3, 3]);
-        assert_eq!(same, [0.0, 1.0, 0.0, 0.0, 1.0, 0.0]);
-        assert_eq!(all_pairs(&[7]).0.len(), 0);
-        assert_eq!(all_pairs::<u8>(&[]).0.len(), 0);
     }
 }

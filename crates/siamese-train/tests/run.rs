@@ -197,6 +197,44 @@ fn learns_from_every_pair_in_the_batch() {
     assert_ne!(losses(dir.path()), losses(sampled.path()));
 }
 
+/// Batch-hard and multi-similarity mining train a model too, are saved in config.json,
+/// and change what the loss sees (their losses differ from all-in-batch's).
+#[test]
+fn learns_from_mined_pairs() {
+    let all = tempfile::tempdir().unwrap();
+    let all_in_batch = TrainConfig {
+        pairing: Pairing::AllInBatch,
+        ..config()
+    };
+    run(
+        &all_in_batch,
+        &dataset(),
+        all.path(),
+        &RunOptions::default(),
+        &mut Silent,
+    )
+    .unwrap();
+    for pairing in [
+        Pairing::BatchHard,
+        Pairing::MultiSimilarity { epsilon: 0.1 },
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mined = TrainConfig {
+            pairing,
+            ..config()
+        };
+        train_and_check_it_learns(&mined, dir.path());
+        assert_eq!(load_run_config(dir.path()).unwrap().pairing, pairing);
+        assert_ne!(losses(dir.path()), losses(all.path()), "{pairing:?}");
+    }
+    let bad = TrainConfig {
+        pairing: Pairing::MultiSimilarity { epsilon: f64::NAN },
+        ..config()
+    };
+    let err = bad.validate().unwrap_err().to_string();
+    assert!(err.contains("slack"), "{err}");
+}
+
 #[test]
 fn configs_written_before_pairing_existed_still_load() {
     let mut json: serde_json::Value = serde_json::to_value(config()).unwrap();
@@ -347,6 +385,51 @@ fn held_out_run_reports_unseen_classes_retrieval_and_baselines() {
     .unwrap();
     assert_eq!(ckpt.metadata["holdout_classes"], "[1,3]");
     assert_eq!(load_run_config(dir.path()).unwrap(), config);
+}
+
+/// With `embed_from: fc1` everything after training (threshold, metrics, saved
+/// embeddings) uses the hidden layer's unit-length output: the saved test embeddings
+/// are 16-wide unit rows, and the report's retrieval and verification figures are those
+/// of these rows.
+#[test]
+fn a_run_embedding_from_a_hidden_layer_reports_on_that_layer() {
+    let (mut config, data) = hold_out("1,3");
+    config.model.embed_from = siamese_model::TowerLayer::Hidden(0);
+    let dir = tempfile::tempdir().unwrap();
+    let report = run(
+        &config,
+        &data,
+        dir.path(),
+        &RunOptions::default(),
+        &mut Silent,
+    )
+    .unwrap()
+    .report
+    .unwrap();
+    let saved = candle_core::safetensors::load(
+        dir.path().join("test_embeddings.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(saved["embeddings"].dims(), &[data.test.len(), 16]);
+    let rows: Vec<Vec<f32>> = saved["embeddings"].to_vec2().unwrap();
+    for row in &rows {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "{norm}");
+    }
+    let flat: Vec<f32> = rows.concat();
+    let r = siamese_metrics::retrieval_leave_one_out(&flat, data.test.labels(), 16);
+    assert_eq!(report.precision_at_1, r.precision_at_1);
+    let pairs = siamese_data::evaluation_pairs(
+        data.test.labels(),
+        data.test.num_classes(),
+        siamese_train::eval::PROTOCOL_PAIRS,
+        siamese_train::eval::TEST_PAIRS_SEED,
+    )
+    .unwrap();
+    let d = siamese_metrics::pair_distances(&flat, 16, &pairs.left, &pairs.right);
+    let m = siamese_metrics::pair_metrics(&d, &pairs.same);
+    assert_eq!(report.test_roc_auc, m.roc_auc);
 }
 
 /// The pixel baseline, recomputed here from the definition: the protocol's pairs,
