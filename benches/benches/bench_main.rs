@@ -6,5 +6,6 @@ mod bench;
 criterion::criterion_main!(
     bench::data::benches,
     bench::loss::benches,
-    bench::model::benches
+    bench::model::benches,
+    bench::search::benches
 );

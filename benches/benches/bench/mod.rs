@@ -3,3 +3,4 @@
 pub mod data;
 pub mod loss;
 pub mod model;
+pub mod search;

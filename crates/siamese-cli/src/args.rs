@@ -26,6 +26,8 @@ const EXAMPLES: &str = "Examples:
   siamese verify --model runs/ref/model.safetensors a.png b.png
   siamese train --data att_faces --image-size 56x46 --test-classes 5 --out runs/faces
   siamese verify --model runs/faces/model.safetensors s1/1.pgm s1/2.pgm
+  siamese index --model runs/ref/model.safetensors --split test --out gallery.safetensors
+  siamese search --gallery gallery.safetensors --model runs/ref/model.safetensors -k 5 q.png
   siamese plot --embeddings runs/ref/test_embeddings.safetensors --out plot.png
   siamese data info --data mnist";
 
@@ -44,6 +46,46 @@ pub enum Command {
     Plot(PlotArgs),
     /// Fetch a data set or describe where it comes from.
     Data(DataArgs),
+    /// Embed a split into a gallery file, to search with `siamese search`.
+    Index(IndexArgs),
+    /// Find the gallery items nearest to query images.
+    Search(SearchArgs),
+}
+
+/// `siamese index`.
+#[derive(Debug, Args)]
+pub struct IndexArgs {
+    /// The checkpoint that embeds the images.
+    #[arg(long, value_name = "FILE")]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub source: DataSource,
+    /// Which split to embed.
+    #[arg(long, value_enum, default_value = "test")]
+    pub split: SplitName,
+    /// The gallery file to write (.safetensors).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+/// `siamese search`.
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// A gallery written by `siamese index`.
+    #[arg(long, value_name = "FILE")]
+    pub gallery: PathBuf,
+    /// The checkpoint that embedded the gallery (another is refused).
+    #[arg(long, value_name = "FILE")]
+    pub model: PathBuf,
+    /// Query images (PNG, PGM or JPEG).
+    #[arg(required = true, value_name = "IMAGE")]
+    pub queries: Vec<PathBuf>,
+    /// Neighbours per query.
+    #[arg(short, long, default_value_t = 5)]
+    pub k: usize,
+    /// Print JSON (one object per query) instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Where the data come from.
@@ -131,12 +173,19 @@ pub enum PairingName {
     Sampled,
     /// Every pair of the batch's images, each kind (same, different) averaged apart.
     AllInBatch,
+    /// For each of the batch's images, its farthest same-class and nearest other-class
+    /// image (batch-hard mining).
+    BatchHard,
+    /// The batch's pairs near the hardest pair of the other kind (multi-similarity
+    /// mining, slack `--epsilon`).
+    MultiSimilarity,
 }
 
 /// `siamese train`.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// Starting recipe: `reference` (the TF1 program) or `default`.
+    /// Starting recipe: `reference` (the TF1 program), `default` or `open-set` (for
+    /// classes training never saw).
     #[arg(long, default_value = "default")]
     pub preset: String,
     /// A JSON `TrainConfig` to start from instead of a preset.
@@ -171,12 +220,20 @@ pub struct TrainArgs {
     /// Which pairs of each batch the loss sees.
     #[arg(long, value_enum)]
     pub pairing: Option<PairingName>,
+    /// Slack of `--pairing multi-similarity`, in distance units (default 0.1).
+    #[arg(long)]
+    pub epsilon: Option<f64>,
     /// Embedding dimension.
     #[arg(long)]
     pub dim: Option<usize>,
     /// Scale embeddings to unit length (distance then follows the cosine).
     #[arg(long)]
     pub normalize: bool,
+    /// Read the embedding at this layer: `head` (the last, the default) or a hidden
+    /// layer, `fc1`, `fc2`, ..., compared by cosine; the layers after it then form a
+    /// projection head that only the training loss sees (better on unseen classes).
+    #[arg(long, value_name = "LAYER", value_parser = parse_layer)]
+    pub embed_from: Option<siamese_model::TowerLayer>,
     /// Distort training images at random (rotation 15 degrees, scale 0.9-1.1, shift
     /// 2 pixels).
     #[arg(long)]
@@ -219,6 +276,10 @@ pub struct EvalArgs {
     pub model: PathBuf,
     #[command(flatten)]
     pub source: DataSource,
+    /// Read the embedding at another layer than the model's own (`head`, `fc1`, ...):
+    /// which layer of a trained model transfers best to unseen classes.
+    #[arg(long, value_name = "LAYER", value_parser = parse_layer)]
+    pub embed_from: Option<siamese_model::TowerLayer>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -304,4 +365,34 @@ pub enum DataAction {
 /// the same).
 fn parse_threshold(text: &str) -> Result<f64, String> {
     siamese_model::checkpoint::threshold_value(text)
+}
+
+/// `head`, or `fcN` for hidden layer N (1-based, as the checkpoint's tensor names).
+fn parse_layer(text: &str) -> Result<siamese_model::TowerLayer, String> {
+    if text == "head" {
+        return Ok(siamese_model::TowerLayer::Head);
+    }
+    text.strip_prefix("fc")
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|&n| n >= 1)
+        .map(|n| siamese_model::TowerLayer::Hidden(n - 1))
+        .ok_or_else(|| {
+            format!("expected `head` or a hidden layer `fc1`, `fc2`, ..., found {text:?}")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use siamese_model::TowerLayer;
+
+    #[test]
+    fn layers_are_named_as_the_checkpoint_names_them() {
+        assert_eq!(parse_layer("head"), Ok(TowerLayer::Head));
+        assert_eq!(parse_layer("fc1"), Ok(TowerLayer::Hidden(0)));
+        assert_eq!(parse_layer("fc2"), Ok(TowerLayer::Hidden(1)));
+        for bad in ["fc0", "fc", "conv1", "fc-1", "1"] {
+            assert!(parse_layer(bad).unwrap_err().contains("fc1"), "{bad}");
+        }
+    }
 }

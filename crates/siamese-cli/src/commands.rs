@@ -31,12 +31,14 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Verify(a) => verify(a),
         Command::Plot(a) => plot(a),
         Command::Data(a) => data(a),
+        Command::Index(a) => crate::gallery::index(a),
+        Command::Search(a) => crate::gallery::search(a),
     }
 }
 
 /// Where the tensors live: the first GPU when built with the `cuda` feature (the
 /// tower then runs plain candle layers there), else the CPU with the fused kernels.
-fn device() -> Result<Device> {
+pub(crate) fn device() -> Result<Device> {
     #[cfg(feature = "cuda")]
     {
         Device::new_cuda(0).context("opening CUDA device 0 (built with the cuda feature)")
@@ -54,6 +56,8 @@ struct Loaded {
     origin: String,
     /// For an image folder, its options with every default resolved.
     folder: Option<FolderOptions>,
+    /// For an image folder, the file of each image of train, validation and test.
+    paths: Option<[Vec<PathBuf>; 3]>,
 }
 
 /// The image-folder options: `base` (a run's or a checkpoint's), else the defaults
@@ -99,6 +103,7 @@ fn load_data(name_or_dir: &str, folder: &FolderOptions) -> Result<Loaded> {
             data: loaded.dataset,
             origin: format!("image folder {name_or_dir}"),
             folder: Some(loaded.options),
+            paths: Some(loaded.paths),
         });
     }
     let looks_like_path = name_or_dir.contains(std::path::MAIN_SEPARATOR)
@@ -137,6 +142,7 @@ fn load_data(name_or_dir: &str, folder: &FolderOptions) -> Result<Loaded> {
         data: found.0,
         origin: found.1.to_string(),
         folder: None,
+        paths: None,
     })
 }
 
@@ -173,6 +179,9 @@ fn train_config(a: &TrainArgs, base: Option<TrainConfig>) -> Result<TrainConfig>
     }
     if a.normalize {
         c.model.normalize = true;
+    }
+    if let Some(layer) = a.embed_from {
+        c.model.embed_from = layer;
     }
     if let Some(p) = a.dropout {
         c.model.dropout = p;
@@ -236,7 +245,18 @@ fn train_config(a: &TrainArgs, base: Option<TrainConfig>) -> Result<TrainConfig>
         c.pairing = match pairing {
             PairingName::Sampled => Pairing::Sampled,
             PairingName::AllInBatch => Pairing::AllInBatch,
+            PairingName::BatchHard => Pairing::BatchHard,
+            PairingName::MultiSimilarity => Pairing::MultiSimilarity {
+                epsilon: a.epsilon.unwrap_or(0.1),
+            },
         };
+    }
+    match (a.epsilon, c.pairing) {
+        (Some(epsilon), Pairing::MultiSimilarity { .. }) => {
+            c.pairing = Pairing::MultiSimilarity { epsilon }
+        }
+        (Some(_), _) => bail!("--epsilon applies to --pairing multi-similarity"),
+        (None, _) => {}
     }
     if let Some(held_out) = &a.source.holdout_classes {
         // Known data sets are checked now, before minutes of loading.
@@ -319,7 +339,9 @@ fn train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-fn load_model(path: &Path) -> Result<(siamese_model::ConvTower, checkpoint::Checkpoint)> {
+pub(crate) fn load_model(
+    path: &Path,
+) -> Result<(siamese_model::ConvTower, checkpoint::Checkpoint)> {
     let (tower, _, ckpt) = checkpoint::load_tower(path, &device()?, 0)
         .with_context(|| format!("loading the model {}", path.display()))?;
     Ok((tower, ckpt))
@@ -340,6 +362,14 @@ fn metadata_json<T: serde::de::DeserializeOwned>(
 /// The data set a command works on: `--data`, else the one the model was trained on,
 /// with the image-folder split the checkpoint records (command-line options win).
 fn data_for(source: &DataSource, ckpt: &checkpoint::Checkpoint) -> Result<Dataset> {
+    Ok(data_and_paths_for(source, ckpt)?.0)
+}
+
+/// [`data_for`], with the image files of each split for an image folder.
+pub(crate) fn data_and_paths_for(
+    source: &DataSource,
+    ckpt: &checkpoint::Checkpoint,
+) -> Result<(Dataset, Option<[Vec<PathBuf>; 3]>)> {
     let name = source
         .data
         .clone()
@@ -373,7 +403,7 @@ fn data_for(source: &DataSource, ckpt: &checkpoint::Checkpoint) -> Result<Datase
             data.spec.cols
         );
     }
-    Ok(data)
+    Ok((data, loaded.paths))
 }
 
 /// The held-out-class protocol on an IDX data set; image folders hold out classes with
@@ -478,7 +508,10 @@ fn print_report(r: &siamese_train::EvalReport, json: bool) {
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
-    let (tower, ckpt) = load_model(&a.model)?;
+    let (mut tower, ckpt) = load_model(&a.model)?;
+    if let Some(layer) = a.embed_from {
+        tower.set_embed_from(layer)?;
+    }
     let data = data_for(&a.source, &ckpt)?;
     let (report, _) = evaluate(&tower, &data, &Batcher::new(device()?))?;
     print_report(&report, a.json);
@@ -551,24 +584,7 @@ fn verify(a: VerifyArgs) -> Result<()> {
         )
         .map_err(anyhow::Error::msg)?,
     };
-    let (h, w) = (ckpt.config.input_height, ckpt.config.input_width);
-    // The steps of training: resized for image folders, exact size for the IDX sets.
-    let preprocessing = metadata_json(&ckpt, keys::PREPROCESSING)?.unwrap_or(Preprocessing {
-        height: h,
-        width: w,
-        resize: false,
-    });
-    if (preprocessing.height, preprocessing.width) != (h, w) {
-        bail!("the checkpoint's preprocessing and model config disagree on the input size");
-    }
-    let mut pixels = read_image(&a.a, &preprocessing)?;
-    pixels.extend(read_image(&a.b, &preprocessing)?);
-    // Scaled as every training batch was.
-    let images = Batcher::new(device()?).raw_images(&pixels, h, w)?;
-    let e = tower
-        .forward_t(&images, false)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
+    let e = embed_files(&tower, &ckpt, &[a.a.clone(), a.b.clone()])?;
     // The distance the evaluation protocol uses, so the threshold means the same here.
     let distance =
         f64::from(siamese_train::metrics::pair_distances(&e, tower.embedding_dim(), &[0], &[1])[0]);
@@ -585,6 +601,30 @@ fn verify(a: VerifyArgs) -> Result<()> {
     };
     println!("{verdict}: distance {distance:.4}, threshold {threshold:.4}");
     Ok(())
+}
+
+/// The embeddings of image files, read and scaled as the checkpoint's training
+/// images were (resized for image folders, exact size for the IDX sets).
+pub(crate) fn embed_files(
+    tower: &siamese_model::ConvTower,
+    ckpt: &checkpoint::Checkpoint,
+    files: &[PathBuf],
+) -> Result<Vec<f32>> {
+    let (h, w) = (ckpt.config.input_height, ckpt.config.input_width);
+    let preprocessing = metadata_json(ckpt, keys::PREPROCESSING)?.unwrap_or(Preprocessing {
+        height: h,
+        width: w,
+        resize: false,
+    });
+    if (preprocessing.height, preprocessing.width) != (h, w) {
+        bail!("the checkpoint's preprocessing and model config disagree on the input size");
+    }
+    let mut pixels = Vec::with_capacity(files.len() * h * w);
+    for file in files {
+        pixels.extend(read_image(file, &preprocessing)?);
+    }
+    let images = Batcher::new(device()?).raw_images(&pixels, h, w)?;
+    Ok(tower.embed(&images)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
 fn plot(a: PlotArgs) -> Result<()> {

@@ -4,6 +4,7 @@
 
 mod args;
 mod commands;
+mod gallery;
 mod report;
 
 use std::process::ExitCode;

@@ -247,4 +247,98 @@ fn trains_on_an_image_folder_and_verifies_unseen_identities() {
         .filter(|(same, out)| out.starts_with(if *same { "same:" } else { "different:" }))
         .count();
     assert!(right >= 5, "verify verdicts: {verdicts:?}");
+
+    // `siamese index` embeds the test split into a gallery with each image's file;
+    // `siamese search` with one of those files finds it first, at distance 0.
+    let gallery = tmp.path().join("gallery.safetensors");
+    let g = gallery.to_str().unwrap();
+    check(&siamese(&[
+        "index", "--model", m, "--split", "test", "--out", g,
+    ]));
+    let saved =
+        siamese_search::Gallery::from_bytes(&std::fs::read(&gallery).unwrap(), &gallery).unwrap();
+    assert_eq!(saved.len(), 8 * 10);
+    let query = saved.path(17).unwrap().to_string();
+    let class = saved.class_name(saved.label(17)).to_string();
+    assert!(query.contains(&class), "{query} is a file of class {class}");
+    let out = check(&siamese(&[
+        "search",
+        "--gallery",
+        g,
+        "--model",
+        m,
+        "-k",
+        "3",
+        "--json",
+        &query,
+    ]));
+    let found: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let first = &found[0]["neighbours"][0];
+    assert_eq!(first["index"], 17, "{out}");
+    // 0 up to float rounding: the gallery was embedded in batches, the query alone,
+    // and the matrix products sum in another order.
+    assert!(first["distance"].as_f64().unwrap() < 1e-5, "{out}");
+    assert_eq!(first["path"], query.as_str());
+    assert_eq!(found[0]["neighbours"].as_array().unwrap().len(), 3);
+    let text = check(&siamese(&["search", "--gallery", g, "--model", m, &query]));
+    assert!(
+        text.contains(&query) && text.contains("distance 0.0000"),
+        "{text}"
+    );
+
+    // Another model's queries, a file that is not a gallery, a missing query: one line
+    // each, non-zero exit.
+    let other = tmp.path().join("other");
+    check(&siamese(&[
+        "train",
+        "--config",
+        cfg,
+        "--data",
+        data,
+        "--test-classes",
+        "8",
+        "--val-classes",
+        "4",
+        "--steps",
+        "2",
+        "--eval-every",
+        "1",
+        "--out",
+        other.to_str().unwrap(),
+    ]));
+    let other_model = other.join("model.safetensors");
+    let refusals = [
+        (
+            vec![
+                "search",
+                "--gallery",
+                g,
+                "--model",
+                other_model.to_str().unwrap(),
+                &query,
+            ],
+            "another model",
+        ),
+        (
+            vec!["search", "--gallery", m, "--model", m, &query],
+            "not a valid gallery",
+        ),
+        (
+            vec!["search", "--gallery", g, "--model", m, "missing.png"],
+            "missing.png",
+        ),
+        (
+            vec!["search", "--gallery", g, "--model", m, "-k", "0", &query],
+            "k must be",
+        ),
+    ];
+    for (args, needle) in refusals {
+        let o = siamese(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?}");
+        assert!(
+            err.contains(needle) && err.lines().count() == 1,
+            "{args:?}: {err}"
+        );
+    }
 }

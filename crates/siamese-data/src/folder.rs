@@ -99,6 +99,8 @@ pub struct FolderData {
     pub preprocessing: Preprocessing,
     /// Files that were not read, having no image extension.
     pub skipped: Vec<PathBuf>,
+    /// The file of every image of train, validation and test, in the splits' order.
+    pub paths: [Vec<PathBuf>; 3],
 }
 
 /// Whether `dir` looks like an image folder: it has a subfolder holding a file with
@@ -262,8 +264,10 @@ pub fn load_image_folder(dir: &Path, options: &FolderOptions) -> Result<FolderDa
     }
     let resize_all = size.is_some();
     let mut classes: Vec<Vec<Vec<u8>>> = Vec::with_capacity(class_dirs.len());
+    let mut class_paths: Vec<Vec<PathBuf>> = Vec::with_capacity(class_dirs.len());
     for class_dir in &class_dirs {
         let mut images = Vec::new();
+        let mut paths = Vec::new();
         for path in sorted_entries(class_dir)? {
             if path.is_dir() || !has_image_extension(&path) {
                 skipped.push(path);
@@ -282,6 +286,7 @@ pub fn load_image_folder(dir: &Path, options: &FolderOptions) -> Result<FolderDa
                 });
             }
             images.push(resize(pixels, (h, w), target));
+            paths.push(path);
         }
         if images.is_empty() {
             return Err(folder_error(
@@ -293,6 +298,7 @@ pub fn load_image_folder(dir: &Path, options: &FolderOptions) -> Result<FolderDa
             ));
         }
         classes.push(images);
+        class_paths.push(paths);
     }
     let (rows, cols) = size.expect("at least one image was read");
     let class_names: Vec<String> = class_dirs
@@ -311,6 +317,12 @@ pub fn load_image_folder(dir: &Path, options: &FolderOptions) -> Result<FolderDa
         .unwrap_or_else(|| dir.display().to_string());
     let spec = DatasetSpec::image_folder(&name, rows, cols, class_names);
     let n = spec.num_classes();
+    let paths = parts.clone().map(|members| {
+        members
+            .into_iter()
+            .map(|(class, image)| class_paths[class][image].clone())
+            .collect()
+    });
     let [train, validation, test] = parts.map(|members| {
         let mut pixels = Vec::with_capacity(members.len() * rows * cols);
         let mut labels = Vec::with_capacity(members.len());
@@ -338,6 +350,7 @@ pub fn load_image_folder(dir: &Path, options: &FolderOptions) -> Result<FolderDa
             resize: true,
         },
         skipped,
+        paths,
     })
 }
 

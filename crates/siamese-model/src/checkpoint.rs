@@ -207,6 +207,36 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
     written.map_err(io)
 }
 
+impl Checkpoint {
+    /// SHA-256 (hex) of what the model computes: its config and every tensor (names in
+    /// order, shapes, f32 values), not the metadata, so saving the threshold into the
+    /// file keeps it. Galleries record it to refuse queries embedded by another model.
+    pub fn fingerprint(&self) -> Result<String, ModelError> {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        hash.update(
+            serde_json::to_vec(&self.config).map_err(|e| ModelError::Config(e.to_string()))?,
+        );
+        let mut names: Vec<&String> = self.tensors.keys().collect();
+        names.sort();
+        for name in names {
+            let t = &self.tensors[name];
+            hash.update((name.len() as u64).to_le_bytes());
+            hash.update(name.as_bytes());
+            for &d in t.dims() {
+                hash.update((d as u64).to_le_bytes());
+            }
+            let values = t
+                .flatten_all()?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec1::<f32>()?;
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            hash.update(&bytes);
+        }
+        Ok(hash.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    }
+}
+
 /// Reads and validates a checkpoint: the file, its metadata, and every tensor's
 /// presence, name, shape and dtype against the config it carries.
 pub fn read(path: &Path, device: &Device) -> Result<Checkpoint, ModelError> {

@@ -21,6 +21,7 @@ pub mod eval;
 pub use siamese_metrics as metrics;
 pub mod optim;
 pub mod plot;
+pub mod projector;
 pub mod run;
 pub mod tensorboard;
 pub mod trainer;

@@ -440,7 +440,7 @@ pub fn run(
             let (validation, _, _) = pair_metrics_of(
                 &data.validation,
                 &embeddings,
-                config.model.embedding_dim,
+                config.model.output_dim(),
                 n,
                 VALIDATION_PAIRS_SEED,
             )?;
@@ -569,12 +569,24 @@ pub fn final_evaluation(
     let mut meta = ckpt.metadata.clone();
     meta.insert(keys::THRESHOLD.into(), report.threshold.to_string());
     checkpoint::save(&model_path, &varmap, &ckpt.config, &meta)?;
-    let dim = ckpt.config.embedding_dim;
+    let dim = ckpt.config.output_dim();
     save_embeddings(
         &dir.join(files::TEST_EMBEDDINGS),
         &test_embeddings,
         dim,
         data.test.labels(),
+    )?;
+    crate::projector::write_projector(
+        dir,
+        &crate::projector::Projection {
+            name: &format!("{} test embeddings", data.spec.name),
+            embeddings: &test_embeddings,
+            dim,
+            labels: data.test.labels(),
+            class_names: &data.spec.class_names,
+            paths: &[],
+            images: Some((data.test.pixels(), data.test.rows(), data.test.cols())),
+        },
     )?;
     let values = test_embeddings;
     let title = format!("{} test embeddings", data.spec.name);

@@ -1,0 +1,673 @@
+//! Galleries of embeddings and exact nearest-neighbour search over them, in plain Rust
+//! (no tensors): what `siamese index` writes and `siamese search` reads, as
+//! TensorFlow Similarity's `index()` / `lookup()` do.
+//!
+//! A gallery is a safetensors file: `embeddings` (f32, `[n, dim]`) and `labels` (u32,
+//! `[n]`), with the class names, the items' file paths (when they came from files), the
+//! fingerprint of the model that embedded them and its threshold in the metadata. A
+//! query embedded by another model is meaningless against it, so the fingerprint is
+//! checked by the caller ([`Gallery::check_model`]).
+//!
+//! Search is exact: every row's Euclidean distance to the query, in blocks of rows
+//! spread over threads, each block keeping its `k` best; ties are broken by row index,
+//! so the answer does not depend on the thread count.
+//!
+//! ```
+//! use siamese_search::Gallery;
+//!
+//! let gallery = Gallery::new(
+//!     2,
+//!     vec![0.0, 0.0, 1.0, 0.0, 5.0, 5.0],
+//!     vec![0, 0, 1],
+//!     vec!["zero".into(), "one".into()],
+//!     vec![],
+//!     "model-sha256".into(),
+//! )?;
+//! let hits = gallery.search(&[0.9, 0.1], 2)?;
+//! assert_eq!(hits.iter().map(|h| h.index).collect::<Vec<_>>(), [1, 0]);
+//!
+//! // A file round trip keeps everything.
+//! let bytes = gallery.to_bytes()?;
+//! let back = Gallery::from_bytes(&bytes, std::path::Path::new("g.safetensors"))?;
+//! assert_eq!(back, gallery);
+//! assert!(back.check_model("another-model").is_err());
+//! # Ok::<(), siamese_search::SearchError>(())
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use safetensors::tensor::{Dtype, TensorView};
+use serde::Serialize;
+
+/// Format name in the metadata, so another safetensors file is refused by name.
+pub const FORMAT: &str = "siamese-gallery";
+/// Version of the layout.
+pub const FORMAT_VERSION: &str = "1";
+/// Most values (`n * dim`) a gallery may hold: 4 GiB of f32.
+pub const MAX_VALUES: usize = 1 << 30;
+/// Widest embedding.
+pub const MAX_DIM: usize = 65_536;
+/// Most neighbours one query may ask for.
+pub const MAX_K: usize = 10_000;
+/// Rows per block of the scan: a block of 128-D rows is 2 MiB, within the L2 caches
+/// of this project's machines, and there are enough blocks for every thread.
+const BLOCK_ROWS: usize = 4096;
+
+/// Metadata keys.
+pub mod keys {
+    /// [`super::FORMAT`].
+    pub const FORMAT: &str = "format";
+    /// [`super::FORMAT_VERSION`].
+    pub const VERSION: &str = "format_version";
+    /// The embedding model's fingerprint.
+    pub const MODEL: &str = "model_fingerprint";
+    /// Class names, a JSON array.
+    pub const CLASSES: &str = "class_names";
+    /// The items' file paths, a JSON array (absent when they have none).
+    pub const PATHS: &str = "paths";
+}
+
+/// Why a gallery could not be made, read or searched.
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    /// The file is not a valid gallery.
+    #[error("{path}: not a valid gallery: {detail}")]
+    BadFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The parts do not make a gallery, or a query does not fit it.
+    #[error("{0}")]
+    Invalid(String),
+    /// The gallery was embedded by another model.
+    #[error(
+        "the gallery was embedded by another model (fingerprint {gallery}, this model \
+         {model}): index the images again with this model"
+    )]
+    OtherModel {
+        /// The gallery's model.
+        gallery: String,
+        /// The model given.
+        model: String,
+    },
+}
+
+/// A query's neighbour.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Hit {
+    /// Row of the gallery.
+    pub index: usize,
+    /// Euclidean distance to the query.
+    pub distance: f32,
+}
+
+/// Embeddings with their labels, class names, paths and model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gallery {
+    dim: usize,
+    embeddings: Vec<f32>,
+    labels: Vec<u32>,
+    class_names: Vec<String>,
+    paths: Vec<String>,
+    model_fingerprint: String,
+}
+
+impl Gallery {
+    /// A gallery of `labels.len()` rows of `dim` values; `paths` is empty or one per
+    /// row; every label must name a class. Non-finite values are refused.
+    pub fn new(
+        dim: usize,
+        embeddings: Vec<f32>,
+        labels: Vec<u32>,
+        class_names: Vec<String>,
+        paths: Vec<String>,
+        model_fingerprint: String,
+    ) -> Result<Self, SearchError> {
+        let fail = |m: String| Err(SearchError::Invalid(m));
+        if dim == 0 || dim > MAX_DIM {
+            return fail(format!(
+                "the embedding dimension must be 1-{MAX_DIM}, found {dim}"
+            ));
+        }
+        let n = labels.len();
+        if n.checked_mul(dim) != Some(embeddings.len()) {
+            return fail(format!(
+                "{} values are not {n} embeddings (one per label) of {dim}",
+                embeddings.len()
+            ));
+        }
+        if embeddings.len() > MAX_VALUES {
+            return fail(format!(
+                "{} values, more than a gallery may hold ({MAX_VALUES})",
+                embeddings.len()
+            ));
+        }
+        if !paths.is_empty() && paths.len() != n {
+            return fail(format!("{} paths for {n} embeddings", paths.len()));
+        }
+        if let Some(i) = embeddings.iter().position(|v| !v.is_finite()) {
+            return fail(format!(
+                "embedding {} holds a non-finite value ({})",
+                i / dim,
+                embeddings[i]
+            ));
+        }
+        if let Some(&l) = labels.iter().find(|&&l| l as usize >= class_names.len()) {
+            return fail(format!(
+                "label {l} names no class ({} class names)",
+                class_names.len()
+            ));
+        }
+        Ok(Self {
+            dim,
+            embeddings,
+            labels,
+            class_names,
+            paths,
+            model_fingerprint,
+        })
+    }
+
+    /// Rows.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether it holds no rows.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// The embedding dimension.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Row `i`'s label.
+    pub fn label(&self, i: usize) -> u32 {
+        self.labels[i]
+    }
+
+    /// The name of class `label`.
+    pub fn class_name(&self, label: u32) -> &str {
+        &self.class_names[label as usize]
+    }
+
+    /// Row `i`'s file path, when the rows came from files.
+    pub fn path(&self, i: usize) -> Option<&str> {
+        self.paths.get(i).map(String::as_str)
+    }
+
+    /// The fingerprint of the model that embedded the rows.
+    pub fn model_fingerprint(&self) -> &str {
+        &self.model_fingerprint
+    }
+
+    /// Refuses a model other than the gallery's.
+    pub fn check_model(&self, fingerprint: &str) -> Result<(), SearchError> {
+        if fingerprint != self.model_fingerprint {
+            return Err(SearchError::OtherModel {
+                gallery: self.model_fingerprint.clone(),
+                model: fingerprint.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The `k` rows nearest to `query` (at most all of them), nearest first; equal
+    /// distances in row order.
+    pub fn search(&self, query: &[f32], k: usize) -> Result<Vec<Hit>, SearchError> {
+        if query.len() != self.dim {
+            return Err(SearchError::Invalid(format!(
+                "the query has {} values, the gallery's embeddings {}",
+                query.len(),
+                self.dim
+            )));
+        }
+        if !(1..=MAX_K).contains(&k) {
+            return Err(SearchError::Invalid(format!(
+                "k must be 1-{MAX_K}, found {k}"
+            )));
+        }
+        if query.iter().any(|v| !v.is_finite()) {
+            return Err(SearchError::Invalid(
+                "the query embedding holds a non-finite value".into(),
+            ));
+        }
+        Ok(nearest(&self.embeddings, self.dim, query, k))
+    }
+
+    /// The file's bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, SearchError> {
+        let n = self.len();
+        let embeddings: Vec<u8> = self
+            .embeddings
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let labels: Vec<u8> = self.labels.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let view = |dtype, shape, data| {
+            TensorView::new(dtype, shape, data).map_err(|e| SearchError::Invalid(e.to_string()))
+        };
+        let tensors = BTreeMap::from([
+            (
+                "embeddings",
+                view(Dtype::F32, vec![n, self.dim], &embeddings)?,
+            ),
+            ("labels", view(Dtype::U32, vec![n], &labels)?),
+        ]);
+        let json = |v: &Vec<String>| serde_json::to_string(v).expect("strings serialise");
+        let mut meta = HashMap::from([
+            (keys::FORMAT.to_string(), FORMAT.to_string()),
+            (keys::VERSION.to_string(), FORMAT_VERSION.to_string()),
+            (keys::MODEL.to_string(), self.model_fingerprint.clone()),
+            (keys::CLASSES.to_string(), json(&self.class_names)),
+        ]);
+        if !self.paths.is_empty() {
+            meta.insert(keys::PATHS.to_string(), json(&self.paths));
+        }
+        safetensors::serialize(tensors, Some(meta)).map_err(|e| SearchError::Invalid(e.to_string()))
+    }
+
+    /// Reads a gallery from a file's bytes (`path` names it in errors). Everything is
+    /// checked: the format name and version, the dtypes and shapes, matching counts,
+    /// finite values, labels that name classes.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self, SearchError> {
+        let bad = |detail: String| SearchError::BadFile {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
+            .map_err(|e| bad(format!("not a safetensors file ({e})")))?;
+        let file = safetensors::SafeTensors::deserialize(bytes)
+            .map_err(|e| bad(format!("not a safetensors file ({e})")))?;
+        let meta = header.metadata().clone().unwrap_or_default();
+        let get = |key: &str| {
+            meta.get(key)
+                .ok_or_else(|| bad(format!("no {key:?} entry in the metadata")))
+        };
+        if get(keys::FORMAT)? != FORMAT {
+            return Err(bad(format!("the metadata's format is not {FORMAT:?}")));
+        }
+        let version = get(keys::VERSION)?;
+        if version != FORMAT_VERSION {
+            return Err(bad(format!(
+                "format version {version:?}; this build reads version {FORMAT_VERSION}"
+            )));
+        }
+        let strings = |key: &str| -> Result<Vec<String>, SearchError> {
+            match meta.get(key) {
+                None => Ok(Vec::new()),
+                Some(text) => serde_json::from_str(text)
+                    .map_err(|e| bad(format!("{key:?} is not a JSON array of strings ({e})"))),
+            }
+        };
+        let class_names = strings(keys::CLASSES)?;
+        let paths = strings(keys::PATHS)?;
+        let names = file.names();
+        if names.len() != 2 {
+            return Err(bad(format!(
+                "expected the tensors embeddings and labels, found {names:?}"
+            )));
+        }
+        let tensor = |name: &str, dtype: Dtype, rank: usize| {
+            let t = file
+                .tensor(name)
+                .map_err(|_| bad(format!("no {name:?} tensor")))?;
+            if t.dtype() != dtype || t.shape().len() != rank {
+                return Err(bad(format!(
+                    "{name:?} must be {dtype:?} of rank {rank}, found {:?} {:?}",
+                    t.dtype(),
+                    t.shape()
+                )));
+            }
+            Ok(t)
+        };
+        let e = tensor("embeddings", Dtype::F32, 2)?;
+        let l = tensor("labels", Dtype::U32, 1)?;
+        let (n, dim) = (e.shape()[0], e.shape()[1]);
+        if l.shape()[0] != n {
+            return Err(bad(format!("{} labels for {n} embeddings", l.shape()[0])));
+        }
+        let f32s = e
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let u32s = l
+            .data()
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let model = get(keys::MODEL)?.clone();
+        Self::new(dim, f32s, u32s, class_names, paths, model).map_err(|e| bad(e.to_string()))
+    }
+}
+
+/// Squared Euclidean distance, in eight lanes the compiler turns into SIMD.
+fn squared_distance(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (a_rest, b_rest) = (a8.remainder(), b8.remainder());
+    for (x, y) in a8.zip(b8) {
+        for i in 0..8 {
+            let d = x[i] - y[i];
+            lanes[i] += d * d;
+        }
+    }
+    let mut sum: f32 = lanes.iter().sum();
+    for (x, y) in a_rest.iter().zip(b_rest) {
+        sum += (x - y) * (x - y);
+    }
+    sum
+}
+
+/// Orders hits by distance, then row.
+fn closer(a: &Hit, b: &Hit) -> std::cmp::Ordering {
+    a.distance
+        .total_cmp(&b.distance)
+        .then(a.index.cmp(&b.index))
+}
+
+/// Keeps the `k` best hits of `rows` (starting at row `first`) in `best`, sorted.
+fn scan_block(rows: &[f32], first: usize, dim: usize, query: &[f32], k: usize) -> Vec<Hit> {
+    let mut best: Vec<Hit> = Vec::with_capacity(k + 1);
+    for (i, row) in rows.chunks_exact(dim).enumerate() {
+        let hit = Hit {
+            index: first + i,
+            distance: squared_distance(row, query),
+        };
+        if best.len() == k && closer(&hit, &best[k - 1]).is_ge() {
+            continue;
+        }
+        let at = best.partition_point(|h| closer(h, &hit).is_lt());
+        best.insert(at, hit);
+        best.truncate(k);
+    }
+    best
+}
+
+/// The `k` rows of `embeddings` (`dim` columns) nearest to `query`, nearest first, by
+/// Euclidean distance; equal distances in row order. Exact, over every row.
+pub fn nearest(embeddings: &[f32], dim: usize, query: &[f32], k: usize) -> Vec<Hit> {
+    let mut hits: Vec<Hit> = embeddings
+        .par_chunks(BLOCK_ROWS * dim)
+        .enumerate()
+        .flat_map_iter(|(b, rows)| scan_block(rows, b * BLOCK_ROWS, dim, query, k))
+        .collect();
+    hits.sort_by(closer);
+    hits.truncate(k);
+    for h in &mut hits {
+        h.distance = h.distance.sqrt();
+    }
+    hits
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The definition: every distance, sorted by (distance, row), the first k.
+    fn naive(embeddings: &[f32], dim: usize, query: &[f32], k: usize) -> Vec<(usize, f64)> {
+        let mut all: Vec<(usize, f64)> = embeddings
+            .chunks_exact(dim)
+            .enumerate()
+            .map(|(i, row)| {
+                let d: f64 = row
+                    .iter()
+                    .zip(query)
+                    .map(|(a, b)| (f64::from(*a) - f64::from(*b)).powi(2))
+                    .sum();
+                (i, d.sqrt())
+            })
+            .collect();
+        all.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+        all.truncate(k);
+        all
+    }
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut x = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(40))]
+        /// Exact search equals the naive loop, across block boundaries and dimensions
+        /// that are not multiples of the SIMD lanes.
+        #[test]
+        fn search_equals_the_naive_loop(n in 1usize..9000, dim in 1usize..20, k in 1usize..12, seed in 0u64..1000) {
+            let e = values(n * dim, seed);
+            let q = values(dim, seed + 7);
+            let got = nearest(&e, dim, &q, k);
+            let want = naive(&e, dim, &q, k);
+            prop_assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().zip(&want) {
+                prop_assert_eq!(g.index, w.0);
+                prop_assert!((f64::from(g.distance) - w.1).abs() < 1e-4 * (1.0 + w.1));
+            }
+        }
+    }
+
+    #[test]
+    fn a_gallery_row_finds_itself_first_at_distance_0_and_ties_go_by_row() {
+        let e = values(5000 * 16, 3);
+        let row = 4321;
+        let q = e[row * 16..(row + 1) * 16].to_vec();
+        let hits = nearest(&e, 16, &q, 3);
+        assert_eq!((hits[0].index, hits[0].distance), (row, 0.0));
+        // Duplicated rows tie: the lower index comes first, whatever the blocks.
+        let mut dup = e.clone();
+        dup.extend_from_slice(&q);
+        let hits = nearest(&dup, 16, &q, 2);
+        assert_eq!(
+            hits.iter().map(|h| h.index).collect::<Vec<_>>(),
+            [row, 5000]
+        );
+    }
+
+    fn gallery() -> Gallery {
+        Gallery::new(
+            2,
+            vec![0.0, 0.0, 1.0, 0.0, 3.0, 4.0],
+            vec![0, 1, 1],
+            vec!["<b>a</b>".into(), "b".into()],
+            vec!["x/1.png".into(), "y/2.png".into(), "y/3.png".into()],
+            "abc".into(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn round_trip_keeps_everything() {
+        let g = gallery();
+        let back = Gallery::from_bytes(&g.to_bytes().unwrap(), Path::new("g")).unwrap();
+        assert_eq!(back, g);
+        assert_eq!(back.path(2), Some("y/3.png"));
+        assert_eq!(back.class_name(back.label(0)), "<b>a</b>");
+        let hits = back.search(&[3.0, 4.0], 5).unwrap();
+        assert_eq!(hits.len(), 3);
+        assert_eq!((hits[0].index, hits[0].distance), (2, 0.0));
+        assert_eq!((hits[1].index, hits[1].distance), (1, 20f32.sqrt()));
+        assert_eq!((hits[2].index, hits[2].distance), (0, 5.0));
+    }
+
+    #[test]
+    fn bad_parts_and_queries_are_clear_errors() {
+        let err = |r: Result<Gallery, SearchError>| r.unwrap_err().to_string();
+        let names = || vec!["a".to_string()];
+        assert!(err(Gallery::new(
+            2,
+            vec![0.0; 3],
+            vec![0, 0],
+            names(),
+            vec![],
+            "m".into()
+        ))
+        .contains("3 values are not 2 embeddings"));
+        assert!(err(Gallery::new(
+            1,
+            vec![f32::NAN],
+            vec![0],
+            names(),
+            vec![],
+            "m".into()
+        ))
+        .contains("non-finite"));
+        assert!(err(Gallery::new(
+            1,
+            vec![0.0],
+            vec![3],
+            names(),
+            vec![],
+            "m".into()
+        ))
+        .contains("label 3 names no class"));
+        assert!(err(Gallery::new(
+            1,
+            vec![0.0],
+            vec![0],
+            names(),
+            vec!["a".into(), "b".into()],
+            "m".into()
+        ))
+        .contains("2 paths for 1 embeddings"));
+        assert!(
+            err(Gallery::new(0, vec![], vec![], names(), vec![], "m".into())).contains("dimension")
+        );
+        let g = gallery();
+        assert!(g
+            .search(&[1.0], 1)
+            .unwrap_err()
+            .to_string()
+            .contains("the query has 1 values"));
+        assert!(g
+            .search(&[1.0, f32::INFINITY], 1)
+            .unwrap_err()
+            .to_string()
+            .contains("non-finite"));
+        assert!(g
+            .search(&[1.0, 0.0], 0)
+            .unwrap_err()
+            .to_string()
+            .contains("k must be"));
+        assert!(g.check_model("abc").is_ok());
+        assert!(g
+            .check_model("xyz")
+            .unwrap_err()
+            .to_string()
+            .contains("another model"));
+    }
+
+    /// Forged files: truncated, another safetensors file, wrong dtype, mismatched
+    /// counts, NaN, a label out of range, a newer version: each refused, naming the file.
+    #[test]
+    fn forged_files_are_refused_with_the_file_named() {
+        let path = Path::new("forged.safetensors");
+        let good = gallery().to_bytes().unwrap();
+        let refuse = |bytes: &[u8], needle: &str| {
+            let e = Gallery::from_bytes(bytes, path).unwrap_err().to_string();
+            assert!(
+                e.contains("forged.safetensors") && e.contains(needle),
+                "{e}"
+            );
+        };
+        refuse(&good[..good.len() - 3], "not a safetensors file");
+        refuse(b"hello", "not a safetensors file");
+        let write = |e: TensorView, l: TensorView, meta: Vec<(&str, &str)>| {
+            let meta: HashMap<String, String> = meta
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect();
+            safetensors::serialize(
+                BTreeMap::from([("embeddings", e), ("labels", l)]),
+                Some(meta),
+            )
+            .unwrap()
+        };
+        let f = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let u = |v: &[u32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let meta = vec![
+            ("format", FORMAT),
+            ("format_version", "1"),
+            ("model_fingerprint", "m"),
+            ("class_names", r#"["a","b"]"#),
+        ];
+        let (e2, l2) = (f(&[0.0, 1.0]), u(&[0, 1]));
+        let ok = write(
+            TensorView::new(Dtype::F32, vec![2, 1], &e2).unwrap(),
+            TensorView::new(Dtype::U32, vec![2], &l2).unwrap(),
+            meta.clone(),
+        );
+        assert_eq!(Gallery::from_bytes(&ok, path).unwrap().len(), 2);
+        let l1 = u(&[0]);
+        refuse(
+            &write(
+                TensorView::new(Dtype::F32, vec![2, 1], &e2).unwrap(),
+                TensorView::new(Dtype::U32, vec![1], &l1).unwrap(),
+                meta.clone(),
+            ),
+            "1 labels for 2 embeddings",
+        );
+        refuse(
+            &write(
+                TensorView::new(Dtype::I32, vec![2, 1], &e2).unwrap(),
+                TensorView::new(Dtype::U32, vec![2], &l2).unwrap(),
+                meta.clone(),
+            ),
+            "must be F32",
+        );
+        let nan = f(&[0.0, f32::NAN]);
+        refuse(
+            &write(
+                TensorView::new(Dtype::F32, vec![2, 1], &nan).unwrap(),
+                TensorView::new(Dtype::U32, vec![2], &l2).unwrap(),
+                meta.clone(),
+            ),
+            "non-finite",
+        );
+        let l9 = u(&[0, 9]);
+        refuse(
+            &write(
+                TensorView::new(Dtype::F32, vec![2, 1], &e2).unwrap(),
+                TensorView::new(Dtype::U32, vec![2], &l9).unwrap(),
+                meta.clone(),
+            ),
+            "label 9 names no class",
+        );
+        let mut newer = meta.clone();
+        newer[1] = ("format_version", "2");
+        refuse(
+            &write(
+                TensorView::new(Dtype::F32, vec![2, 1], &e2).unwrap(),
+                TensorView::new(Dtype::U32, vec![2], &l2).unwrap(),
+                newer,
+            ),
+            "format version \"2\"",
+        );
+        let mut other = meta.clone();
+        other[0] = ("format", "pytorch");
+        refuse(
+            &write(
+                TensorView::new(Dtype::F32, vec![2, 1], &e2).unwrap(),
+                TensorView::new(Dtype::U32, vec![2], &l2).unwrap(),
+                other,
+            ),
+            "format is not",
+        );
+    }
+}
