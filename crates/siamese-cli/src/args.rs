@@ -26,6 +26,7 @@ const EXAMPLES: &str = "Examples:
   siamese verify --model runs/ref/model.safetensors a.png b.png
   siamese train --data att_faces --image-size 56x46 --test-classes 5 --out runs/faces
   siamese verify --model runs/faces/model.safetensors s1/1.pgm s1/2.pgm
+  siamese explore --model runs/ref/model.safetensors --out explorer.html
   siamese index --model runs/ref/model.safetensors --split test --out gallery.safetensors
   siamese search --gallery gallery.safetensors --model runs/ref/model.safetensors -k 5 q.png
   siamese plot --embeddings runs/ref/test_embeddings.safetensors --out plot.png
@@ -46,10 +47,38 @@ pub enum Command {
     Plot(PlotArgs),
     /// Fetch a data set or describe where it comes from.
     Data(DataArgs),
+    /// Write the explorer page (one HTML file) of a model's embeddings of a split, or of
+    /// an embeddings file.
+    Explore(ExploreArgs),
     /// Embed a split into a gallery file, to search with `siamese search`.
     Index(IndexArgs),
     /// Find the gallery items nearest to query images.
     Search(SearchArgs),
+}
+
+/// `siamese explore`.
+#[derive(Debug, Args)]
+pub struct ExploreArgs {
+    /// The checkpoint whose embeddings of `--split` to show (with the images, class
+    /// names and the checkpoint's threshold).
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "embeddings",
+        conflicts_with = "embeddings"
+    )]
+    pub model: Option<PathBuf>,
+    /// Or: embeddings written by `siamese embed` or a run (.safetensors; no images).
+    #[arg(long, value_name = "FILE")]
+    pub embeddings: Option<PathBuf>,
+    #[command(flatten)]
+    pub source: DataSource,
+    /// Which split to show, with `--model`.
+    #[arg(long, value_enum, default_value = "test")]
+    pub split: SplitName,
+    /// The HTML file to write.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
 }
 
 /// `siamese index`.

@@ -31,6 +31,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Verify(a) => verify(a),
         Command::Plot(a) => plot(a),
         Command::Data(a) => data(a),
+        Command::Explore(a) => crate::gallery::explore(a),
         Command::Index(a) => crate::gallery::index(a),
         Command::Search(a) => crate::gallery::search(a),
     }
@@ -627,15 +628,17 @@ pub(crate) fn embed_files(
     Ok(tower.embed(&images)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
-fn plot(a: PlotArgs) -> Result<()> {
-    let tensors = candle_core::safetensors::load(&a.embeddings, &Device::Cpu)
-        .with_context(|| format!("reading {}", a.embeddings.display()))?;
+/// An embeddings file (`embeddings [n, dim]`, optional `labels [n]`): values, `dim`
+/// and labels (all 0 when it has none).
+pub(crate) fn read_embeddings(path: &Path) -> Result<(Vec<f32>, usize, Vec<u8>)> {
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu)
+        .with_context(|| format!("reading {}", path.display()))?;
     let embeddings = tensors
         .get("embeddings")
-        .with_context(|| format!("{} has no `embeddings` tensor", a.embeddings.display()))?;
+        .with_context(|| format!("{} has no `embeddings` tensor", path.display()))?;
     let (n, dim) = embeddings
         .dims2()
-        .with_context(|| format!("{}: `embeddings` must be [n, dim]", a.embeddings.display()))?;
+        .with_context(|| format!("{}: `embeddings` must be [n, dim]", path.display()))?;
     let labels: Vec<u8> = match tensors.get("labels") {
         Some(l) => l.to_dtype(candle_core::DType::U8)?.to_vec1()?,
         None => vec![0; n],
@@ -643,7 +646,7 @@ fn plot(a: PlotArgs) -> Result<()> {
     if labels.len() != n {
         bail!(
             "{}: {} labels for {n} embeddings",
-            a.embeddings.display(),
+            path.display(),
             labels.len()
         );
     }
@@ -651,6 +654,11 @@ fn plot(a: PlotArgs) -> Result<()> {
         .to_dtype(candle_core::DType::F32)?
         .flatten_all()?
         .to_vec1::<f32>()?;
+    Ok((values, dim, labels))
+}
+
+fn plot(a: PlotArgs) -> Result<()> {
+    let (values, dim, labels) = read_embeddings(&a.embeddings)?;
     let title = a
         .embeddings
         .file_stem()

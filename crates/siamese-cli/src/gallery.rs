@@ -1,17 +1,75 @@
-//! `siamese index` and `siamese search`: a split embedded into a gallery file, and the
-//! gallery items nearest to query images ([`siamese_search`]).
+//! Using embeddings: `siamese explore` (the explorer page, [`siamese_train::explore`]),
+//! `siamese index` and `siamese search` (a split embedded into a gallery file, and the
+//! gallery items nearest to query images, [`siamese_search`]).
 
 use anyhow::{bail, Context, Result};
 use siamese_model::Embedder;
 use siamese_search::Gallery;
 use siamese_train::eval::embed_set;
 
-use crate::args::{IndexArgs, SearchArgs, SplitName};
-use crate::commands::{data_and_paths_for, device, embed_files, load_model};
+use crate::args::{ExploreArgs, IndexArgs, SearchArgs, SplitName};
+use crate::commands::{data_and_paths_for, device, embed_files, load_model, read_embeddings};
 
 /// Largest gallery file read whole into memory (the format's value limit, plus
 /// metadata).
 const MAX_GALLERY_BYTES: u64 = (siamese_search::MAX_VALUES as u64) * 4 + (200 << 20);
+
+pub(crate) fn explore(a: ExploreArgs) -> Result<()> {
+    use siamese_train::explore::{explorer_html, Exploration};
+    let page = match (&a.model, &a.embeddings) {
+        (Some(model), _) => {
+            let (tower, ckpt) = load_model(model)?;
+            let (data, _) = data_and_paths_for(&a.source, &ckpt)?;
+            let set = split(&data, a.split);
+            let values = embed_set(&tower, set, &siamese_data::Batcher::new(device()?))?;
+            let threshold = ckpt
+                .metadata
+                .get(siamese_model::checkpoint::keys::THRESHOLD)
+                .map(|t| siamese_model::checkpoint::threshold_value(t))
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            explorer_html(&Exploration {
+                title: &format!(
+                    "{} {:?} embeddings ({})",
+                    data.spec.name,
+                    a.split,
+                    model.display()
+                ),
+                embeddings: &values,
+                dim: tower.embedding_dim(),
+                labels: set.labels(),
+                class_names: &data.spec.class_names,
+                images: Some((set.pixels(), set.rows(), set.cols())),
+                threshold,
+            })?
+        }
+        (None, Some(file)) => {
+            let (values, dim, labels) = read_embeddings(file)?;
+            explorer_html(&Exploration {
+                title: &file.display().to_string(),
+                embeddings: &values,
+                dim,
+                labels: &labels,
+                class_names: &[],
+                images: None,
+                threshold: None,
+            })
+            .with_context(|| format!("{}", file.display()))?
+        }
+        (None, None) => bail!("give --model or --embeddings"),
+    };
+    siamese_data::write_atomic(&a.out, page.as_bytes())?;
+    eprintln!("wrote {} ({} bytes)", a.out.display(), page.len());
+    Ok(())
+}
+
+fn split(data: &siamese_data::Dataset, name: SplitName) -> &siamese_data::ImageSet {
+    match name {
+        SplitName::Train => &data.train,
+        SplitName::Validation => &data.validation,
+        SplitName::Test => &data.test,
+    }
+}
 
 pub(crate) fn index(a: IndexArgs) -> Result<()> {
     let (tower, ckpt) = load_model(&a.model)?;

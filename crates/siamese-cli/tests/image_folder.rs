@@ -286,6 +286,29 @@ fn trains_on_an_image_folder_and_verifies_unseen_identities() {
         "{text}"
     );
 
+    // `siamese explore` writes the page of a split, or of an embeddings file; an
+    // embeddings file with NaN gives no page.
+    let page = tmp.path().join("page.html");
+    check(&siamese(&[
+        "explore",
+        "--model",
+        m,
+        "--out",
+        page.to_str().unwrap(),
+    ]));
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains("\"id22\"") && html.contains("data:image/png;base64,"));
+    let emb = run.join("test_embeddings.safetensors");
+    check(&siamese(&[
+        "explore",
+        "--embeddings",
+        emb.to_str().unwrap(),
+        "--out",
+        page.to_str().unwrap(),
+    ]));
+    let o = siamese(&["explore", "--out", page.to_str().unwrap()]);
+    assert!(!o.status.success());
+
     // Another model's queries, a file that is not a gallery, a missing query: one line
     // each, non-zero exit.
     let other = tmp.path().join("other");

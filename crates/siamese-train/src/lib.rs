@@ -17,6 +17,7 @@
 pub mod config;
 pub mod error;
 pub mod eval;
+pub mod explore;
 /// The evaluation metrics, from the `siamese-metrics` crate (usable without this one).
 pub use siamese_metrics as metrics;
 pub mod optim;

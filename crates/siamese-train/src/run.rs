@@ -48,6 +48,8 @@ pub mod files {
     pub const METRICS: &str = "metrics.json";
     /// Test embeddings and labels.
     pub const TEST_EMBEDDINGS: &str = "test_embeddings.safetensors";
+    /// The explorer page of the test embeddings ([`crate::explore`]).
+    pub const EXPLORER: &str = "explorer.html";
     /// Scatter plot of the test embeddings.
     pub const PLOT: &str = "embedding.png";
 }
@@ -588,6 +590,16 @@ pub fn final_evaluation(
             images: Some((data.test.pixels(), data.test.rows(), data.test.cols())),
         },
     )?;
+    let page = crate::explore::explorer_html(&crate::explore::Exploration {
+        title: &format!("{} test embeddings", data.spec.name),
+        embeddings: &test_embeddings,
+        dim,
+        labels: data.test.labels(),
+        class_names: &data.spec.class_names,
+        images: Some((data.test.pixels(), data.test.rows(), data.test.cols())),
+        threshold: Some(report.threshold),
+    })?;
+    siamese_data::write_atomic(&dir.join(files::EXPLORER), page.as_bytes())?;
     let values = test_embeddings;
     let title = format!("{} test embeddings", data.spec.name);
     crate::plot::plot_embeddings(

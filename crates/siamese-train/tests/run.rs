@@ -128,9 +128,20 @@ fn learns_and_writes_the_run_folder() {
         "metrics.jsonl",
         "metrics.json",
         "test_embeddings.safetensors",
+        "explorer.html",
+        "tensors.tsv",
+        "metadata.tsv",
+        "sprite.png",
+        "projector_config.pbtxt",
     ] {
         assert!(dir.path().join(file).is_file(), "{file} missing");
     }
+    // The projector's rows are the saved test embeddings, and the page carries the
+    // model's threshold.
+    let rows = std::fs::read_to_string(dir.path().join("tensors.tsv")).unwrap();
+    assert_eq!(rows.lines().count(), dataset().test.len());
+    let page = std::fs::read_to_string(dir.path().join("explorer.html")).unwrap();
+    assert!(page.contains(&format!("\"threshold\":{}", report.threshold)));
     assert_eq!(load_run_config(dir.path()).unwrap(), config());
     let ckpt = siamese_model::checkpoint::read(
         &dir.path().join("model.safetensors"),
