@@ -81,21 +81,9 @@ pub struct ExploreArgs {
     pub out: PathBuf,
 }
 
-/// `siamese index`.
-#[derive(Debug, Args)]
-pub struct IndexArgs {
-    /// The checkpoint that embeds the images.
-    #[arg(long, value_name = "FILE")]
-    pub model: PathBuf,
-    #[command(flatten)]
-    pub source: DataSource,
-    /// Which split to embed.
-    #[arg(long, value_enum, default_value = "test")]
-    pub split: SplitName,
-    /// The gallery file to write (.safetensors).
-    #[arg(long, value_name = "FILE")]
-    pub out: PathBuf,
-}
+/// `siamese index`: the same inputs as `siamese embed`, its `--out` a gallery file
+/// (.safetensors).
+pub type IndexArgs = EmbedArgs;
 
 /// `siamese search`.
 #[derive(Debug, Args)]
@@ -336,7 +324,8 @@ pub struct EmbedArgs {
     /// Which split to embed.
     #[arg(long, value_enum, default_value = "test")]
     pub split: SplitName,
-    /// Output: `.csv` (label, then one column per dimension) or `.safetensors`.
+    /// Output: `.csv` (label, then one column per dimension) or `.safetensors` (for
+    /// `index`: the gallery file, .safetensors).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
 }

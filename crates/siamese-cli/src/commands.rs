@@ -312,6 +312,7 @@ fn train(a: TrainArgs) -> Result<()> {
         ),
         None => {}
     }
+    let test_paths = loaded.paths.map(|[_, _, test]| test).unwrap_or_default();
     let data = apply_holdout(
         loaded.data,
         config.holdout_classes.as_ref(),
@@ -327,6 +328,7 @@ fn train(a: TrainArgs) -> Result<()> {
     let options = RunOptions {
         resume,
         device: device()?,
+        test_paths: test_paths.iter().map(|p| p.display().to_string()).collect(),
         ..RunOptions::default()
     };
     let mut printer = Printer::new();
@@ -506,6 +508,28 @@ fn print_report(r: &siamese_train::EvalReport, json: bool) {
     };
     baseline("baseline:   raw pixels,", &r.pixel_baseline);
     baseline("baseline:   PCA,       ", &r.pca_baseline);
+    if !r.class_pairs.is_empty() {
+        let beaten = r
+            .class_pairs
+            .iter()
+            .filter(|p| p.roc_auc > p.pixel_roc_auc)
+            .count();
+        let list: Vec<String> = r
+            .class_pairs
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}-{} {:.3}/{:.3}",
+                    p.classes[0], p.classes[1], p.roc_auc, p.pixel_roc_auc
+                )
+            })
+            .collect();
+        println!(
+            "class pairs (ROC AUC, model/pixels): beats pixels on {beaten} of {}: {}",
+            r.class_pairs.len(),
+            list.join(", ")
+        );
+    }
 }
 
 fn eval(a: EvalArgs) -> Result<()> {

@@ -286,6 +286,11 @@ fn trains_on_an_image_folder_and_verifies_unseen_identities() {
         "{text}"
     );
 
+    // The run's projector metadata lists each test image's file, in the gallery's order.
+    let meta = std::fs::read_to_string(run.join("metadata.tsv")).unwrap();
+    let row17: Vec<&str> = meta.lines().nth(18).unwrap().split('\t').collect();
+    assert_eq!(row17[3], query, "{meta:.300}");
+
     // `siamese explore` writes the page of a split, or of an embeddings file; an
     // embeddings file with NaN gives no page.
     let page = tmp.path().join("page.html");

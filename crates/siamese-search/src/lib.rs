@@ -607,67 +607,42 @@ mod tests {
             ("model_fingerprint", "m"),
             ("class_names", r#"["a","b"]"#),
         ];
-        let (e2, l2) = (f(&[0.0, 1.0]), u(&[0, 1]));
-        let ok = write(
-            TensorView::new(Dtype::F32, vec![2, 1], &e2).unwrap(),
-            TensorView::new(Dtype::U32, vec![2], &l2).unwrap(),
-            meta.clone(),
-        );
+        // A file of `embeddings` (dtype, [2, 1]) and `labels`, with `meta`.
+        let forged = |dtype: Dtype, e: &[u8], l: &[u32], meta: Vec<(&str, &str)>| {
+            let l = u(l);
+            write(
+                TensorView::new(dtype, vec![2, 1], e).unwrap(),
+                TensorView::new(Dtype::U32, vec![l.len() / 4], &l).unwrap(),
+                meta,
+            )
+        };
+        let e2 = f(&[0.0, 1.0]);
+        let ok = forged(Dtype::F32, &e2, &[0, 1], meta.clone());
         assert_eq!(Gallery::from_bytes(&ok, path).unwrap().len(), 2);
-        let l1 = u(&[0]);
         refuse(
-            &write(
-                TensorView::new(Dtype::F32, vec![2, 1], &e2).unwrap(),
-                TensorView::new(Dtype::U32, vec![1], &l1).unwrap(),
-                meta.clone(),
-            ),
+            &forged(Dtype::F32, &e2, &[0], meta.clone()),
             "1 labels for 2 embeddings",
         );
         refuse(
-            &write(
-                TensorView::new(Dtype::I32, vec![2, 1], &e2).unwrap(),
-                TensorView::new(Dtype::U32, vec![2], &l2).unwrap(),
-                meta.clone(),
-            ),
+            &forged(Dtype::I32, &e2, &[0, 1], meta.clone()),
             "must be F32",
         );
-        let nan = f(&[0.0, f32::NAN]);
         refuse(
-            &write(
-                TensorView::new(Dtype::F32, vec![2, 1], &nan).unwrap(),
-                TensorView::new(Dtype::U32, vec![2], &l2).unwrap(),
-                meta.clone(),
-            ),
+            &forged(Dtype::F32, &f(&[0.0, f32::NAN]), &[0, 1], meta.clone()),
             "non-finite",
         );
-        let l9 = u(&[0, 9]);
         refuse(
-            &write(
-                TensorView::new(Dtype::F32, vec![2, 1], &e2).unwrap(),
-                TensorView::new(Dtype::U32, vec![2], &l9).unwrap(),
-                meta.clone(),
-            ),
+            &forged(Dtype::F32, &e2, &[0, 9], meta.clone()),
             "label 9 names no class",
         );
         let mut newer = meta.clone();
         newer[1] = ("format_version", "2");
         refuse(
-            &write(
-                TensorView::new(Dtype::F32, vec![2, 1], &e2).unwrap(),
-                TensorView::new(Dtype::U32, vec![2], &l2).unwrap(),
-                newer,
-            ),
+            &forged(Dtype::F32, &e2, &[0, 1], newer),
             "format version \"2\"",
         );
         let mut other = meta.clone();
         other[0] = ("format", "pytorch");
-        refuse(
-            &write(
-                TensorView::new(Dtype::F32, vec![2, 1], &e2).unwrap(),
-                TensorView::new(Dtype::U32, vec![2], &l2).unwrap(),
-                other,
-            ),
-            "format is not",
-        );
+        refuse(&forged(Dtype::F32, &e2, &[0, 1], other), "format is not");
     }
 }

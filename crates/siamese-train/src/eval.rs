@@ -11,8 +11,8 @@ use siamese_data::{evaluation_pairs, Batcher, Dataset, ImageSet, PairBatch};
 use siamese_model::Embedder;
 
 use siamese_metrics::{
-    knn_accuracy, knn_accuracy_leave_one_out, pair_metrics, retrieval_leave_one_out, verification,
-    PairMetrics, Pca, Verification,
+    class_pair_auc, knn_accuracy, knn_accuracy_leave_one_out, pair_metrics,
+    retrieval_leave_one_out, verification, PairMetrics, Pca, Verification,
 };
 
 use crate::error::TrainError;
@@ -64,12 +64,57 @@ pub struct EvalReport {
     /// pixels (scaled to [0, 1]).
     #[serde(default)]
     pub pixel_baseline: Option<Verification>,
+    /// For unseen test classes: ROC AUC of each two classes, the model's beside the
+    /// raw pixels', over the protocol's test pairs of those classes (a learned metric
+    /// should beat pixels on every pair, not only on average).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub class_pairs: Vec<ClassPairReport>,
     /// The same pairs scored after PCA of the pixels onto the embedding's dimension,
     /// fitted on the training images; absent when the images are too large to fit it
     /// (more than [`PCA_BASELINE_MAX_PIXELS`] pixels) or have fewer pixels than the
     /// embedding has dimensions.
     #[serde(default)]
     pub pca_baseline: Option<Verification>,
+}
+
+/// Two unseen test classes told apart by the model and by raw pixels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassPairReport {
+    /// The two classes, by label.
+    pub classes: [u8; 2],
+    /// The model's ROC AUC on their test pairs.
+    pub roc_auc: f64,
+    /// Raw pixels' ROC AUC on the same pairs.
+    pub pixel_roc_auc: f64,
+    /// Same-class pairs of either class, and pairs across the two.
+    pub pairs: [usize; 2],
+}
+
+/// Classes per report above which the class pairs are not listed (their number grows
+/// with the square).
+pub const MAX_CLASS_PAIR_CLASSES: usize = 20;
+
+/// The per-class-pair figures of the model's and the pixels' test distances.
+fn class_pairs(
+    data: &Dataset,
+    pairs: &PairBatch,
+    model: &[f32],
+    pixels: &[f32],
+) -> Vec<ClassPairReport> {
+    let labels = data.test.labels();
+    let first: Vec<u8> = pairs.left.iter().map(|&i| labels[i]).collect();
+    let second: Vec<u8> = pairs.right.iter().map(|&i| labels[i]).collect();
+    let by_pixels = class_pair_auc(pixels, &first, &second);
+    class_pair_auc(model, &first, &second)
+        .into_iter()
+        .zip(by_pixels)
+        .map(|(m, p)| ClassPairReport {
+            classes: m.classes,
+            roc_auc: m.roc_auc,
+            pixel_roc_auc: p.roc_auc,
+            pairs: m.pairs,
+        })
+        .collect()
 }
 
 /// Largest image (in pixels) for which the PCA baseline is fitted: its covariance
@@ -223,6 +268,18 @@ pub fn evaluate<E: Embedder>(
     };
     let retrieval = retrieval_leave_one_out(&test, data.test.labels(), dim);
     let (pixel, pca) = baselines(data, &pairs, dim);
+    let unseen_pairs =
+        if unseen_test_classes.is_empty() || unseen_test_classes.len() > MAX_CLASS_PAIR_CLASSES {
+            Vec::new()
+        } else {
+            let pixels = pixels_f32(&data.test, None);
+            class_pairs(
+                data,
+                &pairs.test,
+                &pair_distances(&test, dim, &pairs.test),
+                &pair_distances(&pixels, data.test.image_len(), &pairs.test),
+            )
+        };
     let report = EvalReport {
         validation: model.validation,
         threshold: model.threshold,
@@ -235,6 +292,7 @@ pub fn evaluate<E: Embedder>(
         precision_at_1: retrieval.precision_at_1,
         r_precision: retrieval.r_precision,
         map_at_r: retrieval.map_at_r,
+        class_pairs: unseen_pairs,
         pixel_baseline: Some(pixel),
         pca_baseline: pca,
     };

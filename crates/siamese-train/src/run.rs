@@ -66,6 +66,9 @@ pub struct RunOptions {
     pub final_eval: bool,
     /// Where tensors live.
     pub device: Device,
+    /// The file of each test image, when they came from files (an image folder): the
+    /// projector's metadata lists them. Empty otherwise.
+    pub test_paths: Vec<String>,
 }
 
 impl Default for RunOptions {
@@ -75,6 +78,7 @@ impl Default for RunOptions {
             stop_after: None,
             final_eval: true,
             device: Device::Cpu,
+            test_paths: Vec::new(),
         }
     }
 }
@@ -513,7 +517,7 @@ pub fn run(
 
     let report = if options.final_eval {
         reporter.note("evaluating the best model on the test protocol");
-        Some(final_evaluation(dir, data, device)?)
+        Some(final_evaluation(dir, data, device, &options.test_paths)?)
     } else {
         None
     };
@@ -563,6 +567,7 @@ pub fn final_evaluation(
     dir: &Path,
     data: &Dataset,
     device: &Device,
+    test_paths: &[String],
 ) -> Result<EvalReport, TrainError> {
     let model_path = dir.join(files::MODEL);
     let (tower, varmap, ckpt) = checkpoint::load_tower(&model_path, device, 0)?;
@@ -586,7 +591,11 @@ pub fn final_evaluation(
             dim,
             labels: data.test.labels(),
             class_names: &data.spec.class_names,
-            paths: &[],
+            paths: if test_paths.len() == data.test.len() {
+                test_paths
+            } else {
+                &[]
+            },
             images: Some((data.test.pixels(), data.test.rows(), data.test.cols())),
         },
     )?;

@@ -372,6 +372,20 @@ fn held_out_run_reports_unseen_classes_retrieval_and_baselines() {
     let report = summary.report.unwrap();
     assert_eq!(report.unseen_test_classes, vec![1, 3]);
     assert_eq!(report.knn_gallery, KnnGallery::TestLeaveOneOut);
+    // Two unseen classes make one class pair, whose pairs are all the test pairs: its
+    // figures are the whole report's, the model's and the pixels'.
+    assert_eq!(report.class_pairs.len(), 1);
+    let pair = &report.class_pairs[0];
+    assert_eq!(pair.classes, [1, 3]);
+    assert_eq!(pair.roc_auc, report.test_roc_auc);
+    assert_eq!(
+        pair.pixel_roc_auc,
+        report.pixel_baseline.unwrap().test_roc_auc
+    );
+    assert_eq!(
+        pair.pairs[0] + pair.pairs[1],
+        siamese_train::eval::PROTOCOL_PAIRS
+    );
     // The retrieval figures are the library's, over the saved test embeddings.
     let saved = candle_core::safetensors::load(
         dir.path().join("test_embeddings.safetensors"),
