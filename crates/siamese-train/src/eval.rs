@@ -199,28 +199,32 @@ impl ProtocolPairs {
         })
     }
 
-    /// Verification figures of embeddings of the validation and test sets.
-    fn score(&self, validation: &[f32], test: &[f32], dim: usize) -> Verification {
+    /// Verification figures of embeddings of the validation and test sets, and the
+    /// test pairs' distances.
+    fn score(&self, validation: &[f32], test: &[f32], dim: usize) -> (Verification, Vec<f32>) {
         let v = pair_distances(validation, dim, &self.validation);
         let t = pair_distances(test, dim, &self.test);
-        verification(&v, &self.validation.same, &t, &self.test.same)
+        (
+            verification(&v, &self.validation.same, &t, &self.test.same),
+            t,
+        )
     }
 }
 
 /// The baselines of the protocol: raw pixels, and PCA of the pixels onto `dim`
 /// dimensions fitted on (at most [`siamese_metrics::pca::PCA_MAX_FIT_ROWS`] evenly
-/// spaced) training images.
+/// spaced) training images. Also returns the pixels' test pair distances.
 fn baselines(
     data: &Dataset,
     pairs: &ProtocolPairs,
     dim: usize,
-) -> (Verification, Option<Verification>) {
+) -> (Verification, Vec<f32>, Option<Verification>) {
     let pixels = data.test.image_len();
     let (validation, test) = (
         pixels_f32(&data.validation, None),
         pixels_f32(&data.test, None),
     );
-    let pixel = pairs.score(&validation, &test, pixels);
+    let (pixel, pixel_distances) = pairs.score(&validation, &test, pixels);
     let pca =
         (pixels <= PCA_BASELINE_MAX_PIXELS && dim <= pixels && !data.train.is_empty()).then(|| {
             let step = data
@@ -234,9 +238,11 @@ fn baselines(
                 dim,
                 PCA_BASELINE_SEED,
             );
-            pairs.score(&pca.project(&validation), &pca.project(&test), dim)
+            pairs
+                .score(&pca.project(&validation), &pca.project(&test), dim)
+                .0
         });
-    (pixel, pca)
+    (pixel, pixel_distances, pca)
 }
 
 /// Runs the whole protocol. Returns the report and the test embeddings.
@@ -249,7 +255,7 @@ pub fn evaluate<E: Embedder>(
     let pairs = ProtocolPairs::draw(data)?;
     let val = embed_set(tower, &data.validation, batcher)?;
     let test = embed_set(tower, &data.test, batcher)?;
-    let model = pairs.score(&val, &test, dim);
+    let (model, test_distances) = pairs.score(&val, &test, dim);
     let unseen_test_classes = data.unseen_test_classes();
     let (knn5_accuracy, knn_gallery) = if unseen_test_classes.is_empty() {
         let train = embed_set(tower, &data.train, batcher)?;
@@ -267,18 +273,12 @@ pub fn evaluate<E: Embedder>(
         (acc, KnnGallery::TestLeaveOneOut)
     };
     let retrieval = retrieval_leave_one_out(&test, data.test.labels(), dim);
-    let (pixel, pca) = baselines(data, &pairs, dim);
+    let (pixel, pixel_distances, pca) = baselines(data, &pairs, dim);
     let unseen_pairs =
         if unseen_test_classes.is_empty() || unseen_test_classes.len() > MAX_CLASS_PAIR_CLASSES {
             Vec::new()
         } else {
-            let pixels = pixels_f32(&data.test, None);
-            class_pairs(
-                data,
-                &pairs.test,
-                &pair_distances(&test, dim, &pairs.test),
-                &pair_distances(&pixels, data.test.image_len(), &pairs.test),
-            )
+            class_pairs(data, &pairs.test, &test_distances, &pixel_distances)
         };
     let report = EvalReport {
         validation: model.validation,

@@ -52,6 +52,8 @@ pub fn all_neighbours(
     let k = k.min(n.saturating_sub(1));
     let all = Tensor::from_slice(embeddings, (n, dim), &Device::Cpu)?;
     let (mut indices, mut distances) = (Vec::with_capacity(n * k), Vec::with_capacity(n * k));
+    // One candidate list for every row, refilled rather than reallocated.
+    let mut order: Vec<usize> = Vec::with_capacity(n);
     for start in (0..n).step_by(DISTANCE_BLOCK) {
         let len = DISTANCE_BLOCK.min(n - start);
         let block = Euclidean::default()
@@ -59,14 +61,15 @@ pub fn all_neighbours(
             .to_vec2::<f32>()?;
         for (r, row) in block.iter().enumerate() {
             let me = start + r;
-            let mut order: Vec<usize> = (0..n).filter(|&j| j != me).collect();
+            order.clear();
+            order.extend((0..n).filter(|&j| j != me));
             let cmp = |a: &usize, b: &usize| row[*a].total_cmp(&row[*b]).then(a.cmp(b));
             if k < order.len() {
                 order.select_nth_unstable_by(k, cmp);
                 order.truncate(k);
             }
             order.sort_by(cmp);
-            for j in order {
+            for &j in &order {
                 indices.push(j as u32);
                 distances.push(row[j]);
             }
