@@ -11,8 +11,7 @@
 //! intact, and weights holding NaN or infinity are refused before anything is written.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
@@ -183,28 +182,13 @@ fn with_sorted_metadata(
     Ok(out)
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file beside it (named with the
-/// process id, so two writers never share one), flushed to disk, then renamed over it.
-/// On failure the temporary file is removed and the previous file stays.
+/// Writes `bytes` to `path` atomically through [`siamese_fs::write_atomic`]: on
+/// failure the previous file stays. The error names the path.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
-    let io = |source| ModelError::Io {
+    siamese_fs::write_atomic(path, bytes).map_err(|error| ModelError::Io {
         path: path.to_path_buf(),
-        error: source,
-    };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp: PathBuf = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let written = std::fs::File::create(&tmp)
-        .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
-        .and_then(|_| std::fs::rename(&tmp, path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written.map_err(io)
+        error,
+    })
 }
 
 impl Checkpoint {

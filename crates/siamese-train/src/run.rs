@@ -778,7 +778,7 @@ fn remove_orphan_temp_files(dir: &Path) -> Result<(), TrainError> {
     for entry in entries {
         let path = entry.map_err(TrainError::io(dir))?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.starts_with('.') && name.ends_with(".tmp") && path.is_file() {
+        if siamese_fs::is_temp_file_name(name) && path.is_file() {
             std::fs::remove_file(&path).map_err(TrainError::io(&path))?;
         }
     }
