@@ -114,7 +114,7 @@ fn train(steps: usize, plain: bool, pairing: Pairing) -> serde_json::Value {
     }
     serde_json::json!({
         "mode": "train", "plain_candle": plain, "steps": steps, "batch_pairs": 64,
-        "pairing": format!("{pairing:?}"),
+        "pairing": format!("{pairing:?}"), "machine": siamese_benches::machine(),
         "train_pairs_per_s": (steps * 64) as f64 / secs,
         "peak_rss_mib": peak,
         "ms_per_step": {"forward_and_loss": phases[0], "backward": phases[1],
@@ -142,6 +142,7 @@ fn embed(batches: usize, plain: bool) -> serde_json::Value {
     serde_json::json!({
         "mode": "embed", "plain_candle": plain, "batches": batches, "batch_images": 1000,
         "embed_images_per_s": (batches * 1000) as f64 / secs,
+        "machine": siamese_benches::machine(),
         "peak_rss_mib": peak_rss_mib(),
     })
 }
