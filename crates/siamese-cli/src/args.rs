@@ -181,6 +181,9 @@ pub enum PairsName {
     Random,
     /// A fixed share of same-class pairs (`--positive-fraction`).
     Balanced,
+    /// P classes x K images per batch (`--images-per-class K`), for a `--pairing`
+    /// among the batch's images.
+    PerClass,
 }
 
 /// Which pairs of a batch the loss sees, by name.
@@ -234,6 +237,9 @@ pub struct TrainArgs {
     /// Share of same-class pairs with `--pairs balanced`.
     #[arg(long)]
     pub positive_fraction: Option<f64>,
+    /// Images of each class in a batch with `--pairs per-class` (even; default 8).
+    #[arg(long)]
+    pub images_per_class: Option<usize>,
     /// Which pairs of each batch the loss sees.
     #[arg(long, value_enum)]
     pub pairing: Option<PairingName>,

@@ -232,15 +232,21 @@ fn train_config(a: &TrainArgs, base: Option<TrainConfig>) -> Result<TrainConfig>
         }
     };
     c.sampler = match (a.pairs, c.sampler) {
-        (Some(PairsName::Random), _) => SamplerConfig::Random,
+        (Some(PairsName::Random), _) | (None, SamplerConfig::Random) => SamplerConfig::Random,
         (Some(PairsName::Balanced), SamplerConfig::Balanced { positive_fraction })
         | (None, SamplerConfig::Balanced { positive_fraction }) => SamplerConfig::Balanced {
             positive_fraction: a.positive_fraction.unwrap_or(positive_fraction),
         },
-        (Some(PairsName::Balanced), SamplerConfig::Random) => SamplerConfig::Balanced {
+        (Some(PairsName::Balanced), _) => SamplerConfig::Balanced {
             positive_fraction: a.positive_fraction.unwrap_or(0.5),
         },
-        (None, SamplerConfig::Random) => SamplerConfig::Random,
+        (Some(PairsName::PerClass), SamplerConfig::PerClass { images_per_class })
+        | (None, SamplerConfig::PerClass { images_per_class }) => SamplerConfig::PerClass {
+            images_per_class: a.images_per_class.unwrap_or(images_per_class),
+        },
+        (Some(PairsName::PerClass), _) => SamplerConfig::PerClass {
+            images_per_class: a.images_per_class.unwrap_or(8),
+        },
     };
     if let Some(pairing) = a.pairing {
         c.pairing = match pairing {
@@ -266,8 +272,11 @@ fn train_config(a: &TrainArgs, base: Option<TrainConfig>) -> Result<TrainConfig>
         }
         c.holdout_classes = Some(held_out.clone());
     }
-    if a.positive_fraction.is_some() && c.sampler == SamplerConfig::Random {
-        bail!("--positive-fraction applies to --pairs balanced; the pairs are random");
+    if a.positive_fraction.is_some() && !matches!(c.sampler, SamplerConfig::Balanced { .. }) {
+        bail!("--positive-fraction applies to --pairs balanced");
+    }
+    if a.images_per_class.is_some() && !matches!(c.sampler, SamplerConfig::PerClass { .. }) {
+        bail!("--images-per-class applies to --pairs per-class");
     }
     c.validate()?;
     Ok(c)

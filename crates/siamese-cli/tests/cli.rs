@@ -284,6 +284,27 @@ fn user_errors_are_one_line_and_non_zero() {
         &siamese(&["train", "--lr=-1"], dir.path()),
         "learning rate must be positive",
     );
+    // Per-class batches: positives only, so only with pairs among the batch's images.
+    for (args, needle) in [
+        (
+            &["--pairs", "per-class", "--pairing", "sampled"][..],
+            "per-class batches hold positive pairs only",
+        ),
+        (
+            &["--pairs", "per-class", "--images-per-class", "5"][..],
+            "images per class must be even",
+        ),
+        (
+            &["--images-per-class", "8"][..],
+            "--images-per-class applies to --pairs per-class",
+        ),
+        (
+            &["--pairs", "per-class", "--positive-fraction", "0.5"][..],
+            "--positive-fraction applies to --pairs balanced",
+        ),
+    ] {
+        assert_user_error(&siamese(&[&["train"], args].concat(), dir.path()), needle);
+    }
     // Held-out classes: refused before any data is loaded.
     for (classes, needle) in [
         ("5", "1 held out"),

@@ -62,6 +62,7 @@ pub use fsutil::write_atomic;
 pub use holdout::HeldOutClasses;
 pub use rng::Rng;
 pub use sampler::{
-    evaluation_pairs, BalancedPairs, PairBatch, PairSampler, RandomPairs, SamplerState,
+    evaluation_pairs, BalancedPairs, PairBatch, PairSampler, PerClassPairs, RandomPairs,
+    SamplerState,
 };
 pub use source::{load, load_folder, LoadOptions, Origin};

@@ -272,6 +272,131 @@ impl PairSampler for BalancedPairs {
     }
 }
 
+/// Batches of P classes x K images, as pytorch-metric-learning's `MPerClassSampler`:
+/// the batch's `2B` images are groups of `K = images_per_class` images of one class,
+/// each group a class not yet used in this batch (a new round of the classes, in a new
+/// random order, once all are used). Within a group, images are distinct when the
+/// class has enough of them (drawn without replacement; otherwise they repeat across
+/// pairs, never within one), and each pair is two consecutive images of the group, so
+/// every pair is positive.
+///
+/// It exists for the miners (`batch_hard`, `multi_similarity`, all pairs of the batch):
+/// they see every image against every other, so a batch with several images of each of
+/// a few classes gives each anchor hard positives as well as negatives. Sampled pairs
+/// alone would see positives only.
+#[derive(Debug, Clone)]
+pub struct PerClassPairs {
+    by_class: Vec<Vec<u32>>,
+    /// Classes with at least two images, the only ones a group can come from.
+    classes: Vec<u32>,
+    images_per_class: usize,
+    rng: Rng,
+}
+
+impl PerClassPairs {
+    /// Kind name stored in [`SamplerState`].
+    pub const KIND: &'static str = "per_class";
+
+    /// A sampler over the images with these labels (each `< num_classes`), in groups
+    /// of `images_per_class` (even, at least 2) images of one class.
+    pub fn new(
+        labels: &[u8],
+        num_classes: usize,
+        images_per_class: usize,
+        seed: u64,
+    ) -> Result<Self, DataError> {
+        if images_per_class < 2 || !images_per_class.is_multiple_of(2) {
+            return Err(DataError::Sampler(format!(
+                "images per class must be even and at least 2 (each pair is two of them), \
+                 found {images_per_class}"
+            )));
+        }
+        let mut by_class = vec![Vec::new(); num_classes];
+        for (i, &l) in labels.iter().enumerate() {
+            let class = by_class.get_mut(l as usize).ok_or_else(|| {
+                DataError::Sampler(format!(
+                    "label {l} at index {i} is not below {num_classes} classes"
+                ))
+            })?;
+            class.push(i as u32);
+        }
+        let classes: Vec<u32> = (0..num_classes as u32)
+            .filter(|&c| by_class[c as usize].len() >= 2)
+            .collect();
+        if classes.len() < 2 {
+            return Err(DataError::Sampler(format!(
+                "per-class batches need at least two classes with two images or more, found {}",
+                classes.len()
+            )));
+        }
+        Ok(Self {
+            by_class,
+            classes,
+            images_per_class,
+            rng: Rng::new(seed),
+        })
+    }
+
+    /// `count` (even) images of `class`, taken two by two as pairs: distinct when it
+    /// has that many; otherwise each pair is two distinct images drawn anew (images
+    /// repeat across pairs, never within one).
+    fn group(&mut self, class: u32, count: usize) -> Vec<u32> {
+        let members = &self.by_class[class as usize];
+        let mut picked = Vec::with_capacity(count);
+        if members.len() >= count {
+            // A partial Fisher-Yates over indices: `count` distinct members.
+            let mut pool: Vec<u32> = members.clone();
+            for i in 0..count {
+                let j = i + self.rng.below(pool.len() - i);
+                pool.swap(i, j);
+                picked.push(pool[i]);
+            }
+        } else {
+            // Every class here has at least two images (see `new`).
+            while picked.len() < count {
+                let a = self.rng.below(members.len());
+                let mut b = self.rng.below(members.len() - 1);
+                if b == a {
+                    b = members.len() - 1;
+                }
+                picked.extend([members[a], members[b]]);
+            }
+        }
+        picked
+    }
+}
+
+impl PairSampler for PerClassPairs {
+    fn sample(&mut self, batch_size: usize) -> PairBatch {
+        let mut batch = PairBatch::with_capacity(batch_size);
+        let mut order: Vec<u32> = Vec::new();
+        while batch.len() < batch_size {
+            if order.is_empty() {
+                order = self.classes.clone();
+                self.rng.shuffle(&mut order);
+            }
+            let class = order.pop().expect("refilled above");
+            let pairs = (self.images_per_class / 2).min(batch_size - batch.len());
+            let images = self.group(class, 2 * pairs);
+            for pair in images.chunks_exact(2) {
+                batch.push(pair[0] as usize, pair[1] as usize, true);
+            }
+        }
+        batch
+    }
+
+    fn state(&self) -> SamplerState {
+        SamplerState {
+            kind: Self::KIND.into(),
+            rng: self.rng.clone(),
+        }
+    }
+
+    fn restore(&mut self, state: &SamplerState) -> Result<(), DataError> {
+        restore_rng(Self::KIND, &mut self.rng, state)
+    }
+}
+
 /// The fixed evaluation pairs of DESIGN.md's protocol: `n` pairs, half of them "same"
 /// (`n / 2` rounded to even), drawn from these labels with `seed`. The generator is
 /// this crate's own, so the pairs are identical on every machine.
@@ -305,6 +430,107 @@ mod tests {
                 assert_ne!(a, b, "a positive pair of one image with itself");
             }
         }
+    }
+
+    /// Every image of a batch, in the order the trainer embeds them.
+    fn images_of(batch: &PairBatch) -> Vec<usize> {
+        batch.left.iter().chain(&batch.right).copied().collect()
+    }
+
+    #[test]
+    fn per_class_batches_are_groups_of_k_distinct_images_of_distinct_classes() {
+        let labels = labels();
+        for (k, batch_size) in [(8, 32), (4, 10), (2, 7), (16, 32)] {
+            let mut sampler = PerClassPairs::new(&labels, 10, k, 3).unwrap();
+            for _ in 0..50 {
+                let batch = sampler.sample(batch_size);
+                assert_eq!(batch.len(), batch_size);
+                assert_eq!(batch.positives(), batch_size, "every pair is positive");
+                check_pairs(&labels, &batch, true);
+                // Group g is pairs [g*K/2, (g+1)*K/2): one class, distinct images.
+                let groups: Vec<std::ops::Range<usize>> = (0..batch_size)
+                    .step_by(k / 2)
+                    .map(|s| s..(s + k / 2).min(batch_size))
+                    .collect();
+                let mut classes = Vec::new();
+                for g in &groups {
+                    let class = labels[batch.left[g.start]];
+                    let mut images: Vec<usize> = g
+                        .clone()
+                        .flat_map(|i| [batch.left[i], batch.right[i]])
+                        .collect();
+                    assert!(images.iter().all(|&i| labels[i] == class));
+                    images.sort_unstable();
+                    images.dedup();
+                    assert_eq!(images.len(), 2 * g.len(), "a group repeats an image");
+                    classes.push(class);
+                }
+                // Within one round of the ten classes, no class twice.
+                for round in classes.chunks(10) {
+                    let mut r = round.to_vec();
+                    r.sort_unstable();
+                    r.dedup();
+                    assert_eq!(
+                        r.len(),
+                        round.len(),
+                        "a class twice in one round: {round:?}"
+                    );
+                }
+                assert_eq!(images_of(&batch).len(), 2 * batch_size);
+            }
+        }
+    }
+
+    #[test]
+    fn per_class_batches_use_every_class_alike_and_small_classes_without_self_pairs() {
+        // Class 0 has 3 images, fewer than K = 8: its groups repeat images, never
+        // within one pair.
+        let mut labels = vec![0u8; 3];
+        labels.extend(std::iter::repeat_n(1u8, 50));
+        labels.extend(std::iter::repeat_n(2u8, 50));
+        let mut sampler = PerClassPairs::new(&labels, 3, 8, 9).unwrap();
+        let mut groups_per_class = [0usize; 3];
+        for _ in 0..300 {
+            let batch = sampler.sample(12); // three groups of four pairs
+            check_pairs(&labels, &batch, true);
+            for g in 0..3 {
+                groups_per_class[labels[batch.left[4 * g]] as usize] += 1;
+            }
+        }
+        assert_eq!(
+            groups_per_class,
+            [300, 300, 300],
+            "each round uses each class once"
+        );
+    }
+
+    #[test]
+    fn per_class_batches_are_deterministic_resumable_and_refuse_bad_settings() {
+        let labels = labels();
+        let mut a = PerClassPairs::new(&labels, 10, 6, 11).unwrap();
+        let mut b = PerClassPairs::new(&labels, 10, 6, 11).unwrap();
+        a.sample(30);
+        let saved = a.state();
+        let next = a.sample(30);
+        b.restore(&saved).unwrap();
+        assert_eq!(b.sample(30), next);
+        assert!(b
+            .restore(&RandomPairs::new(&labels, 1).unwrap().state())
+            .is_err());
+        for bad_k in [0, 1, 3] {
+            assert!(
+                PerClassPairs::new(&labels, 10, bad_k, 1).is_err(),
+                "K = {bad_k}"
+            );
+        }
+        assert!(
+            PerClassPairs::new(&[0, 0, 0, 1], 2, 2, 1).is_err(),
+            "one class of two+"
+        );
+        assert!(
+            PerClassPairs::new(&[0, 5], 2, 2, 1).is_err(),
+            "label out of range"
+        );
     }
 
     #[test]

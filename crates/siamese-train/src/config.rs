@@ -4,7 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 use siamese_data::{
-    AugmentConfig, BalancedPairs, FolderOptions, HeldOutClasses, PairSampler, RandomPairs,
+    AugmentConfig, BalancedPairs, FolderOptions, HeldOutClasses, PairSampler, PerClassPairs,
+    RandomPairs,
 };
 use siamese_loss::{
     AllPairs, BatchHard, Chopra2005, Hadsell2006, Miner, MultiSimilarity, PairLoss, Reduction,
@@ -51,6 +52,12 @@ pub enum SamplerConfig {
         /// Share of positive pairs in each batch.
         positive_fraction: f64,
     },
+    /// P classes x K images per batch (pytorch-metric-learning's `MPerClassSampler`),
+    /// for pairing among the batch's images; every sampled pair is positive.
+    PerClass {
+        /// K: images of each class in a batch (even, at least 2).
+        images_per_class: usize,
+    },
 }
 
 impl SamplerConfig {
@@ -67,6 +74,12 @@ impl SamplerConfig {
                 labels,
                 num_classes,
                 positive_fraction,
+                seed,
+            )?),
+            SamplerConfig::PerClass { images_per_class } => Box::new(PerClassPairs::new(
+                labels,
+                num_classes,
+                images_per_class,
                 seed,
             )?),
         })
@@ -392,12 +405,30 @@ impl TrainConfig {
                 )));
             }
         }
-        if let SamplerConfig::Balanced { positive_fraction } = self.sampler {
-            if !(0.0..=1.0).contains(&positive_fraction) {
+        match self.sampler {
+            SamplerConfig::Balanced { positive_fraction }
+                if !(0.0..=1.0).contains(&positive_fraction) =>
+            {
                 return Err(TrainError::Config(format!(
                     "positive fraction must be in [0, 1], found {positive_fraction}"
                 )));
             }
+            SamplerConfig::PerClass { images_per_class } => {
+                if images_per_class < 2 || !images_per_class.is_multiple_of(2) {
+                    return Err(TrainError::Config(format!(
+                        "images per class must be even and at least 2, found {images_per_class}"
+                    )));
+                }
+                if self.pairing == Pairing::Sampled {
+                    return Err(TrainError::Config(
+                        "per-class batches hold positive pairs only: they need pairs among \
+                         the batch's images (all_in_batch, batch_hard or multi_similarity \
+                         pairing)"
+                            .into(),
+                    ));
+                }
+            }
+            _ => {}
         }
         if self.holdout_classes.is_some() && self.image_folder.is_some() {
             return Err(TrainError::Config(

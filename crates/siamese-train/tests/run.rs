@@ -225,17 +225,23 @@ fn learns_from_mined_pairs() {
         &mut Silent,
     )
     .unwrap();
-    for pairing in [
-        Pairing::BatchHard,
-        Pairing::MultiSimilarity { epsilon: 0.1 },
+    let per_class = SamplerConfig::PerClass {
+        images_per_class: 4,
+    };
+    for (pairing, sampler) in [
+        (Pairing::BatchHard, config().sampler),
+        (Pairing::MultiSimilarity { epsilon: 0.1 }, config().sampler),
+        (Pairing::BatchHard, per_class),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let mined = TrainConfig {
             pairing,
+            sampler,
             ..config()
         };
         train_and_check_it_learns(&mined, dir.path());
-        assert_eq!(load_run_config(dir.path()).unwrap().pairing, pairing);
+        let written = load_run_config(dir.path()).unwrap();
+        assert_eq!((written.pairing, written.sampler), (pairing, sampler));
         assert_ne!(losses(dir.path()), losses(all.path()), "{pairing:?}");
     }
     let bad = TrainConfig {
@@ -274,6 +280,18 @@ fn stopped_and_resumed_run_with_augmented_views_matches_an_uninterrupted_one() {
         ..config()
     };
     stop_resume_and_compare(&c);
+}
+
+/// P x K batches draw from the sampler's own generator, saved and restored.
+#[test]
+fn stopped_and_resumed_run_with_per_class_batches_matches_an_uninterrupted_one() {
+    stop_resume_and_compare(&TrainConfig {
+        pairing: Pairing::BatchHard,
+        sampler: SamplerConfig::PerClass {
+            images_per_class: 4,
+        },
+        ..config()
+    });
 }
 
 fn stop_resume_and_compare(config: &TrainConfig) {
