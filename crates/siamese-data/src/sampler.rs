@@ -86,6 +86,23 @@ impl<T: PairSampler + ?Sized> PairSampler for Box<T> {
     }
 }
 
+/// `state` and `restore` of a [`PairSampler`] whose whole state is its generator
+/// (field `rng`), under its `KIND` name: the same for every sampler of this module.
+macro_rules! rng_is_the_state {
+    () => {
+        fn state(&self) -> SamplerState {
+            SamplerState {
+                kind: Self::KIND.into(),
+                rng: self.rng.clone(),
+            }
+        }
+
+        fn restore(&mut self, state: &SamplerState) -> Result<(), DataError> {
+            restore_rng(Self::KIND, &mut self.rng, state)
+        }
+    };
+}
+
 fn restore_rng(kind: &str, rng: &mut Rng, state: &SamplerState) -> Result<(), DataError> {
     if state.kind != kind {
         return Err(DataError::Sampler(format!(
@@ -95,6 +112,20 @@ fn restore_rng(kind: &str, rng: &mut Rng, state: &SamplerState) -> Result<(), Da
     }
     *rng = state.rng.clone();
     Ok(())
+}
+
+/// The indices of each class's images; a label not below `num_classes` is an error.
+fn indices_by_class(labels: &[u8], num_classes: usize) -> Result<Vec<Vec<u32>>, DataError> {
+    let mut by_class = vec![Vec::new(); num_classes];
+    for (i, &l) in labels.iter().enumerate() {
+        let class = by_class.get_mut(l as usize).ok_or_else(|| {
+            DataError::Sampler(format!(
+                "label {l} at index {i} is not below {num_classes} classes"
+            ))
+        })?;
+        class.push(i as u32);
+    }
+    Ok(by_class)
 }
 
 /// The reference program's pairs: two independent uniform draws; a pair is "same" when
@@ -132,16 +163,7 @@ impl PairSampler for RandomPairs {
         batch
     }
 
-    fn state(&self) -> SamplerState {
-        SamplerState {
-            kind: Self::KIND.into(),
-            rng: self.rng.clone(),
-        }
-    }
-
-    fn restore(&mut self, state: &SamplerState) -> Result<(), DataError> {
-        restore_rng(Self::KIND, &mut self.rng, state)
-    }
+    rng_is_the_state!();
 }
 
 /// Pairs with a chosen share of positives (default one half), in random order.
@@ -178,15 +200,7 @@ impl BalancedPairs {
                 "positive fraction must be in [0, 1], found {positive_fraction}"
             )));
         }
-        let mut by_class = vec![Vec::new(); num_classes];
-        for (i, &l) in labels.iter().enumerate() {
-            let class = by_class.get_mut(l as usize).ok_or_else(|| {
-                DataError::Sampler(format!(
-                    "label {l} at index {i} is not below {num_classes} classes"
-                ))
-            })?;
-            class.push(i as u32);
-        }
+        let by_class = indices_by_class(labels, num_classes)?;
         let nonempty_classes: Vec<u8> = (0..num_classes)
             .filter(|&c| !by_class[c].is_empty())
             .map(|c| c as u8)
@@ -260,16 +274,7 @@ impl PairSampler for BalancedPairs {
         batch
     }
 
-    fn state(&self) -> SamplerState {
-        SamplerState {
-            kind: Self::KIND.into(),
-            rng: self.rng.clone(),
-        }
-    }
-
-    fn restore(&mut self, state: &SamplerState) -> Result<(), DataError> {
-        restore_rng(Self::KIND, &mut self.rng, state)
-    }
+    rng_is_the_state!();
 }
 
 /// Batches of P classes x K images, as pytorch-metric-learning's `MPerClassSampler`:
@@ -311,15 +316,7 @@ impl PerClassPairs {
                  found {images_per_class}"
             )));
         }
-        let mut by_class = vec![Vec::new(); num_classes];
-        for (i, &l) in labels.iter().enumerate() {
-            let class = by_class.get_mut(l as usize).ok_or_else(|| {
-                DataError::Sampler(format!(
-                    "label {l} at index {i} is not below {num_classes} classes"
-                ))
-            })?;
-            class.push(i as u32);
-        }
+        let by_class = indices_by_class(labels, num_classes)?;
         let classes: Vec<u32> = (0..num_classes as u32)
             .filter(|&c| by_class[c as usize].len() >= 2)
             .collect();
@@ -385,16 +382,7 @@ impl PairSampler for PerClassPairs {
         batch
     }
 
-    fn state(&self) -> SamplerState {
-        SamplerState {
-            kind: Self::KIND.into(),
-            rng: self.rng.clone(),
-        }
-    }
-
-    fn restore(&mut self, state: &SamplerState) -> Result<(), DataError> {
-        restore_rng(Self::KIND, &mut self.rng, state)
-    }
+    rng_is_the_state!();
 }
 
 /// The fixed evaluation pairs of DESIGN.md's protocol: `n` pairs, half of them "same"
