@@ -2,73 +2,18 @@
 //! and one clear line with a non-zero exit for every kind of bad input. The child never
 //! reaches the network (HF_HUB_OFFLINE, a private cache folder, no SIAMESE_DATA_DIR).
 
-use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output};
 
-use candle_core::Device;
-use siamese_model::{checkpoint, ConvTower, TowerConfig};
+mod common;
+use common::{assert_user_error, siamese, small_model, stderr, stdout, write_gray_png};
 
-fn siamese(args: &[&str], cache: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_siamese"))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .env("SIAMESE_CACHE_DIR", cache)
-        .env_remove("SIAMESE_DATA_DIR")
-        .output()
-        .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// A user error: non-zero exit, one line on stderr mentioning `needle`, no panic.
-fn assert_user_error(o: &Output, needle: &str) {
-    let err = stderr(o);
-    assert!(!o.status.success(), "expected failure, got success: {err}");
-    assert!(
-        !err.contains("panicked"),
-        "panic instead of an error: {err}"
-    );
-    assert!(err.starts_with("error: "), "{err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
-    assert!(err.contains(needle), "expected {needle:?} in {err}");
-}
-
+/// A `w x h` grey PNG whose pixel (x, y) is `value(x, y)`.
 fn write_png(path: &Path, w: u32, h: u32, value: impl Fn(u32, u32) -> u8) {
     let pixels: Vec<u8> = (0..h)
         .flat_map(|y| (0..w).map(move |x| (x, y)))
         .map(|(x, y)| value(x, y))
         .collect();
-    let file = std::fs::File::create(path).unwrap();
-    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), w, h);
-    encoder.set_color(png::ColorType::Grayscale);
-    encoder.set_depth(png::BitDepth::Eight);
-    encoder
-        .write_header()
-        .unwrap()
-        .write_image_data(&pixels)
-        .unwrap();
-}
-
-/// A small untrained model with a threshold in its metadata.
-fn model(dir: &Path, threshold: f64) -> std::path::PathBuf {
-    let config = TowerConfig {
-        conv_channels: vec![4],
-        conv_strides: vec![2],
-        fc_widths: vec![8],
-        ..Default::default()
-    };
-    let (_, varmap) = ConvTower::init(&config, &Device::Cpu, 0).unwrap();
-    let path = dir.join("model.safetensors");
-    let meta = BTreeMap::from([("threshold".to_string(), threshold.to_string())]);
-    checkpoint::save(&path, &varmap, &config, &meta).unwrap();
-    path
+    write_gray_png(path, w, h, &pixels);
 }
 
 #[test]
@@ -93,7 +38,7 @@ fn help_lists_the_commands_and_examples() {
 #[test]
 fn verify_compares_two_images_with_the_checkpoint_threshold() {
     let dir = tempfile::tempdir().unwrap();
-    let model = model(dir.path(), 1e9);
+    let model = small_model(dir.path(), 1e9);
     let (a, b) = (dir.path().join("a.png"), dir.path().join("b.png"));
     write_png(&a, 28, 28, |x, y| ((x * y) % 256) as u8);
     write_png(&b, 28, 28, |x, _| (x * 9) as u8);
@@ -152,7 +97,7 @@ fn verify_compares_two_images_with_the_checkpoint_threshold() {
 #[test]
 fn verify_rejects_bad_images_clearly() {
     let dir = tempfile::tempdir().unwrap();
-    let model = model(dir.path(), 1.0);
+    let model = small_model(dir.path(), 1.0);
     let m = model.to_str().unwrap();
     let (good, small, text) = (
         dir.path().join("good.png"),
@@ -216,7 +161,7 @@ fn verify_rejects_bad_images_clearly() {
 #[test]
 fn pgm_images_are_read_too() {
     let dir = tempfile::tempdir().unwrap();
-    let model = model(dir.path(), 1e9);
+    let model = small_model(dir.path(), 1e9);
     let pgm = dir.path().join("a.pgm");
     let mut bytes = b"P5\n# a comment\n28 28\n255\n".to_vec();
     bytes.extend((0..784).map(|i| (i % 256) as u8));
@@ -242,11 +187,12 @@ fn plot_draws_saved_embeddings() {
     let tensors = std::collections::HashMap::from([
         (
             "embeddings".to_string(),
-            candle_core::Tensor::new(&[[0f32, 0.], [1., 1.], [2., 0.]], &Device::Cpu).unwrap(),
+            candle_core::Tensor::new(&[[0f32, 0.], [1., 1.], [2., 0.]], &candle_core::Device::Cpu)
+                .unwrap(),
         ),
         (
             "labels".to_string(),
-            candle_core::Tensor::new(&[0u8, 1, 2], &Device::Cpu).unwrap(),
+            candle_core::Tensor::new(&[0u8, 1, 2], &candle_core::Device::Cpu).unwrap(),
         ),
     ]);
     candle_core::safetensors::save(&tensors, &emb).unwrap();

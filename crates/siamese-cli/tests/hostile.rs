@@ -5,48 +5,16 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use candle_core::{Device, Tensor};
 use siamese_model::{checkpoint, ConvTower, TowerConfig};
 
-fn siamese(args: &[&str], cache: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_siamese"))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .env("SIAMESE_CACHE_DIR", cache)
-        .env_remove("SIAMESE_DATA_DIR")
-        .output()
-        .unwrap()
-}
-
-/// Non-zero exit, exactly one line on stderr, mentioning every needle, no panic.
-fn assert_one_line_error(o: &Output, needles: &[&str]) {
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "expected failure: {err}");
-    assert!(!err.contains("panicked"), "{err}");
-    assert!(err.starts_with("error: "), "{err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
-    for needle in needles {
-        assert!(err.contains(needle), "expected {needle:?} in {err}");
-    }
-}
-
-fn small_config() -> TowerConfig {
-    TowerConfig {
-        conv_channels: vec![4],
-        conv_strides: vec![2],
-        fc_widths: vec![8],
-        ..Default::default()
-    }
-}
+mod common;
+use common::{assert_one_line_error, siamese, small_config, small_model, write_gray_png};
 
 /// A valid untrained model: its tensors and metadata.
 fn parts(dir: &Path) -> (HashMap<String, Tensor>, HashMap<String, String>) {
-    let (_, varmap) = ConvTower::init(&small_config(), &Device::Cpu, 0).unwrap();
-    let path = dir.join("valid.safetensors");
-    let meta = BTreeMap::from([("threshold".to_string(), "1.5".to_string())]);
-    checkpoint::save(&path, &varmap, &small_config(), &meta).unwrap();
+    let path = small_model(dir, 1.5);
     let tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
@@ -68,17 +36,10 @@ fn forge(
     path.to_path_buf()
 }
 
+/// A `side x side` grey PNG of a fixed pattern; returns its path as text.
 fn png(path: &Path, side: u32) -> String {
-    let file = std::fs::File::create(path).unwrap();
-    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), side, side);
-    encoder.set_color(png::ColorType::Grayscale);
-    encoder.set_depth(png::BitDepth::Eight);
     let pixels: Vec<u8> = (0..side * side).map(|i| (i * 7 % 251) as u8).collect();
-    encoder
-        .write_header()
-        .unwrap()
-        .write_image_data(&pixels)
-        .unwrap();
+    write_gray_png(path, side, side, &pixels);
     path.to_str().unwrap().to_string()
 }
 
@@ -203,9 +164,8 @@ fn small_faults_read_right() {
 
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"").unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_siamese"))
+    let o = common::command()
         .args(["data", "info", "--data", "mnist"])
-        .env("HF_HUB_OFFLINE", "1")
         .env("SIAMESE_CACHE_DIR", dir.path())
         .env("SIAMESE_DATA_DIR", &file)
         .output()

@@ -5,25 +5,17 @@
 //! run's metrics, and `siamese verify` must resize a larger image as training did.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use siamese_data::Rng;
+
+mod common;
+use common::{check, write_gray_png};
 
 const SIDE: usize = 16;
 
 fn siamese(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_siamese"))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .env_remove("SIAMESE_DATA_DIR")
-        .output()
-        .unwrap()
-}
-
-fn check(o: &Output) -> String {
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "siamese failed: {err}");
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    common::command().args(args).output().unwrap()
 }
 
 /// A `SIDE x SIDE` pattern of three bright blobs at places drawn from `rng`.
@@ -78,15 +70,7 @@ fn write_pgm(path: &Path, side: usize, pixels: &[u8]) {
 }
 
 fn write_png(path: &Path, side: usize, pixels: &[u8]) {
-    let file = std::fs::File::create(path).unwrap();
-    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), side as u32, side as u32);
-    encoder.set_color(png::ColorType::Grayscale);
-    encoder.set_depth(png::BitDepth::Eight);
-    encoder
-        .write_header()
-        .unwrap()
-        .write_image_data(pixels)
-        .unwrap();
+    write_gray_png(path, side as u32, side as u32, pixels);
 }
 
 /// 48 identities of 10 images each: even images PGM, odd ones PNG.

@@ -4,10 +4,12 @@
 //! the test embeddings and the report.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use siamese_data::Rng;
+
+mod common;
 
 const SIDE: usize = 12;
 const CLASSES: usize = 5;
@@ -31,11 +33,9 @@ fn write_folder(dir: &Path) {
 }
 
 fn train(args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_siamese"))
+    common::command()
         .arg("train")
         .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .env_remove("SIAMESE_DATA_DIR")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
