@@ -13,13 +13,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarMap;
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
 use safetensors::SafeTensors;
 
 use crate::config::TowerConfig;
 use crate::error::ModelError;
-use crate::tower::{assign, ConvTower};
+use crate::tower::ConvTower;
 
 /// Value of the `format` metadata entry.
 pub const FORMAT: &str = "siamese-tower";
@@ -364,13 +364,29 @@ pub fn load_tower(
     dropout_seed: u64,
 ) -> Result<(ConvTower, VarMap, Checkpoint), ModelError> {
     let checkpoint = read(path, device)?;
-    let (tower, varmap) = ConvTower::init(&checkpoint.config, device, dropout_seed)?;
+    // The variables are made from the file's tensors before the tower is built, so the
+    // builder finds each one in place: no random initialisation is drawn and then
+    // overwritten (`read` has checked that the file holds exactly the config's tensors).
+    let varmap = VarMap::new();
+    {
+        let mut vars = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+        for (name, value) in &checkpoint.tensors {
+            vars.insert(name.clone(), Var::from_tensor(value)?);
+        }
+    }
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+    let tower = ConvTower::new(&checkpoint.config, vb, dropout_seed)?;
+    if varmap.all_vars().len() != checkpoint.tensors.len() {
+        return Err(ModelError::Config(format!(
+            "{}: the tower needs {} parameters, the file gave {}",
+            path.display(),
+            varmap.all_vars().len(),
+            checkpoint.tensors.len()
+        )));
+    }
     tower.set_dropout_state(crate::DropoutState {
         seed: dropout_seed,
         word_pos: 0,
     });
-    for (name, value) in &checkpoint.tensors {
-        assign(&varmap, name, value)?;
-    }
     Ok((tower, varmap, checkpoint))
 }
