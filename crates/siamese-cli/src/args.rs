@@ -72,7 +72,7 @@ pub struct ExploreArgs {
     #[arg(long, value_name = "FILE")]
     pub embeddings: Option<PathBuf>,
     #[command(flatten)]
-    pub source: DataSource,
+    pub source: SourceArgs,
     /// Which split to show, with `--model`.
     #[arg(long, value_enum, default_value = "test")]
     pub split: SplitName,
@@ -107,7 +107,7 @@ pub struct SearchArgs {
 
 /// Where the data come from.
 #[derive(Debug, Args, Clone)]
-pub struct DataSource {
+pub struct SourceArgs {
     /// `mnist`, `fashion-mnist`, a folder holding the four IDX files, or an image
     /// folder with one subfolder of PNG, PGM or JPEG images per class.
     #[arg(long, value_name = "NAME|DIR")]
@@ -139,7 +139,7 @@ fn parse_held_out(text: &str) -> Result<HeldOutClasses, String> {
     text.parse()
 }
 
-impl DataSource {
+impl SourceArgs {
     /// Whether any image-folder option was given.
     pub fn has_folder_options(&self) -> bool {
         self.image_size.is_some()
@@ -212,7 +212,7 @@ pub struct TrainArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "preset")]
     pub config: Option<PathBuf>,
     #[command(flatten)]
-    pub source: DataSource,
+    pub source: SourceArgs,
     /// Optimisation steps.
     #[arg(long)]
     pub steps: Option<u64>,
@@ -298,7 +298,7 @@ pub struct EvalArgs {
     #[arg(long, value_name = "FILE")]
     pub model: PathBuf,
     #[command(flatten)]
-    pub source: DataSource,
+    pub source: SourceArgs,
     /// Read the embedding at another layer than the model's own (`head`, `fc1`, ...):
     /// which layer of a trained model transfers best to unseen classes.
     #[arg(long, value_name = "LAYER", value_parser = parse_layer)]
@@ -326,7 +326,7 @@ pub struct EmbedArgs {
     #[arg(long, value_name = "FILE")]
     pub model: PathBuf,
     #[command(flatten)]
-    pub source: DataSource,
+    pub source: SourceArgs,
     /// Which split to embed.
     #[arg(long, value_enum, default_value = "test")]
     pub split: SplitName,
@@ -369,7 +369,7 @@ pub struct DataArgs {
     #[arg(value_enum)]
     pub action: DataAction,
     #[command(flatten)]
-    pub source: DataSource,
+    pub source: SourceArgs,
     /// `info` as one JSON object (name, origin, image size, split sizes, per-class
     /// counts).
     #[arg(long)]

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use siamese_data::{
-    is_image_folder, load, load_image_folder, read_image, Batcher, Dataset, DatasetSpec,
-    FolderOptions, FolderSplit, HeldOutClasses, LoadOptions, Preprocessing, KNOWN_DATASETS,
+    read_image, Batcher, DataSource, Dataset, DatasetSpec, FolderOptions, FolderSplit,
+    HeldOutClasses, LoadOptions, Preprocessing,
 };
 use siamese_model::checkpoint::{self, keys};
 use siamese_model::Embedder;
@@ -17,8 +17,8 @@ use siamese_train::{
 };
 
 use crate::args::{
-    Cli, Command, DataAction, DataArgs, DataSource, EmbedArgs, EvalArgs, LossName, PairingName,
-    PairsName, PlotArgs, SplitName, TrainArgs, VerifyArgs,
+    Cli, Command, DataAction, DataArgs, EmbedArgs, EvalArgs, LossName, PairingName, PairsName,
+    PlotArgs, SourceArgs, SplitName, TrainArgs, VerifyArgs,
 };
 use crate::report::Printer;
 
@@ -63,7 +63,7 @@ struct Loaded {
 
 /// The image-folder options: `base` (a run's or a checkpoint's), else the defaults
 /// with `seed`, overridden by whatever the command line says.
-fn folder_options(source: &DataSource, base: Option<FolderOptions>, seed: u64) -> FolderOptions {
+fn folder_options(source: &SourceArgs, base: Option<FolderOptions>, seed: u64) -> FolderOptions {
     let mut options = base.unwrap_or(FolderOptions {
         seed,
         ..FolderOptions::default()
@@ -85,65 +85,31 @@ fn folder_options(source: &DataSource, base: Option<FolderOptions>, seed: u64) -
     options
 }
 
-/// Loads a data set by name, from a folder holding the files of one of the known data
-/// sets (recognised by their checksums), or from an image folder (one subfolder per
-/// class) with `folder` options.
+/// Loads what `--data` names (siamese-data's [`DataSource`]: a known name, a folder of
+/// IDX files, or an image folder with `folder` options), warning about skipped files.
 fn load_data(name_or_dir: &str, folder: &FolderOptions) -> Result<Loaded> {
-    let options = LoadOptions::from_env();
-    let path = Path::new(name_or_dir);
-    if is_image_folder(path) {
-        let loaded = load_image_folder(path, folder)
-            .with_context(|| format!("loading the image folder {name_or_dir}"))?;
-        for skipped in &loaded.skipped {
-            eprintln!(
-                "warning: skipped {} (not a PNG, PGM or JPEG file)",
-                skipped.display()
-            );
-        }
-        return Ok(Loaded {
-            data: loaded.dataset,
-            origin: format!("image folder {name_or_dir}"),
-            folder: Some(loaded.options),
-            paths: Some(loaded.paths),
-        });
-    }
-    let looks_like_path = name_or_dir.contains(std::path::MAIN_SEPARATOR)
-        || name_or_dir.contains('/')
-        || name_or_dir.starts_with('.');
-    if looks_like_path && !path.exists() {
-        bail!(
-            "{name_or_dir}: no such folder (--data takes {} or a folder)",
-            KNOWN_DATASETS.join(", ")
+    let source = DataSource::resolve(name_or_dir)?;
+    let loaded = match &source {
+        DataSource::ImageFolder(_) => source
+            .load(&LoadOptions::from_env(), folder)
+            .with_context(|| format!("loading the image folder {name_or_dir}"))?,
+        DataSource::Known(_) => source
+            .load(&LoadOptions::from_env(), folder)
+            .with_context(|| format!("loading {name_or_dir}"))?,
+        // The error names the folder and what was tried in it.
+        DataSource::IdxFolder(_) => source.load(&LoadOptions::from_env(), folder)?,
+    };
+    for skipped in &loaded.skipped {
+        eprintln!(
+            "warning: skipped {} (not a PNG, PGM or JPEG file)",
+            skipped.display()
         );
     }
-    let found = if path.is_dir() {
-        let mut failures = Vec::new();
-        let mut found = None;
-        for name in KNOWN_DATASETS {
-            let spec = DatasetSpec::by_name(name)?;
-            match load(&spec, &options.clone().with_folder(name_or_dir)) {
-                Ok(f) => {
-                    found = Some(f);
-                    break;
-                }
-                Err(e) => failures.push(format!("as {name}: {e}")),
-            }
-        }
-        found.with_context(|| {
-            format!(
-                "{name_or_dir} holds no known data set and no class subfolders of images ({})",
-                failures.join("; ")
-            )
-        })?
-    } else {
-        let spec = DatasetSpec::by_name(name_or_dir)?;
-        load(&spec, &options).with_context(|| format!("loading {name_or_dir}"))?
-    };
     Ok(Loaded {
-        data: found.0,
-        origin: found.1.to_string(),
-        folder: None,
-        paths: None,
+        data: loaded.dataset,
+        origin: loaded.origin,
+        folder: loaded.folder,
+        paths: loaded.paths,
     })
 }
 
@@ -373,13 +339,13 @@ fn metadata_json<T: serde::de::DeserializeOwned>(
 
 /// The data set a command works on: `--data`, else the one the model was trained on,
 /// with the image-folder split the checkpoint records (command-line options win).
-fn data_for(source: &DataSource, ckpt: &checkpoint::Checkpoint) -> Result<Dataset> {
+fn data_for(source: &SourceArgs, ckpt: &checkpoint::Checkpoint) -> Result<Dataset> {
     Ok(data_and_paths_for(source, ckpt)?.0)
 }
 
 /// [`data_for`], with the image files of each split for an image folder.
 pub(crate) fn data_and_paths_for(
-    source: &DataSource,
+    source: &SourceArgs,
     ckpt: &checkpoint::Checkpoint,
 ) -> Result<(Dataset, Option<[Vec<PathBuf>; 3]>)> {
     let name = source

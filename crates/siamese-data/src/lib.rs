@@ -39,6 +39,7 @@
 
 pub mod augment;
 pub mod batcher;
+pub mod data_source;
 pub mod dataset;
 pub mod error;
 pub mod folder;
@@ -52,6 +53,7 @@ pub mod source;
 
 pub use augment::{AugmentConfig, Augmenter};
 pub use batcher::{unit_pixel, Batcher, PairTensors};
+pub use data_source::{DataSource, LoadedData};
 pub use dataset::{Dataset, DatasetSpec, ImageSet, Part, PartSpec, Split, KNOWN_DATASETS};
 pub use error::DataError;
 pub use folder::{
