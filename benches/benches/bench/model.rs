@@ -43,8 +43,7 @@ fn tower(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.bench_function("divergence_check/all_parameters", |bench| {
         bench.iter(|| {
-            let found =
-                checkpoint::first_non_finite(watched.iter().map(|(n, t)| (n.as_str(), t)));
+            let found = checkpoint::first_non_finite(watched.iter().map(|(n, t)| (n.as_str(), t)));
             assert!(found.unwrap().is_none());
         })
     });

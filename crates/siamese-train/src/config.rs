@@ -324,11 +324,11 @@ impl TrainConfig {
 
     /// The recipe for classes training never saw, found by measurement on MNIST with
     /// digits 5-9 held out (the README's ablation): 32-D unit-length outputs and the
-    /// margin loss over batch-hard pairs, augmented images, the self-supervised term
-    /// (two views of each image, weight 1, the pair loss over every pair of views), and
-    /// the embedding read at `fc1`, before the projection head, compared by cosine. 32
-    /// pairs a step: with two views each, 128 images, the `default` preset's tower
-    /// cost.
+    /// margin loss over batch-hard pairs, batches of 16 images of each of 4 classes
+    /// (P x K), augmented images, the self-supervised term (two views of each image,
+    /// weight 1, the pair loss over every pair of views), and the embedding read at
+    /// `fc1`, before the projection head, compared by cosine. 32 pairs a step: with two
+    /// views each, 128 images, the `default` preset's tower cost.
     pub fn open_set() -> Self {
         let mut model = TowerConfig {
             embedding_dim: 32,
@@ -346,6 +346,9 @@ impl TrainConfig {
                 loss: ViewLoss::PairLoss,
             }),
             pairing: Pairing::BatchHard,
+            sampler: SamplerConfig::PerClass {
+                images_per_class: 16,
+            },
             batch_size: 32,
             steps: 2_000,
             ..Self::default_preset()
