@@ -6,15 +6,11 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, Criterion, Throughput};
 
+/// `n` values uniform in [-1, 1), from the project's own seeded generator.
 fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut x = seed;
+    let mut rng = siamese_data::Rng::new(seed);
     (0..n)
-        .map(|_| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
+        .map(|_| (rng.unit_f64() * 2.0 - 1.0) as f32)
         .collect()
 }
 

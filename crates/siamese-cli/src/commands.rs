@@ -89,15 +89,14 @@ fn folder_options(source: &SourceArgs, base: Option<FolderOptions>, seed: u64) -
 /// IDX files, or an image folder with `folder` options), warning about skipped files.
 fn load_data(name_or_dir: &str, folder: &FolderOptions) -> Result<Loaded> {
     let source = DataSource::resolve(name_or_dir)?;
+    let loaded = source.load(&LoadOptions::from_env(), folder);
     let loaded = match &source {
-        DataSource::ImageFolder(_) => source
-            .load(&LoadOptions::from_env(), folder)
-            .with_context(|| format!("loading the image folder {name_or_dir}"))?,
-        DataSource::Known(_) => source
-            .load(&LoadOptions::from_env(), folder)
-            .with_context(|| format!("loading {name_or_dir}"))?,
+        DataSource::ImageFolder(_) => {
+            loaded.with_context(|| format!("loading the image folder {name_or_dir}"))?
+        }
+        DataSource::Known(_) => loaded.with_context(|| format!("loading {name_or_dir}"))?,
         // The error names the folder and what was tried in it.
-        DataSource::IdxFolder(_) => source.load(&LoadOptions::from_env(), folder)?,
+        DataSource::IdxFolder(_) => loaded?,
     };
     for skipped in &loaded.skipped {
         eprintln!(
