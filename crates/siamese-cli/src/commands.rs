@@ -9,11 +9,12 @@ use siamese_data::{
     read_image, Batcher, DataSource, Dataset, DatasetSpec, FolderOptions, FolderSplit,
     HeldOutClasses, LoadOptions, Preprocessing,
 };
-use siamese_model::checkpoint::{self, keys};
+use siamese_model::checkpoint;
 use siamese_model::Embedder;
 use siamese_train::eval::{embed_set, evaluate};
 use siamese_train::{
-    load_run_config, run, KnnGallery, LossConfig, Pairing, RunOptions, SamplerConfig, TrainConfig,
+    load_run_config, run, KnnGallery, LossConfig, Pairing, Provenance, RunOptions, SamplerConfig,
+    TrainConfig,
 };
 
 use crate::args::{
@@ -325,17 +326,6 @@ pub(crate) fn load_model(
 }
 
 /// A JSON metadata entry of the checkpoint, when present.
-fn metadata_json<T: serde::de::DeserializeOwned>(
-    ckpt: &checkpoint::Checkpoint,
-    key: &str,
-) -> Result<Option<T>> {
-    ckpt.metadata
-        .get(key)
-        .map(|json| serde_json::from_str(json))
-        .transpose()
-        .with_context(|| format!("the checkpoint's {key} metadata is not valid"))
-}
-
 /// The data set a command works on: `--data`, else the one the model was trained on,
 /// with the image-folder split the checkpoint records (command-line options win).
 fn data_for(source: &SourceArgs, ckpt: &checkpoint::Checkpoint) -> Result<Dataset> {
@@ -347,15 +337,16 @@ pub(crate) fn data_and_paths_for(
     source: &SourceArgs,
     ckpt: &checkpoint::Checkpoint,
 ) -> Result<(Dataset, Option<[Vec<PathBuf>; 3]>)> {
+    let provenance = Provenance::from_checkpoint(ckpt)?;
     let name = source
         .data
         .clone()
-        .or_else(|| ckpt.metadata.get(keys::DATA).cloned())
+        .or(provenance.data)
         .unwrap_or_else(|| "mnist".into());
-    let saved: Option<FolderOptions> = metadata_json(ckpt, keys::IMAGE_FOLDER)?;
+    let saved = provenance.image_folder;
     // The protocol is the checkpoint's: classes the model trained on cannot be called
     // unseen, so a different --holdout-classes is refused, not applied.
-    let held_out: Option<HeldOutClasses> = metadata_json(ckpt, keys::HOLDOUT_CLASSES)?;
+    let held_out = provenance.holdout_classes;
     if let Some(asked) = &source.holdout_classes {
         if held_out.as_ref() != Some(asked) {
             match &held_out {
@@ -576,12 +567,9 @@ fn verify(a: VerifyArgs) -> Result<()> {
     // Checked on load: a checkpoint's threshold is a finite number >= 0.
     let threshold = match a.threshold {
         Some(t) => t,
-        None => checkpoint::threshold_value(
-            ckpt.metadata
-                .get(keys::THRESHOLD)
-                .context("the checkpoint holds no threshold; pass --threshold")?,
-        )
-        .map_err(anyhow::Error::msg)?,
+        None => Provenance::from_checkpoint(&ckpt)?
+            .threshold
+            .context("the checkpoint holds no threshold; pass --threshold")?,
     };
     let e = embed_files(&tower, &ckpt, &[a.a.clone(), a.b.clone()])?;
     // The distance the evaluation protocol uses, so the threshold means the same here.
@@ -610,11 +598,13 @@ pub(crate) fn embed_files(
     files: &[PathBuf],
 ) -> Result<Vec<f32>> {
     let (h, w) = (ckpt.config.input_height, ckpt.config.input_width);
-    let preprocessing = metadata_json(ckpt, keys::PREPROCESSING)?.unwrap_or(Preprocessing {
-        height: h,
-        width: w,
-        resize: false,
-    });
+    let preprocessing = Provenance::from_checkpoint(ckpt)?
+        .preprocessing
+        .unwrap_or(Preprocessing {
+            height: h,
+            width: w,
+            resize: false,
+        });
     if (preprocessing.height, preprocessing.width) != (h, w) {
         bail!("the checkpoint's preprocessing and model config disagree on the input size");
     }

@@ -22,12 +22,7 @@ pub(crate) fn explore(a: ExploreArgs) -> Result<()> {
             let (data, _) = data_and_paths_for(&a.source, &ckpt)?;
             let set = split(&data, a.split);
             let values = embed_set(&tower, set, &siamese_data::Batcher::new(device()?))?;
-            let threshold = ckpt
-                .metadata
-                .get(siamese_model::checkpoint::keys::THRESHOLD)
-                .map(|t| siamese_model::checkpoint::threshold_value(t))
-                .transpose()
-                .map_err(anyhow::Error::msg)?;
+            let threshold = siamese_train::Provenance::from_checkpoint(&ckpt)?.threshold;
             explorer_html(&Exploration {
                 title: &format!(
                     "{} {:?} embeddings ({})",

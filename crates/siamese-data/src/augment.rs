@@ -8,6 +8,7 @@
 //! the same pixels on every machine.
 
 use serde::{Deserialize, Serialize};
+use siamese_state::{StateDict, StateError, Stateful};
 
 use crate::error::DataError;
 use crate::rng::Rng;
@@ -62,6 +63,21 @@ impl AugmentConfig {
     }
 }
 
+/// The augmenter's state is its generator (`rng`): a resumed run draws the same
+/// distortions.
+impl Stateful for Augmenter {
+    fn state_dict(&self) -> Result<StateDict, StateError> {
+        let mut state = StateDict::new();
+        state.insert_json("rng", &self.rng);
+        Ok(state)
+    }
+
+    fn load_state_dict(&mut self, state: &StateDict) -> Result<(), StateError> {
+        self.rng = state.json("rng")?;
+        Ok(())
+    }
+}
+
 /// Distorts images with parameters drawn from its own generator.
 #[derive(Debug, Clone)]
 pub struct Augmenter {
@@ -77,16 +93,6 @@ impl Augmenter {
             config,
             rng: Rng::new(seed),
         })
-    }
-
-    /// The generator's state, to save in a checkpoint.
-    pub fn state(&self) -> Rng {
-        self.rng.clone()
-    }
-
-    /// Continues from a saved state.
-    pub fn restore(&mut self, rng: Rng) {
-        self.rng = rng;
     }
 
     /// Writes a random distortion of `image` (`rows x cols` u8 pixels) into `out` as
@@ -189,10 +195,10 @@ mod tests {
         }
         assert!(differs, "20 draws never changed the image");
         // A restored state continues the sequence.
-        let saved = a.state();
+        let saved = a.state_dict().unwrap();
         a.apply(&img, 9, 9, &mut x);
         let mut c = Augmenter::new(AugmentConfig::default(), 99).unwrap();
-        c.restore(saved);
+        c.load_state_dict(&saved).unwrap();
         c.apply(&img, 9, 9, &mut y);
         assert_eq!(x, y);
     }

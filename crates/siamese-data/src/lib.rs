@@ -65,6 +65,8 @@ pub use holdout::HeldOutClasses;
 pub use rng::Rng;
 pub use sampler::{
     evaluation_pairs, BalancedPairs, PairBatch, PairSampler, PerClassPairs, RandomPairs,
-    SamplerState,
 };
+/// The state protocol samplers and the augmenter implement, re-exported so a custom
+/// sampler needs no other dependency.
+pub use siamese_state::{StateDict, StateError, Stateful};
 pub use source::{load, load_folder, LoadOptions, Origin};

@@ -6,7 +6,7 @@
 //! Every sampler is deterministic from a `u64` seed, and its state can be saved and
 //! restored so a resumed run continues exactly the same sequence.
 
-use serde::{Deserialize, Serialize};
+use siamese_state::{StateDict, StateError, Stateful};
 
 use crate::error::DataError;
 use crate::rng::Rng;
@@ -53,65 +53,50 @@ impl PairBatch {
     }
 }
 
-/// What a checkpoint stores to continue a sampler's sequence.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SamplerState {
-    /// Which sampler wrote it (a state only restores into the same kind).
-    pub kind: String,
-    /// The generator's state.
-    pub rng: Rng,
-}
-
-/// Draws batches of labelled pairs.
-pub trait PairSampler: Send {
+/// Draws batches of labelled pairs. Its state (for checkpoints and resume) goes
+/// through the one state protocol of the workspace, [`Stateful`]: a resumed run
+/// continues exactly the same sequence, a custom sampler included.
+pub trait PairSampler: Stateful + Send {
     /// Draws the next `batch_size` pairs.
     fn sample(&mut self, batch_size: usize) -> PairBatch;
-    /// The state to save so that [`PairSampler::restore`] continues the same sequence.
-    fn state(&self) -> SamplerState;
-    /// Continues from a saved state; fails when it came from another kind of sampler.
-    fn restore(&mut self, state: &SamplerState) -> Result<(), DataError>;
 }
 
 impl<T: PairSampler + ?Sized> PairSampler for Box<T> {
     fn sample(&mut self, batch_size: usize) -> PairBatch {
         (**self).sample(batch_size)
     }
-
-    fn state(&self) -> SamplerState {
-        (**self).state()
-    }
-
-    fn restore(&mut self, state: &SamplerState) -> Result<(), DataError> {
-        (**self).restore(state)
-    }
 }
 
-/// `state` and `restore` of a [`PairSampler`] whose whole state is its generator
-/// (field `rng`), under its `KIND` name: the same for every sampler of this module.
+/// The [`Stateful`] implementation of a sampler whose whole state is its generator
+/// (field `rng`): the state holds `kind` (its `KIND` name: a state restores only into
+/// the same kind of sampler) and `rng`. The same for every sampler of this module.
 macro_rules! rng_is_the_state {
-    () => {
-        fn state(&self) -> SamplerState {
-            SamplerState {
-                kind: Self::KIND.into(),
-                rng: self.rng.clone(),
+    ($sampler:ty) => {
+        impl Stateful for $sampler {
+            fn state_dict(&self) -> Result<StateDict, StateError> {
+                let mut state = StateDict::new();
+                state.insert_json("kind", Self::KIND);
+                state.insert_json("rng", &self.rng);
+                Ok(state)
             }
-        }
 
-        fn restore(&mut self, state: &SamplerState) -> Result<(), DataError> {
-            restore_rng(Self::KIND, &mut self.rng, state)
+            fn load_state_dict(&mut self, state: &StateDict) -> Result<(), StateError> {
+                self.rng = restore_rng(Self::KIND, state)?;
+                Ok(())
+            }
         }
     };
 }
 
-fn restore_rng(kind: &str, rng: &mut Rng, state: &SamplerState) -> Result<(), DataError> {
-    if state.kind != kind {
-        return Err(DataError::Sampler(format!(
-            "cannot restore a {kind:?} sampler from a {:?} state",
-            state.kind
-        )));
+fn restore_rng(kind: &str, state: &StateDict) -> Result<Rng, StateError> {
+    let saved: String = state.json("kind")?;
+    if saved != kind {
+        return Err(state.invalid(
+            "kind",
+            format!("cannot restore a {kind:?} sampler from a {saved:?} state"),
+        ));
     }
-    *rng = state.rng.clone();
-    Ok(())
+    state.json("rng")
 }
 
 /// The indices of each class's images; a label not below `num_classes` is an error.
@@ -137,7 +122,7 @@ pub struct RandomPairs {
 }
 
 impl RandomPairs {
-    /// Kind name stored in [`SamplerState`].
+    /// Kind name stored in the sampler's state.
     pub const KIND: &'static str = "random";
 
     /// A sampler over the images with these labels.
@@ -152,6 +137,8 @@ impl RandomPairs {
     }
 }
 
+rng_is_the_state!(RandomPairs);
+
 impl PairSampler for RandomPairs {
     fn sample(&mut self, batch_size: usize) -> PairBatch {
         let n = self.labels.len();
@@ -162,8 +149,6 @@ impl PairSampler for RandomPairs {
         }
         batch
     }
-
-    rng_is_the_state!();
 }
 
 /// Pairs with a chosen share of positives (default one half), in random order.
@@ -183,7 +168,7 @@ pub struct BalancedPairs {
 }
 
 impl BalancedPairs {
-    /// Kind name stored in [`SamplerState`].
+    /// Kind name stored in the sampler's state.
     pub const KIND: &'static str = "balanced";
     /// The default share of positive pairs.
     pub const DEFAULT_POSITIVE_FRACTION: f64 = 0.5;
@@ -257,6 +242,8 @@ impl BalancedPairs {
     }
 }
 
+rng_is_the_state!(BalancedPairs);
+
 impl PairSampler for BalancedPairs {
     fn sample(&mut self, batch_size: usize) -> PairBatch {
         let positives = (self.positive_fraction * batch_size as f64).round() as usize;
@@ -273,8 +260,6 @@ impl PairSampler for BalancedPairs {
         }
         batch
     }
-
-    rng_is_the_state!();
 }
 
 /// Batches of P classes x K images, as pytorch-metric-learning's `MPerClassSampler`:
@@ -299,7 +284,7 @@ pub struct PerClassPairs {
 }
 
 impl PerClassPairs {
-    /// Kind name stored in [`SamplerState`].
+    /// Kind name stored in the sampler's state.
     pub const KIND: &'static str = "per_class";
 
     /// A sampler over the images with these labels (each `< num_classes`), in groups
@@ -363,6 +348,8 @@ impl PerClassPairs {
     }
 }
 
+rng_is_the_state!(PerClassPairs);
+
 impl PairSampler for PerClassPairs {
     fn sample(&mut self, batch_size: usize) -> PairBatch {
         let mut batch = PairBatch::with_capacity(batch_size);
@@ -381,8 +368,6 @@ impl PairSampler for PerClassPairs {
         }
         batch
     }
-
-    rng_is_the_state!();
 }
 
 /// The fixed evaluation pairs of DESIGN.md's protocol: `n` pairs, half of them "same"
@@ -498,13 +483,13 @@ mod tests {
         let mut a = PerClassPairs::new(&labels, 10, 6, 11).unwrap();
         let mut b = PerClassPairs::new(&labels, 10, 6, 11).unwrap();
         a.sample(30);
-        let saved = a.state();
+        let saved = a.state_dict().unwrap();
         let next = a.sample(30);
-        b.restore(&saved).unwrap();
+        b.load_state_dict(&saved).unwrap();
         assert_eq!(b.sample(30), next);
-        assert!(b
-            .restore(&RandomPairs::new(&labels, 1).unwrap().state())
-            .is_err());
+        let random = RandomPairs::new(&labels, 1).unwrap().state_dict().unwrap();
+        let err = b.load_state_dict(&random).unwrap_err().to_string();
+        assert!(err.contains("per_class") && err.contains("random"), "{err}");
         for bad_k in [0, 1, 3] {
             assert!(
                 PerClassPairs::new(&labels, 10, bad_k, 1).is_err(),
@@ -574,19 +559,23 @@ mod tests {
         let mut c = BalancedPairs::new(&labels, 10, 0.5, 12).unwrap();
         assert_ne!(a.sample(64), c.sample(64));
 
-        let saved = a.state();
+        let saved = a.state_dict().unwrap();
         let expected = a.sample(64);
         let mut fresh = BalancedPairs::new(&labels, 10, 0.5, 999).unwrap();
-        fresh.restore(&saved).unwrap();
+        fresh.load_state_dict(&saved).unwrap();
         assert_eq!(fresh.sample(64), expected);
 
         let mut random = RandomPairs::new(&labels, 11).unwrap();
-        let saved = random.state();
+        let saved = random.state_dict().unwrap();
         let expected = random.sample(64);
         let mut other = RandomPairs::new(&labels, 0).unwrap();
-        other.restore(&saved).unwrap();
+        other.load_state_dict(&saved).unwrap();
         assert_eq!(other.sample(64), expected);
-        assert!(fresh.restore(&saved).is_err(), "kinds must not mix");
+        assert!(fresh.load_state_dict(&saved).is_err(), "kinds must not mix");
+        // A boxed sampler (as runs hold them) saves and restores through the box.
+        let mut boxed: Box<dyn PairSampler> = Box::new(RandomPairs::new(&labels, 5).unwrap());
+        boxed.load_state_dict(&saved).unwrap();
+        assert_eq!(boxed.sample(64), expected);
     }
 
     #[test]

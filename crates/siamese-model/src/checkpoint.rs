@@ -91,95 +91,23 @@ pub fn save(
     write_safetensors(path, tensors, &metadata)
 }
 
-/// Writes `tensors` and `metadata` as a safetensors file: the one writer of every
-/// safetensors file this project makes (checkpoints, resume states, embeddings).
-///
-/// - Refuses, before writing anything, a tensor holding NaN or infinity (named in the
-///   error), so the previous file stays: a diverged run never overwrites good weights.
-/// - Deterministic: the header lists the metadata in key order (the safetensors crate
-///   writes it in hash-map order), so two equal states give byte-identical files.
-/// - Atomic: a temporary file beside the target, flushed, then renamed over it.
+/// Writes `tensors` and `metadata` through [`siamese_state::write_safetensors`], the
+/// one safetensors writer of the workspace: NaN or infinity refused (the previous file
+/// stays), metadata in key order, atomic replace.
 pub fn write_safetensors(
     path: &Path,
     tensors: Vec<(String, Tensor)>,
     metadata: &BTreeMap<String, String>,
 ) -> Result<(), ModelError> {
-    if let Some(name) = first_non_finite(tensors.iter().map(|(n, t)| (n.as_str(), t)))? {
-        return Err(ModelError::NonFinite { name });
-    }
-    let serialising = |detail: String| ModelError::NotSafetensors {
-        path: path.to_path_buf(),
-        detail: format!("serialising: {detail}"),
-    };
-    let bytes = safetensors::serialize(tensors, None).map_err(|e| serialising(e.to_string()))?;
-    let bytes = with_sorted_metadata(&bytes, metadata).map_err(serialising)?;
-    write_atomic(path, &bytes)
+    Ok(siamese_state::write_safetensors(path, tensors, metadata)?)
 }
 
-/// The name of the first tensor (in the order given) holding NaN or infinity, if any.
-///
-/// Run after every training step over all weights, so it is one pass per tensor with
-/// no tensor-sized allocation and one scalar read in all: a tensor's sum is finite
-/// whenever all its values are (NaN and infinities propagate), so only a non-finite
-/// sum needs a second look, exact this time (`0 * x` summed is 0 for finite values
-/// and NaN otherwise), which tells a NaN from a finite sum that overflowed.
+/// The name of the first tensor (in the order given) holding NaN or infinity, if any
+/// ([`siamese_state::first_non_finite`]).
 pub fn first_non_finite<'a>(
     tensors: impl IntoIterator<Item = (&'a str, &'a Tensor)>,
 ) -> Result<Option<String>, ModelError> {
-    let tensors: Vec<(&str, &Tensor)> = tensors.into_iter().collect();
-    if tensors.is_empty() {
-        return Ok(None);
-    }
-    let sums = tensors
-        .iter()
-        .map(|(_, t)| t.to_dtype(DType::F32)?.sum_all())
-        .collect::<candle_core::Result<Vec<Tensor>>>()?;
-    let sums = Tensor::stack(&sums, 0)?.to_vec1::<f32>()?;
-    for ((name, t), sum) in tensors.iter().zip(sums) {
-        if sum.is_finite() {
-            continue;
-        }
-        let zero_if_finite = t
-            .affine(0.0, 0.0)?
-            .sum_all()?
-            .to_dtype(DType::F64)?
-            .to_scalar::<f64>()?;
-        if zero_if_finite != 0.0 {
-            return Ok(Some(name.to_string()));
-        }
-    }
-    Ok(None)
-}
-
-/// Rewrites the header of a serialised safetensors file (written without metadata)
-/// with `metadata` and every entry in key order.
-fn with_sorted_metadata(
-    bytes: &[u8],
-    metadata: &BTreeMap<String, String>,
-) -> Result<Vec<u8>, String> {
-    let n = bytes
-        .get(..8)
-        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
-        .ok_or("no header length")?;
-    let header = bytes.get(8..8 + n).ok_or("header past the end")?;
-    let mut entries: BTreeMap<String, serde_json::Value> =
-        serde_json::from_slice(header).map_err(|e| e.to_string())?;
-    entries.remove("__metadata__");
-    if !metadata.is_empty() {
-        let sorted: serde_json::Map<String, serde_json::Value> = metadata
-            .iter()
-            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-            .collect();
-        entries.insert("__metadata__".into(), serde_json::Value::Object(sorted));
-    }
-    let mut header = serde_json::to_vec(&entries).map_err(|e| e.to_string())?;
-    // The data must start at a multiple of 8 bytes; safetensors pads with spaces.
-    header.resize(header.len().next_multiple_of(8), b' ');
-    let mut out = Vec::with_capacity(8 + header.len() + bytes.len() - 8 - n);
-    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
-    out.extend_from_slice(&header);
-    out.extend_from_slice(&bytes[8 + n..]);
-    Ok(out)
+    Ok(siamese_state::first_non_finite(tensors)?)
 }
 
 /// Writes `bytes` to `path` atomically through [`siamese_fs::write_atomic`]: on

@@ -106,4 +106,21 @@ pub enum ModelError {
     /// An error inside candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// Saving or restoring a state ([`siamese_state`]) failed.
+    #[error(transparent)]
+    State(siamese_state::StateError),
+}
+
+impl From<siamese_state::StateError> for ModelError {
+    fn from(e: siamese_state::StateError) -> Self {
+        use siamese_state::StateError;
+        match e {
+            // Kept as the model's own variants, which callers already match on.
+            StateError::NonFinite { name } => Self::NonFinite { name },
+            StateError::Io { path, error } => Self::Io { path, error },
+            StateError::NotSafetensors { path, detail } => Self::NotSafetensors { path, detail },
+            StateError::Tensor(e) => Self::Candle(e),
+            other => Self::State(other),
+        }
+    }
 }

@@ -61,4 +61,7 @@ pub use checkpoint::Checkpoint;
 pub use config::{Padding, TowerConfig, TowerLayer};
 pub use error::ModelError;
 pub use pair::SiameseModel;
+/// The state protocol the tower implements, re-exported so a custom embedder needs no
+/// other dependency.
+pub use siamese_state::{StateDict, StateError, Stateful};
 pub use tower::{ConvTower, DropoutState, Embedder};

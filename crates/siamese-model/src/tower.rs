@@ -13,6 +13,7 @@ use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Linear, VarBui
 use rand::{Rng as _, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+use siamese_state::{StateDict, StateError, Stateful};
 
 use crate::config::{TowerConfig, TowerLayer};
 use crate::error::ModelError;
@@ -236,6 +237,38 @@ impl ConvTower {
 }
 
 impl ConvTower {
+    /// Every tensor of the tower (parameters and batch-norm running statistics) under
+    /// its checkpoint name ([`TowerConfig::parameter_shapes`]), sharing storage with
+    /// the layers.
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        let mut push = |name: String, t: &Tensor| out.push((name, t.clone()));
+        for (i, layer) in self.convs.iter().enumerate() {
+            push(format!("conv{}.weight", i + 1), layer.conv.weight());
+            if let Some(b) = layer.conv.bias() {
+                push(format!("conv{}.bias", i + 1), b);
+            }
+        }
+        let fcs = self.hidden.iter().map(|h| &h.fc).chain([&self.head]);
+        for (j, fc) in fcs.enumerate() {
+            push(format!("fc{}.weight", j + 1), fc.weight());
+            if let Some(b) = fc.bias() {
+                push(format!("fc{}.bias", j + 1), b);
+            }
+        }
+        for (j, layer) in self.hidden.iter().enumerate() {
+            if let Some(bn) = &layer.bn {
+                if let Some((w, b)) = bn.weight_and_bias() {
+                    push(format!("bn{}.weight", j + 1), w);
+                    push(format!("bn{}.bias", j + 1), b);
+                }
+                push(format!("bn{}.running_mean", j + 1), bn.running_mean());
+                push(format!("bn{}.running_var", j + 1), bn.running_var());
+            }
+        }
+        out
+    }
+
     /// Width of the output of `layer`.
     pub fn layer_width(&self, layer: TowerLayer) -> Result<usize, ModelError> {
         self.config.layer_width(layer)
@@ -337,6 +370,44 @@ impl Embedder for ConvTower {
 
     fn embedding_dim(&self) -> usize {
         self.config.output_dim()
+    }
+}
+
+/// The tower's state ([`siamese_state`]): every tensor of [`ConvTower::named_tensors`],
+/// and the dropout generator's position under `dropout`.
+impl Stateful for ConvTower {
+    fn state_dict(&self) -> Result<StateDict, StateError> {
+        let mut state = StateDict::new();
+        for (name, t) in self.named_tensors() {
+            state.insert_tensor(name, t);
+        }
+        state.insert_json("dropout", &self.dropout_state());
+        Ok(state)
+    }
+
+    /// Writes the saved values into the tower's variables in place, so an optimiser
+    /// holding them sees the restored values. A tower built from constant tensors
+    /// (not variables) has nothing to write into and refuses.
+    fn load_state_dict(&mut self, state: &StateDict) -> Result<(), StateError> {
+        let dropout: DropoutState = state.json("dropout")?;
+        let tensors = self.named_tensors();
+        // Everything is checked before anything is written: a refused state leaves
+        // the tower as it was.
+        for (name, current) in &tensors {
+            state.tensor_like(name, current)?;
+            if !current.is_variable() {
+                return Err(state.invalid(
+                    name,
+                    "the tower's parameter is a constant: build the tower with \
+                     ConvTower::init or checkpoint::load_tower to restore a state into it",
+                ));
+            }
+        }
+        for (name, current) in &tensors {
+            Var::from_tensor(current)?.set(state.tensor(name)?)?;
+        }
+        self.set_dropout_state(dropout);
+        Ok(())
     }
 }
 

@@ -351,3 +351,79 @@ fn embed_from_is_saved_only_when_it_is_not_the_head() {
     assert!(json.contains(r#""embed_from":{"hidden":1}"#), "{json}");
     assert_eq!(serde_json::from_str::<TowerConfig>(&json).unwrap(), hidden);
 }
+
+/// The tower's state ([`Stateful`]) carries every parameter, the batch-norm statistics
+/// and the dropout position: a tower from another seed, given it, computes the same
+/// training and inference outputs from then on, and the variables an optimiser holds
+/// see the restored values. A state that does not fit changes nothing.
+#[test]
+fn tower_state_restores_parameters_statistics_and_dropout() {
+    use siamese_model::{StateDict, Stateful};
+    let config = small();
+    let x = images(6, 3, &config);
+    let (a, _) = ConvTower::init(&config, &Device::Cpu, 1).unwrap();
+    // Training-mode passes move the batch-norm statistics and the dropout generator.
+    a.forward_t(&x, true).unwrap();
+    a.forward_t(&x, true).unwrap();
+    let state = a.state_dict().unwrap();
+    let names: Vec<&str> = state.tensors().map(|(k, _)| k).collect();
+    let mut expected: Vec<String> = config
+        .parameter_shapes()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    expected.sort();
+    assert_eq!(names, expected);
+
+    let (mut b, b_vars) = ConvTower::init(&config, &Device::Cpu, 2).unwrap();
+    assert_ne!(
+        b.embed(&x).unwrap().to_vec2::<f32>().unwrap(),
+        a.embed(&x).unwrap().to_vec2::<f32>().unwrap()
+    );
+    b.load_state_dict(&state).unwrap();
+    assert_eq!(
+        var(&b_vars, "bn1.running_mean").to_vec1::<f32>().unwrap(),
+        a.named_tensors()
+            .iter()
+            .find(|(n, _)| n == "bn1.running_mean")
+            .unwrap()
+            .1
+            .to_vec1::<f32>()
+            .unwrap(),
+        "written into the variables themselves"
+    );
+    for train in [true, false] {
+        assert_eq!(
+            a.forward_t(&x, train).unwrap().to_vec2::<f32>().unwrap(),
+            b.forward_t(&x, train).unwrap().to_vec2::<f32>().unwrap(),
+            "train = {train}"
+        );
+    }
+
+    // A state for another architecture is refused, naming the tensor, before anything
+    // is written.
+    let (mut c, _) = ConvTower::init(&config, &Device::Cpu, 5).unwrap();
+    let before = c.embed(&x).unwrap().to_vec2::<f32>().unwrap();
+    let (wide, _) = ConvTower::init(
+        &TowerConfig {
+            embedding_dim: 4,
+            ..small()
+        },
+        &Device::Cpu,
+        1,
+    )
+    .unwrap();
+    let err = c
+        .load_state_dict(&wide.state_dict().unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("\"fc3.weight\""), "{err}");
+    let mut lacking = StateDict::new();
+    for (k, t) in state.tensors().filter(|(k, _)| *k != "conv2.bias") {
+        lacking.insert_tensor(k, t.clone());
+    }
+    lacking.insert_text("dropout", state.text("dropout").unwrap());
+    let err = c.load_state_dict(&lacking).unwrap_err().to_string();
+    assert_eq!(err, "the state lacks \"conv2.bias\"");
+    assert_eq!(c.embed(&x).unwrap().to_vec2::<f32>().unwrap(), before);
+}

@@ -50,6 +50,14 @@ pub enum TrainError {
     Candle(#[from] candle_core::Error),
 }
 
+/// State errors read as the model crate's (a non-finite tensor, a file that cannot be
+/// written), which callers and messages already know.
+impl From<siamese_state::StateError> for TrainError {
+    fn from(e: siamese_state::StateError) -> Self {
+        Self::Model(siamese_model::ModelError::from(e))
+    }
+}
+
 impl TrainError {
     pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
         move |source| TrainError::Io {

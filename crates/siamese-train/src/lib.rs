@@ -23,6 +23,7 @@ pub use siamese_metrics as metrics;
 pub mod optim;
 pub mod plot;
 pub mod projector;
+pub mod provenance;
 pub mod run;
 pub mod tensorboard;
 pub mod trainer;
@@ -34,9 +35,10 @@ pub use config::{
 pub use error::TrainError;
 pub use eval::{evaluate, EvalReport, KnnGallery};
 pub use optim::{Adam, AdamConfig};
+pub use provenance::Provenance;
 pub use run::{
-    data_metadata, final_evaluation, load_run_config, run, EvalRecord, Reporter, RunOptions,
-    RunSummary, Silent, StepRecord,
+    final_evaluation, load_run_config, run, EvalRecord, Reporter, RunOptions, RunSummary, Silent,
+    StepRecord,
 };
 pub use siamese_metrics::{
     accuracy_at, knn_accuracy, knn_accuracy_leave_one_out, pair_metrics, PairMetrics,

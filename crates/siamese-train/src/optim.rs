@@ -9,13 +9,12 @@
 //! 6.4 M weights of `fc1` cost more than the layer's matrix products. Other devices and
 //! dtypes keep the tensor path; a test checks the two agree.
 
-use std::collections::HashMap;
-
 use candle_core::{
-    backprop::GradStore, bail, CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Tensor, Var,
+    backprop::GradStore, bail, CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Var,
 };
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use siamese_state::{StateDict, StateError, Stateful};
 
 use crate::error::TrainError;
 
@@ -120,38 +119,32 @@ impl Adam {
         }
         Ok(())
     }
+}
 
-    /// The state to save: moments by `"{name}.m"` / `"{name}.v"`, and the step count.
-    pub fn state(&self) -> (HashMap<String, Tensor>, u64) {
-        let mut tensors = HashMap::new();
+/// Adam's state: the moments under `"{name}.m"` / `"{name}.v"` for every parameter, and
+/// the step count under `step` (it sets the bias corrections).
+impl Stateful for Adam {
+    fn state_dict(&self) -> Result<StateDict, StateError> {
+        let mut state = StateDict::new();
         for (i, (name, _)) in self.params.iter().enumerate() {
-            tensors.insert(format!("{name}.m"), self.first[i].as_tensor().clone());
-            tensors.insert(format!("{name}.v"), self.second[i].as_tensor().clone());
+            state.insert_tensor(format!("{name}.m"), self.first[i].as_tensor().clone());
+            state.insert_tensor(format!("{name}.v"), self.second[i].as_tensor().clone());
         }
-        (tensors, self.step)
+        state.insert_json("step", &self.step);
+        Ok(state)
     }
 
-    /// Restores a saved state; every moment must be present with the right shape.
-    pub fn restore(
-        &mut self,
-        tensors: &HashMap<String, Tensor>,
-        step: u64,
-    ) -> Result<(), TrainError> {
-        for (i, (name, p)) in self.params.iter().enumerate() {
-            for (suffix, moment) in [("m", &self.first[i]), ("v", &self.second[i])] {
-                let key = format!("{name}.{suffix}");
-                let t = tensors
-                    .get(&key)
-                    .ok_or_else(|| TrainError::Resume(format!("optimiser state lacks {key:?}")))?;
-                if t.dims() != p.dims() {
-                    return Err(TrainError::Resume(format!(
-                        "optimiser state {key:?} has shape {:?}, expected {:?}",
-                        t.dims(),
-                        p.dims()
-                    )));
-                }
-                moment.set(t)?;
-            }
+    /// Every moment must be present with its parameter's shape; nothing is written
+    /// until all are checked.
+    fn load_state_dict(&mut self, state: &StateDict) -> Result<(), StateError> {
+        let step: u64 = state.json("step")?;
+        for (i, (name, _)) in self.params.iter().enumerate() {
+            state.tensor_like(&format!("{name}.m"), self.first[i].as_tensor())?;
+            state.tensor_like(&format!("{name}.v"), self.second[i].as_tensor())?;
+        }
+        for (i, (name, _)) in self.params.iter().enumerate() {
+            self.first[i].set(state.tensor(&format!("{name}.m"))?)?;
+            self.second[i].set(state.tensor(&format!("{name}.v"))?)?;
         }
         self.step = step;
         Ok(())
@@ -266,7 +259,7 @@ impl InplaceOp3 for Apply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{Device, Tensor};
 
     /// Minimising (x - 3)^2 from 0 reaches 3; the first step moves by exactly lr
     /// (Adam's bias-corrected first step is lr * g / |g|).
@@ -320,8 +313,8 @@ mod tests {
                     .unwrap();
                 adam.step(&loss.backward().unwrap(), 0.01).unwrap();
             }
-            let (state, _) = adam.state();
-            let v = state["x.v"].to_vec1::<f32>().unwrap();
+            let state = adam.state_dict().unwrap();
+            let v = state.tensor("x.v").unwrap().to_vec1::<f32>().unwrap();
             (x.to_vec1::<f32>().unwrap(), v)
         };
         let (fast, fast_v) = run(true);
@@ -330,5 +323,61 @@ mod tests {
         for (a, b) in fast.iter().zip(&plain).chain(fast_v.iter().zip(&plain_v)) {
             assert!((a - b).abs() <= 1e-5 * b.abs().max(1e-3), "{a} vs {b}");
         }
+    }
+
+    /// A restored optimiser continues bit for bit; a state that lacks a moment or has
+    /// the wrong shape is refused, named, and changes nothing.
+    #[test]
+    fn state_round_trips_and_bad_states_change_nothing() {
+        let target = Tensor::new(&[1.0f32, -2.0, 0.5], &Device::Cpu).unwrap();
+        let make = || {
+            let x = Var::from_tensor(&Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap()).unwrap();
+            let adam = Adam::new(vec![("x".into(), x.clone())], AdamConfig::default()).unwrap();
+            (x, adam)
+        };
+        let step = |x: &Var, adam: &mut Adam| {
+            let loss = (x.as_tensor() - &target)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            adam.step(&loss.backward().unwrap(), 0.05).unwrap();
+        };
+        let (xa, mut a) = make();
+        for _ in 0..3 {
+            step(&xa, &mut a);
+        }
+        let saved = a.state_dict().unwrap();
+        let (xb, mut b) = make();
+        xb.set(xa.as_tensor()).unwrap();
+        b.load_state_dict(&saved).unwrap();
+        assert_eq!(b.step_count(), 3);
+        step(&xa, &mut a);
+        step(&xb, &mut b);
+        assert_eq!(xa.to_vec1::<f32>().unwrap(), xb.to_vec1::<f32>().unwrap());
+
+        let (_, mut c) = make();
+        let mut lacking = StateDict::new();
+        lacking.insert_json("step", &3u64);
+        lacking.insert_tensor("x.m", saved.tensor("x.m").unwrap().clone());
+        let err = c.load_state_dict(&lacking).unwrap_err().to_string();
+        assert_eq!(err, "the state lacks \"x.v\"");
+        let mut wrong = lacking.clone();
+        wrong.insert_tensor("x.v", Tensor::zeros(4, DType::F32, &Device::Cpu).unwrap());
+        assert!(c
+            .load_state_dict(&wrong)
+            .unwrap_err()
+            .to_string()
+            .contains("[4]"));
+        assert_eq!(c.step_count(), 0);
+        let m = c
+            .state_dict()
+            .unwrap()
+            .tensor("x.m")
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(m, [0.0; 3], "a refused state wrote nothing");
     }
 }

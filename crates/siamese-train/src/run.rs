@@ -3,9 +3,11 @@
 //! - `config.json`: the [`TrainConfig`], written before any work;
 //! - `model.safetensors`: the model with the best validation EER so far (with the
 //!   distance threshold in its metadata);
-//! - `last.safetensors`: everything a resumed run needs (weights and batch-norm
-//!   statistics, Adam's moments, the sampler's and dropout's generators, the step),
-//!   written atomically every `checkpoint_every` steps;
+//! - `last.safetensors`: everything a resumed run needs, written atomically every
+//!   `checkpoint_every` steps: the [`Trainer`]'s state through the one state protocol
+//!   ([`Stateful`]: weights and batch-norm statistics and the dropout generator under
+//!   `model.`, Adam's moments under `adam.`, the sampler's generator under `sampler.`,
+//!   the augmenter's under `augment.`), the run's progress (`run`) and its config;
 //! - `metrics.jsonl`: one JSON record per logged step and per evaluation;
 //! - `events.out.tfevents.*`: the same scalars for TensorBoard (`tensorboard --logdir
 //!   runs`), a new file per resumed session;
@@ -16,21 +18,23 @@
 //! and losses as an uninterrupted one: all randomness is in saved generators, and
 //! records logged after the last checkpoint are dropped on resume and logged again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
-use siamese_data::{Augmenter, Batcher, Dataset, Preprocessing, Rng, SamplerState};
-use siamese_model::checkpoint::{self, keys};
+use siamese_data::{Augmenter, Batcher, Dataset, Rng};
+use siamese_model::checkpoint;
 use siamese_model::{ConvTower, DropoutState, SiameseModel};
+use siamese_state::{StateDict, Stateful};
 
 use crate::config::TrainConfig;
 use crate::error::TrainError;
 use crate::eval::{embed_set, evaluate, pair_metrics_of, EvalReport, VALIDATION_PAIRS_SEED};
 use crate::metrics::PairMetrics;
+use crate::provenance::Provenance;
 use crate::tensorboard::EventWriter;
 use crate::trainer::Trainer;
 
@@ -135,18 +139,13 @@ pub struct RunSummary {
     pub report: Option<EvalReport>,
 }
 
+/// Where a run stands, beside its components' states in `last.safetensors` (metadata
+/// entry `run`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct TrainState {
+struct RunProgress {
     step: u64,
     last_loss: f64,
-    sampler: SamplerState,
-    dropout: DropoutState,
-    adam_step: u64,
     best_validation_eer: Option<f64>,
-    /// The augmenter's generator (absent without augmentation, and in checkpoints
-    /// written before augmentation existed).
-    #[serde(default)]
-    augment: Option<Rng>,
 }
 
 /// Reads a run folder's `config.json`.
@@ -334,30 +333,11 @@ pub fn run(
             files::LAST
         ));
     } else if options.resume {
-        let (tensors, state) = read_last(&last_path, device)?;
-        for name in &names {
-            let t = tensors.get(&format!("model.{name}")).ok_or_else(|| {
-                TrainError::Resume(format!("{} lacks model.{name}", last_path.display()))
-            })?;
-            varmap.data().lock().expect("varmap lock")[name].set(t)?;
-        }
-        let adam: HashMap<String, Tensor> = tensors
-            .iter()
-            .filter_map(|(k, v)| k.strip_prefix("adam.").map(|k| (k.to_string(), v.clone())))
-            .collect();
-        trainer.optimizer.restore(&adam, state.adam_step)?;
-        trainer.sampler.restore(&state.sampler)?;
-        trainer.model.tower.set_dropout_state(state.dropout);
-        match (&mut trainer.augmenter, state.augment) {
-            (Some(a), Some(rng)) => a.restore(rng),
-            (None, None) => {}
-            _ => {
-                return Err(TrainError::Resume(format!(
-                    "{}: the checkpoint and the config disagree on augmentation",
-                    last_path.display()
-                )))
-            }
-        }
+        let state = read_last(&last_path, device)?;
+        trainer
+            .load_state_dict(&state.components)
+            .map_err(|e| TrainError::Resume(format!("{}: {e}", last_path.display())))?;
+        let state = state.progress;
         if state.step > config.steps {
             return Err(TrainError::Resume(format!(
                 "{} is at step {}, past the {} steps asked for",
@@ -473,13 +453,17 @@ pub fn run(
             }
             if best_eer.is_none_or(|best| validation.eer < best) {
                 best_eer = Some(validation.eer);
-                let mut meta = data_metadata(config);
-                meta.insert(
-                    keys::THRESHOLD.to_string(),
-                    validation.best_threshold.to_string(),
-                );
-                meta.insert(keys::STEP.to_string(), done.to_string());
-                checkpoint::save(&dir.join(files::MODEL), &varmap, &config.model, &meta)?;
+                let provenance = Provenance {
+                    threshold: Some(validation.best_threshold),
+                    step: Some(done),
+                    ..Provenance::of_run(config)
+                };
+                checkpoint::save(
+                    &dir.join(files::MODEL),
+                    &varmap,
+                    &config.model,
+                    &provenance.to_metadata(),
+                )?;
             }
         }
         if options.stop_after == Some(done) {
@@ -490,23 +474,12 @@ pub fn run(
             });
         }
         if done % config.checkpoint_every == 0 || done == config.steps {
-            let state = TrainState {
+            let progress = RunProgress {
                 step: done,
                 last_loss,
-                sampler: trainer.sampler.state(),
-                dropout: trainer.model.tower.dropout_state(),
-                adam_step: trainer.optimizer.step_count(),
                 best_validation_eer: best_eer,
-                augment: trainer.augmenter.as_ref().map(Augmenter::state),
             };
-            write_last(
-                &last_path,
-                &varmap,
-                &names,
-                &trainer.optimizer.state().0,
-                &state,
-                config,
-            )?;
+            write_last(&last_path, &trainer, &progress, config)?;
             checkpointed = Some(done);
         }
         if done % config.log_every == 0 {
@@ -528,39 +501,6 @@ pub fn run(
     })
 }
 
-/// What a checkpoint says of its data, so that `siamese eval`, `embed` and `verify`
-/// need nothing but the file: `data` (the name or folder), `image_folder` (the split
-/// and size, JSON), `holdout_classes` (JSON list, when classes were held out) and
-/// `preprocessing` (what to do to an image file, JSON: resized for image folders,
-/// required at the input size for the IDX sets).
-pub fn data_metadata(config: &TrainConfig) -> BTreeMap<String, String> {
-    let preprocessing = Preprocessing {
-        height: config.model.input_height,
-        width: config.model.input_width,
-        resize: config.image_folder.is_some(),
-    };
-    let mut meta = BTreeMap::from([
-        (keys::DATA.to_string(), config.data.clone()),
-        (
-            keys::PREPROCESSING.to_string(),
-            serde_json::to_string(&preprocessing).expect("plain data"),
-        ),
-    ]);
-    if let Some(folder) = &config.image_folder {
-        meta.insert(
-            keys::IMAGE_FOLDER.to_string(),
-            serde_json::to_string(folder).expect("plain data"),
-        );
-    }
-    if let Some(held_out) = &config.holdout_classes {
-        meta.insert(
-            keys::HOLDOUT_CLASSES.to_string(),
-            serde_json::to_string(held_out).expect("plain data"),
-        );
-    }
-    meta
-}
-
 /// Evaluates the run's best model with the protocol, writes `metrics.json` and the
 /// test embeddings, and stores the protocol's threshold in the model's metadata.
 pub fn final_evaluation(
@@ -574,7 +514,11 @@ pub fn final_evaluation(
     let (report, test_embeddings) = evaluate(&tower, data, &Batcher::new(device.clone()))?;
     write_json(&dir.join(files::METRICS), &report)?;
     let mut meta = ckpt.metadata.clone();
-    meta.insert(keys::THRESHOLD.into(), report.threshold.to_string());
+    Provenance {
+        threshold: Some(report.threshold),
+        ..Provenance::from_checkpoint(&ckpt)?
+    }
+    .write_into(&mut meta);
     checkpoint::save(&model_path, &varmap, &ckpt.config, &meta)?;
     let dim = ckpt.config.output_dim();
     save_embeddings(
@@ -649,64 +593,100 @@ pub fn save_embeddings(
     )?)
 }
 
-fn write_last(
+/// Saves the trainer's state ([`Stateful`]), the run's progress and its config as
+/// `last.safetensors`. Non-finite values are refused and the previous file stays.
+fn write_last<T: Stateful>(
     path: &Path,
-    varmap: &candle_nn::VarMap,
-    names: &[String],
-    adam: &HashMap<String, Tensor>,
-    state: &TrainState,
+    trainer: &T,
+    progress: &RunProgress,
     config: &TrainConfig,
 ) -> Result<(), TrainError> {
-    let vars = varmap.data().lock().expect("varmap lock");
-    let mut tensors: Vec<(String, Tensor)> = names
-        .iter()
-        .map(|n| (format!("model.{n}"), vars[n].as_tensor().clone()))
-        .collect();
-    drop(vars);
-    tensors.extend(adam.iter().map(|(k, v)| (format!("adam.{k}"), v.clone())));
-    let meta = BTreeMap::from([
-        (
-            "train_state".to_string(),
-            serde_json::to_string(state).expect("plain data"),
-        ),
-        (
-            "train_config".to_string(),
-            serde_json::to_string(config).expect("plain data"),
-        ),
-    ]);
-    // Refuses non-finite values, keeping the previous checkpoint.
-    Ok(checkpoint::write_safetensors(path, tensors, &meta)?)
+    let mut state = trainer.state_dict()?;
+    state.insert_json(last_keys::RUN, progress);
+    state.insert_json(last_keys::CONFIG, config);
+    Ok(state.save(path)?)
 }
 
-fn read_last(
-    path: &Path,
-    device: &Device,
-) -> Result<(HashMap<String, Tensor>, TrainState), TrainError> {
-    let bytes = std::fs::read(path).map_err(TrainError::io(path))?;
+/// The metadata entries `last.safetensors` holds besides the components' states.
+mod last_keys {
+    /// The run's progress (JSON `RunProgress`).
+    pub const RUN: &str = "run";
+    /// The run's config (JSON `TrainConfig`), for people reading the file.
+    pub const CONFIG: &str = "train_config";
+    /// Where files written before the state protocol kept the progress and the
+    /// generators' states (one JSON object); read by [`super::upgrade_first_layout`].
+    pub const FIRST_LAYOUT: &str = "train_state";
+}
+
+/// `last.safetensors` read back: the components' states and the run's progress.
+struct LastCheckpoint {
+    components: StateDict,
+    progress: RunProgress,
+}
+
+fn read_last(path: &Path, device: &Device) -> Result<LastCheckpoint, TrainError> {
     let bad = |detail: String| TrainError::Resume(format!("{}: {detail}", path.display()));
-    let (_, header) =
-        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
-    let state: TrainState = header
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get("train_state"))
-        .ok_or_else(|| bad("no train_state in the metadata".into()))
-        .and_then(|s| serde_json::from_str(s).map_err(|e| bad(e.to_string())))?;
-    let tensors =
-        candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| bad(e.to_string()))?;
-    let mut sorted: Vec<(&String, &Tensor)> = tensors.iter().collect();
-    sorted.sort_by(|a, b| a.0.cmp(b.0));
-    if let Some(name) =
-        checkpoint::first_non_finite(sorted.into_iter().map(|(n, t)| (n.as_str(), t)))?
-    {
-        return Err(bad(format!("tensor {name:?} holds NaN or infinity")));
+    // Refuses files that are not safetensors or hold NaN or infinity, naming them.
+    let mut components = StateDict::load(path, device).map_err(|e| match e {
+        siamese_state::StateError::Io { .. } => TrainError::from(e),
+        e => TrainError::Resume(e.to_string()),
+    })?;
+    if !components.contains(last_keys::RUN) && components.contains(last_keys::FIRST_LAYOUT) {
+        upgrade_first_layout(&mut components).map_err(|e| bad(e.to_string()))?;
     }
-    if state.best_validation_eer.is_some_and(|e| !e.is_finite()) || !state.last_loss.is_finite() {
+    let progress: RunProgress = components
+        .json(last_keys::RUN)
+        .map_err(|e| bad(e.to_string()))?;
+    if progress.best_validation_eer.is_some_and(|e| !e.is_finite())
+        || !progress.last_loss.is_finite()
+    {
         return Err(bad(
             "the saved loss or validation EER is not a finite number".into(),
         ));
     }
-    Ok((tensors, state))
+    Ok(LastCheckpoint {
+        components,
+        progress,
+    })
+}
+
+/// Rewrites the metadata of a `last.safetensors` written before the state protocol
+/// (one `train_state` JSON object) into the protocol's entries, so a run interrupted
+/// by an older build resumes. The tensors' names (`model.*`, `adam.*`) did not change.
+fn upgrade_first_layout(state: &mut StateDict) -> Result<(), siamese_state::StateError> {
+    #[derive(Deserialize)]
+    struct FirstLayout {
+        step: u64,
+        last_loss: f64,
+        sampler: FirstSampler,
+        dropout: DropoutState,
+        adam_step: u64,
+        best_validation_eer: Option<f64>,
+        #[serde(default)]
+        augment: Option<Rng>,
+    }
+    #[derive(Deserialize)]
+    struct FirstSampler {
+        kind: String,
+        rng: Rng,
+    }
+    let old: FirstLayout = state.json(last_keys::FIRST_LAYOUT)?;
+    state.insert_json(
+        last_keys::RUN,
+        &RunProgress {
+            step: old.step,
+            last_loss: old.last_loss,
+            best_validation_eer: old.best_validation_eer,
+        },
+    );
+    state.insert_json("sampler.kind", &old.sampler.kind);
+    state.insert_json("sampler.rng", &old.sampler.rng);
+    state.insert_json("model.dropout", &old.dropout);
+    state.insert_json("adam.step", &old.adam_step);
+    if let Some(rng) = old.augment {
+        state.insert_json("augment.rng", &rng);
+    }
+    Ok(())
 }
 
 /// The settings in which two configs differ, as dotted JSON paths (`optim.lr`).

@@ -7,6 +7,7 @@ use candle_core::{Tensor, Var};
 use siamese_data::{Augmenter, Batcher, ImageSet, PairBatch, PairSampler};
 use siamese_loss::{nt_xent, Distance, Euclidean, PairLoss, Reduction};
 use siamese_model::{Embedder, SiameseModel};
+use siamese_state::{StateDict, StateError, Stateful};
 
 use crate::config::{Pairing, SelfSupervised, ViewLoss};
 use crate::error::TrainError;
@@ -189,5 +190,40 @@ impl<S: PairSampler, E: Embedder, L: PairLoss> Trainer<S, E, L> {
             ViewLoss::NtXent { temperature } => nt_xent(&embeddings, temperature)?,
         };
         Ok((labelled + (instance * ssl.weight)?)?)
+    }
+}
+
+/// A trainer's state, for checkpoints: the embedder's under `model.`, the optimiser's
+/// under `adam.`, the sampler's under `sampler.` and, with augmentation, the
+/// augmenter's under `augment.`. Any embedder and sampler that implement [`Stateful`]
+/// resume this way, built-in or not.
+impl<S: PairSampler, E: Embedder + Stateful, L> Stateful for Trainer<S, E, L> {
+    fn state_dict(&self) -> Result<StateDict, StateError> {
+        let mut state = StateDict::new();
+        state.nest("model", self.model.tower.state_dict()?);
+        state.nest("adam", self.optimizer.state_dict()?);
+        state.nest("sampler", self.sampler.state_dict()?);
+        if let Some(augmenter) = &self.augmenter {
+            state.nest("augment", augmenter.state_dict()?);
+        }
+        Ok(state)
+    }
+
+    /// Each part checks its whole state before writing any of it, but a part refused
+    /// after another was restored leaves the trainer half restored: discard it then.
+    fn load_state_dict(&mut self, state: &StateDict) -> Result<(), StateError> {
+        if self.augmenter.is_some() != state.contains("augment") {
+            return Err(state.invalid(
+                "augment",
+                "the state and the trainer disagree on augmentation",
+            ));
+        }
+        self.sampler.load_state_dict(&state.child("sampler"))?;
+        self.model.tower.load_state_dict(&state.child("model"))?;
+        self.optimizer.load_state_dict(&state.child("adam"))?;
+        if let Some(augmenter) = &mut self.augmenter {
+            augmenter.load_state_dict(&state.child("augment"))?;
+        }
+        Ok(())
     }
 }

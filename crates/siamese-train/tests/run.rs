@@ -294,7 +294,54 @@ fn stopped_and_resumed_run_with_per_class_batches_matches_an_uninterrupted_one()
     });
 }
 
+/// A `last.safetensors` written by builds before the state protocol (one
+/// `train_state` JSON object in the metadata) still resumes, bit for bit.
+#[test]
+fn a_checkpoint_in_the_first_layout_resumes() {
+    let c = TrainConfig {
+        augment: Some(AugmentConfig::default()),
+        ..config()
+    };
+    stop_rewrite_resume_and_compare(&c, rewrite_in_first_layout);
+}
+
+/// Rewrites `dir/last.safetensors` as the first layout had it: the same tensors, and
+/// the progress and generators in one `train_state` object.
+fn rewrite_in_first_layout(dir: &Path) {
+    use serde_json::{json, Value};
+    use siamese_model::StateDict;
+    let path = dir.join("last.safetensors");
+    let new = StateDict::load(&path, &candle_core::Device::Cpu).unwrap();
+    let parsed = |key: &str| -> Value { serde_json::from_str(new.text(key).unwrap()).unwrap() };
+    let run = parsed("run");
+    let train_state = json!({
+        "step": run["step"],
+        "last_loss": run["last_loss"],
+        "sampler": {"kind": parsed("sampler.kind"), "rng": parsed("sampler.rng")},
+        "dropout": parsed("model.dropout"),
+        "adam_step": parsed("adam.step"),
+        "best_validation_eer": run["best_validation_eer"],
+        "augment": parsed("augment.rng"),
+    });
+    let mut old = StateDict::new();
+    for (k, t) in new.tensors() {
+        old.insert_tensor(k, t.clone());
+    }
+    old.insert_text("train_state", train_state.to_string());
+    old.insert_text("train_config", new.text("train_config").unwrap());
+    old.save(&path).unwrap();
+    let back = StateDict::load(&path, &candle_core::Device::Cpu).unwrap();
+    assert!(
+        !back.contains("run") && !back.contains("sampler"),
+        "rewritten"
+    );
+}
+
 fn stop_resume_and_compare(config: &TrainConfig) {
+    stop_rewrite_resume_and_compare(config, |_| {});
+}
+
+fn stop_rewrite_resume_and_compare(config: &TrainConfig, before_resume: impl Fn(&Path)) {
     let config = || config.clone();
     let data = dataset();
     let no_eval = RunOptions {
@@ -311,6 +358,7 @@ fn stop_resume_and_compare(config: &TrainConfig) {
         ..no_eval.clone()
     };
     run(&config(), &data, broken.path(), &stop, &mut Silent).unwrap();
+    before_resume(broken.path());
     let resume = RunOptions {
         resume: true,
         ..no_eval
