@@ -32,6 +32,17 @@ fn images(n: usize, seed: u64, config: &TowerConfig) -> Tensor {
     .unwrap()
 }
 
+/// The config's parameter names, sorted.
+fn parameter_names(config: &TowerConfig) -> Vec<String> {
+    let mut names: Vec<String> = config
+        .parameter_shapes()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    names.sort();
+    names
+}
+
 fn var(varmap: &VarMap, name: &str) -> Tensor {
     varmap.data().lock().unwrap()[name]
         .as_tensor()
@@ -178,13 +189,7 @@ fn pair_model_shares_one_set_of_parameters_reached_from_both_sides() {
     // One set of parameters: exactly the config's, each once.
     let mut names: Vec<String> = varmap.data().lock().unwrap().keys().cloned().collect();
     names.sort();
-    let mut expected: Vec<String> = config
-        .parameter_shapes()
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
-    expected.sort();
-    assert_eq!(names, expected);
+    assert_eq!(names, parameter_names(&config));
 
     let model = SiameseModel::new(tower);
     let (left_images, right_images) = (images(4, 1, &config), images(4, 2, &config));
@@ -367,13 +372,7 @@ fn tower_state_restores_parameters_statistics_and_dropout() {
     a.forward_t(&x, true).unwrap();
     let state = a.state_dict().unwrap();
     let names: Vec<&str> = state.tensors().map(|(k, _)| k).collect();
-    let mut expected: Vec<String> = config
-        .parameter_shapes()
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
-    expected.sort();
-    assert_eq!(names, expected);
+    assert_eq!(names, parameter_names(&config));
 
     let (mut b, b_vars) = ConvTower::init(&config, &Device::Cpu, 2).unwrap();
     assert_ne!(

@@ -284,6 +284,17 @@ mod tests {
         assert!((x.to_vec1::<f64>().unwrap()[0] - 3.0).abs() < 1e-2);
     }
 
+    /// One Adam step on `|x - target|^2`.
+    fn step_towards(target: &Tensor, x: &Var, adam: &mut Adam, lr: f64) {
+        let loss = (x.as_tensor() - target)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        adam.step(&loss.backward().unwrap(), lr).unwrap();
+    }
+
     /// The in-place CPU update and the tensor-op update agree to f32 rounding over
     /// several steps, on a parameter larger than one parallel chunk.
     #[test]
@@ -305,13 +316,7 @@ mod tests {
                 adam.use_tensor_ops();
             }
             for _ in 0..5 {
-                let loss = (x.as_tensor() - &target)
-                    .unwrap()
-                    .sqr()
-                    .unwrap()
-                    .sum_all()
-                    .unwrap();
-                adam.step(&loss.backward().unwrap(), 0.01).unwrap();
+                step_towards(&target, &x, &mut adam, 0.01);
             }
             let state = adam.state_dict().unwrap();
             let v = state.tensor("x.v").unwrap().to_vec1::<f32>().unwrap();
@@ -335,15 +340,7 @@ mod tests {
             let adam = Adam::new(vec![("x".into(), x.clone())], AdamConfig::default()).unwrap();
             (x, adam)
         };
-        let step = |x: &Var, adam: &mut Adam| {
-            let loss = (x.as_tensor() - &target)
-                .unwrap()
-                .sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap();
-            adam.step(&loss.backward().unwrap(), 0.05).unwrap();
-        };
+        let step = |x: &Var, adam: &mut Adam| step_towards(&target, x, adam, 0.05);
         let (xa, mut a) = make();
         for _ in 0..3 {
             step(&xa, &mut a);
