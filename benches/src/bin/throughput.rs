@@ -15,6 +15,10 @@
 //! `throughput layers [REPS]`: the per-layer profile: milliseconds of forward and of
 //! backward for each layer at training shapes (128 images), fused and plain, one JSON
 //! line per layer.
+//! `throughput gemm [REPS]`: every matrix product of one training step with the shapes,
+//! transposed views and chunking the fused kernels use, in GFLOP/s, and all of them
+//! together; `benches/torch_gemm.py` times `torch.mm` on the same shapes, for the
+//! GEMM ceiling of the machine.
 
 use std::time::Instant;
 
@@ -263,6 +267,164 @@ fn layers(reps: usize) -> Vec<serde_json::Value> {
     out
 }
 
+/// A `rows x cols` matrix over `data`, read through a transposed view when `t` (then
+/// `data` holds the transpose row-major).
+fn mat(data: &[f32], rows: usize, cols: usize, t: bool) -> siamese_model::kernels::Mat<'_> {
+    use siamese_model::kernels::Mat;
+    if t {
+        Mat::rows(data, cols, rows).t()
+    } else {
+        Mat::rows(data, rows, cols)
+    }
+}
+
+/// One matrix product of a training step: `[m x k] · [k x n]`, `ta`/`tb` when that
+/// operand is read through a transposed view (as the kernels read it), run `chunks`
+/// times in parallel (one single-threaded product per chunk, as the conv kernels run
+/// their chunks) or once on all threads (`chunks == 1`, as the linear kernels do).
+struct Product {
+    name: String,
+    m: usize,
+    k: usize,
+    n: usize,
+    ta: bool,
+    tb: bool,
+    chunks: usize,
+}
+
+/// Every matrix product of one training step of the default tower (128 images), with
+/// the shapes and chunking the fused kernels use.
+fn step_products() -> Vec<Product> {
+    let config = TowerConfig::default();
+    let batch = 128;
+    let mut out = Vec::new();
+    let (mut c_in, mut h, mut w) = (1, config.input_height, config.input_width);
+    for (i, ((&c, &stride), (ph, pw, (ho, wo)))) in config
+        .conv_channels
+        .iter()
+        .zip(&config.conv_strides)
+        .zip(config.conv_geometry())
+        .enumerate()
+    {
+        let g = ConvGeometry {
+            c_in,
+            h_in: h,
+            w_in: w,
+            c_out: c,
+            kernel: config.kernel_size,
+            stride,
+            pad_top: ph.0,
+            pad_left: pw.0,
+            h_out: ho,
+            w_out: wo,
+        };
+        let nb = g.images_per_chunk(batch);
+        let chunks = batch.div_ceil(nb);
+        let (k, cols) = (c_in * config.kernel_size * config.kernel_size, nb * ho * wo);
+        let name = |what: &str| format!("conv{} {what} (chunks of {nb})", i + 1);
+        let mut push = |what: &str, m, k, n, ta, tb| {
+            out.push(Product {
+                name: name(what),
+                m,
+                k,
+                n,
+                ta,
+                tb,
+                chunks,
+            });
+        };
+        push("forward", c, k, cols, false, false);
+        push("weight grad", c, cols, k, false, true);
+        if i > 0 {
+            push("input grad", k, c, cols, true, false);
+        }
+        (c_in, h, w) = (c, ho, wo);
+    }
+    let mut f_in = config.flatten_size();
+    for (j, &f) in config.fc_widths.iter().enumerate() {
+        let name = |what: &str| format!("fc{} {what}", j + 1);
+        let one = |name: String, m, k, n, ta, tb| Product {
+            name,
+            m,
+            k,
+            n,
+            ta,
+            tb,
+            chunks: 1,
+        };
+        out.push(one(name("forward"), batch, f_in, f, false, true));
+        out.push(one(name("weight grad"), f, batch, f_in, true, false));
+        out.push(one(name("input grad"), batch, f, f_in, false, false));
+        f_in = f;
+    }
+    out
+}
+
+/// GFLOP/s of each product of [`step_products`] (median of `reps`), and of all of them
+/// together, for comparing with `torch.mm` on the same shapes
+/// (`benches/torch_gemm.py`).
+fn gemm_products(reps: usize) -> Vec<serde_json::Value> {
+    use rayon::prelude::*;
+    use siamese_model::kernels::matmul;
+    let threads = rayon::current_num_threads();
+    let mut total = (0.0, 0.0);
+    let mut out: Vec<serde_json::Value> = step_products()
+        .into_iter()
+        .map(|p| {
+            let a: Vec<f32> = (0..p.m * p.k).map(|i| (i % 7) as f32 * 0.1).collect();
+            let b: Vec<f32> = (0..p.k * p.n).map(|i| (i % 5) as f32 * 0.1).collect();
+            let view = |data: &[f32], rows: usize, cols: usize, t: bool| -> Vec<f32> {
+                // The same values, stored so that the view reads them transposed.
+                if !t {
+                    return data.to_vec();
+                }
+                let mut s = vec![0f32; data.len()];
+                for r in 0..rows {
+                    for c in 0..cols {
+                        s[c * rows + r] = data[r * cols + c];
+                    }
+                }
+                s
+            };
+            let (sa, sb) = (view(&a, p.m, p.k, p.ta), view(&b, p.k, p.n, p.tb));
+            let mut dst = vec![0f32; p.chunks * p.m * p.n];
+            let ms = median_ms(reps, || {
+                if p.chunks == 1 {
+                    matmul(
+                        &mut dst,
+                        mat(&sa, p.m, p.k, p.ta),
+                        mat(&sb, p.k, p.n, p.tb),
+                        false,
+                        threads,
+                    );
+                } else {
+                    dst.par_chunks_mut(p.m * p.n).for_each(|d| {
+                        matmul(
+                            d,
+                            mat(&sa, p.m, p.k, p.ta),
+                            mat(&sb, p.k, p.n, p.tb),
+                            false,
+                            1,
+                        );
+                    });
+                }
+            });
+            let gflop = 2.0 * (p.m * p.k * p.n * p.chunks) as f64 / 1e9;
+            total.0 += gflop;
+            total.1 += ms;
+            serde_json::json!({
+                "product": p.name, "m": p.m, "k": p.k, "n": p.n, "chunks": p.chunks,
+                "ms": ms, "gflop_per_s": gflop / ms * 1e3,
+            })
+        })
+        .collect();
+    out.push(serde_json::json!({
+        "product": "all of one step", "gflop": total.0, "ms": total.1,
+        "gflop_per_s": total.0 / total.1 * 1e3, "machine": siamese_benches::machine(),
+    }));
+    out
+}
+
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let default_malloc = args.iter().any(|a| a == "--default-malloc");
@@ -293,6 +455,12 @@ fn main() {
     let out = match args.first().map(String::as_str) {
         Some("train") => train(count(30), plain, pairing),
         Some("embed") => embed(count(5), plain),
+        Some("gemm") => {
+            for line in gemm_products(count(9)) {
+                println!("{line}");
+            }
+            return;
+        }
         Some("layers") => {
             for line in layers(count(9)) {
                 println!("{line}");
@@ -301,7 +469,7 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: throughput train [STEPS] | embed [BATCHES] | layers [REPS], \
+                "usage: throughput train [STEPS] | embed [BATCHES] | layers [REPS] | gemm [REPS], \
                  options --plain --all-in-batch --candle-pool --default-malloc"
             );
             std::process::exit(2);

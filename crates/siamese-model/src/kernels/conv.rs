@@ -67,7 +67,7 @@ impl ConvGeometry {
     /// over a multiple of 4 chunks so that 1, 2 or 4 threads get equal shares (128
     /// images in 15 chunks of 9 left one of 2 threads idle an eighth of the time). It
     /// depends on the batch only, never on the thread count, so results do not either.
-    fn images_per_chunk(&self, batch: usize) -> usize {
+    pub fn images_per_chunk(&self, batch: usize) -> usize {
         let most = (CHUNK_FLOATS / (self.k() * self.p()).max(1)).max(1);
         let chunks = batch.div_ceil(most).next_multiple_of(4);
         batch.div_ceil(chunks).max(1)

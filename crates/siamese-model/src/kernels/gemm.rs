@@ -4,11 +4,16 @@
 
 /// A read-only matrix: element `(r, c)` is `data[r * row_stride + c * col_stride]`.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Mat<'a> {
+pub struct Mat<'a> {
+    /// The elements the view reads from.
     pub data: &'a [f32],
+    /// Rows.
     pub rows: usize,
+    /// Columns.
     pub cols: usize,
+    /// Distance between rows, in elements.
     pub row_stride: usize,
+    /// Distance between columns, in elements.
     pub col_stride: usize,
 }
 
@@ -54,7 +59,7 @@ impl<'a> Mat<'a> {
 ///
 /// Panics when the shapes disagree or a view runs past its slice: both are bugs in the
 /// caller, never a property of user input.
-pub(crate) fn matmul(dst: &mut [f32], a: Mat<'_>, b: Mat<'_>, accumulate: bool, threads: usize) {
+pub fn matmul(dst: &mut [f32], a: Mat<'_>, b: Mat<'_>, accumulate: bool, threads: usize) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "matmul: inner dimensions differ");
     let inside = |view: &Mat<'_>| view.extent().is_some_and(|e| e <= view.data.len());

@@ -13,6 +13,9 @@ mod gemm;
 mod linear;
 
 pub use conv::{Conv2dRelu, ConvGeometry};
+/// The bounds-checked matrix product the kernels run on, public so that benchmarks
+/// measure exactly what a step does.
+pub use gemm::{matmul, Mat};
 pub use linear::LinearAct;
 
 use candle_core::{bail, CpuStorage, DType, Device, Layout, Result, Storage};
