@@ -16,6 +16,7 @@ const MAX_GALLERY_BYTES: u64 = (siamese_search::MAX_VALUES as u64) * 4 + (200 <<
 
 pub(crate) fn explore(a: ExploreArgs) -> Result<()> {
     use siamese_train::explore::{explorer_html, Exploration};
+    use siamese_train::LabelledEmbeddings;
     let page = match (&a.model, &a.embeddings) {
         (Some(model), _) => {
             let (tower, ckpt) = load_model(model)?;
@@ -30,11 +31,14 @@ pub(crate) fn explore(a: ExploreArgs) -> Result<()> {
                     a.split,
                     model.display()
                 ),
-                embeddings: &values,
-                dim: tower.embedding_dim(),
-                labels: set.labels(),
-                class_names: &data.spec.class_names,
-                images: Some((set.pixels(), set.rows(), set.cols())),
+                set: LabelledEmbeddings {
+                    embeddings: &values,
+                    dim: tower.embedding_dim(),
+                    labels: set.labels(),
+                    class_names: &data.spec.class_names,
+                    paths: &[],
+                    images: Some((set.pixels(), set.rows(), set.cols())),
+                },
                 threshold,
             })?
         }
@@ -42,11 +46,14 @@ pub(crate) fn explore(a: ExploreArgs) -> Result<()> {
             let (values, dim, labels) = read_embeddings(file)?;
             explorer_html(&Exploration {
                 title: &file.display().to_string(),
-                embeddings: &values,
-                dim,
-                labels: &labels,
-                class_names: &[],
-                images: None,
+                set: LabelledEmbeddings {
+                    embeddings: &values,
+                    dim,
+                    labels: &labels,
+                    class_names: &[],
+                    paths: &[],
+                    images: None,
+                },
                 threshold: None,
             })
             .with_context(|| format!("{}", file.display()))?

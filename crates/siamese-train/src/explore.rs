@@ -15,6 +15,7 @@ use candle_core::{Device, Tensor};
 use siamese_loss::{Distance, Euclidean};
 
 use crate::error::TrainError;
+use crate::labelled::LabelledEmbeddings;
 
 /// Neighbours listed for a clicked point.
 pub const NEIGHBOURS: usize = 5;
@@ -27,16 +28,9 @@ const DISTANCE_BLOCK: usize = 1000;
 pub struct Exploration<'a> {
     /// The page title.
     pub title: &'a str,
-    /// Embeddings, row-major.
-    pub embeddings: &'a [f32],
-    /// Values per row.
-    pub dim: usize,
-    /// One label per row.
-    pub labels: &'a [u8],
-    /// Class names by label.
-    pub class_names: &'a [String],
-    /// `(pixels, height, width)` of every row's grayscale image, or none.
-    pub images: Option<(&'a [u8], usize, usize)>,
+    /// The embeddings, their labels and class names, and their images if any (paths
+    /// are not shown).
+    pub set: LabelledEmbeddings<'a>,
     /// The distance at or below which two items are called the same, if known.
     pub threshold: Option<f64>,
 }
@@ -119,32 +113,21 @@ fn base64(bytes: &[u8]) -> String {
 
 /// The page.
 pub fn explorer_html(e: &Exploration) -> Result<String, TrainError> {
-    let n = e.labels.len();
-    if e.dim == 0 || n == 0 || e.embeddings.len() != n * e.dim {
-        return Err(TrainError::Config(format!(
-            "explorer: {} values and {n} labels do not make rows of {}",
-            e.embeddings.len(),
-            e.dim
-        )));
-    }
-    if e.embeddings.iter().any(|v| !v.is_finite()) {
-        return Err(TrainError::Config(
-            "explorer: the embeddings hold non-finite values".into(),
-        ));
-    }
+    e.set.check("explorer")?;
+    let n = e.set.len();
     // Axes: the values themselves up to two dimensions, else principal components.
-    let (axes, axis_names): (Vec<f32>, Vec<String>) = if e.dim <= 2 {
-        let names = (1..=e.dim).map(|i| format!("dimension {i}")).collect();
-        (e.embeddings.to_vec(), names)
+    let (axes, axis_names): (Vec<f32>, Vec<String>) = if e.set.dim <= 2 {
+        let names = (1..=e.set.dim).map(|i| format!("dimension {i}")).collect();
+        (e.set.embeddings.to_vec(), names)
     } else {
-        let c = COMPONENTS.min(e.dim);
-        let pca = siamese_metrics::Pca::fit(e.embeddings, e.dim, c, 0);
+        let c = COMPONENTS.min(e.set.dim);
+        let pca = siamese_metrics::Pca::fit(e.set.embeddings, e.set.dim, c, 0);
         let names = (1..=c).map(|i| format!("PC {i}")).collect();
-        (pca.project(e.embeddings), names)
+        (pca.project(e.set.embeddings), names)
     };
-    let (neighbours, distances) = all_neighbours(e.embeddings, e.dim, NEIGHBOURS)?;
+    let (neighbours, distances) = all_neighbours(e.set.embeddings, e.set.dim, NEIGHBOURS)?;
     let round = |v: f32| (f64::from(v) * 1e5).round() / 1e5;
-    let sprite = match e.images {
+    let sprite = match e.set.images {
         Some((pixels, h, w)) => {
             let (png, (th, tw)) = crate::projector::sprite(pixels, n, h, w)?;
             let cols = n.isqrt() + usize::from(n.isqrt().pow(2) < n);
@@ -158,11 +141,11 @@ pub fn explorer_html(e: &Exploration) -> Result<String, TrainError> {
     let data = serde_json::json!({
         "title": e.title,
         "n": n,
-        "dim": e.dim,
+        "dim": e.set.dim,
         "axisNames": axis_names,
         "axes": axes.iter().map(|&v| round(v)).collect::<Vec<_>>(),
-        "labels": e.labels,
-        "classNames": e.class_names,
+        "labels": e.set.labels,
+        "classNames": e.set.class_names,
         "neighbours": neighbours,
         "distances": distances.iter().map(|&v| round(v)).collect::<Vec<_>>(),
         "k": neighbours.len() / n,
@@ -209,13 +192,17 @@ mod tests {
     #[test]
     fn user_text_cannot_become_markup() {
         let evil = "<img src=x onerror=alert(1)></script><script>alert(2)</script>".to_string();
+        let names = [evil, "ok".into()];
         let page = explorer_html(&Exploration {
             title: "<b>title</b>",
-            embeddings: &[0.0, 1.0, 2.0, 3.0],
-            dim: 2,
-            labels: &[0, 1],
-            class_names: &[evil, "ok".into()],
-            images: None,
+            set: LabelledEmbeddings {
+                embeddings: &[0.0, 1.0, 2.0, 3.0],
+                dim: 2,
+                labels: &[0, 1],
+                class_names: &names,
+                paths: &[],
+                images: None,
+            },
             threshold: Some(1.0),
         })
         .unwrap();
@@ -226,11 +213,14 @@ mod tests {
         assert!(page.contains("&lt;b&gt;title&lt;/b&gt;"));
         let bad = explorer_html(&Exploration {
             title: "t",
-            embeddings: &[f32::NAN, 0.0],
-            dim: 2,
-            labels: &[0],
-            class_names: &[],
-            images: None,
+            set: LabelledEmbeddings {
+                embeddings: &[f32::NAN, 0.0],
+                dim: 2,
+                labels: &[0],
+                class_names: &[],
+                paths: &[],
+                images: None,
+            },
             threshold: None,
         });
         assert!(bad.is_err());

@@ -18,6 +18,7 @@ pub mod config;
 pub mod error;
 pub mod eval;
 pub mod explore;
+pub mod labelled;
 /// The evaluation metrics, from the `siamese-metrics` crate (usable without this one).
 pub use siamese_metrics as metrics;
 pub mod optim;
@@ -34,6 +35,7 @@ pub use config::{
 };
 pub use error::TrainError;
 pub use eval::{evaluate, EvalReport, KnnGallery};
+pub use labelled::LabelledEmbeddings;
 pub use optim::{Adam, AdamConfig};
 pub use provenance::Provenance;
 pub use run::{

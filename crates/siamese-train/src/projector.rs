@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::error::TrainError;
+use crate::labelled::LabelledEmbeddings;
 
 /// The file names the config points at.
 pub mod files {
@@ -31,18 +32,8 @@ pub const MAX_SPRITE_SIDE: usize = 8192;
 pub struct Projection<'a> {
     /// The name TensorBoard shows.
     pub name: &'a str,
-    /// The embeddings, row-major.
-    pub embeddings: &'a [f32],
-    /// Values per row.
-    pub dim: usize,
-    /// One label per row.
-    pub labels: &'a [u8],
-    /// Class names by label (a label without a name is shown as its number).
-    pub class_names: &'a [String],
-    /// One path per row, or none.
-    pub paths: &'a [String],
-    /// `(pixels, height, width)` of every row's image, or none.
-    pub images: Option<(&'a [u8], usize, usize)>,
+    /// The embeddings, their labels, class names, paths and images.
+    pub set: LabelledEmbeddings<'a>,
 }
 
 /// A TSV cell: TensorBoard splits on tabs and line breaks, so those become spaces.
@@ -112,38 +103,30 @@ pub fn sprite(
 /// Writes the projector's four files (three without images) into `dir`, each
 /// atomically.
 pub fn write_projector(dir: &Path, p: &Projection) -> Result<(), TrainError> {
-    let n = p.labels.len();
-    if p.dim == 0 || p.embeddings.len() != n * p.dim || !(p.paths.is_empty() || p.paths.len() == n)
-    {
-        return Err(TrainError::Config(format!(
-            "projector: {} values, {} labels and {} paths do not make rows of {}",
-            p.embeddings.len(),
-            n,
-            p.paths.len(),
-            p.dim
-        )));
-    }
-    let mut tensors = String::with_capacity(p.embeddings.len() * 10);
-    for row in p.embeddings.chunks_exact(p.dim) {
+    p.set.check("projector")?;
+    let n = p.set.len();
+    let mut tensors = String::with_capacity(p.set.embeddings.len() * 10);
+    for row in p.set.embeddings.chunks_exact(p.set.dim) {
         for (j, v) in row.iter().enumerate() {
             // `{}` is the shortest text that reads back to the same f32.
             let _ = write!(tensors, "{}{v}", if j == 0 { "" } else { "\t" });
         }
         tensors.push('\n');
     }
-    let mut metadata = String::from(if p.paths.is_empty() {
+    let mut metadata = String::from(if p.set.paths.is_empty() {
         "label\tclass\tindex\n"
     } else {
         "label\tclass\tindex\tpath\n"
     });
-    for (i, &label) in p.labels.iter().enumerate() {
+    for (i, &label) in p.set.labels.iter().enumerate() {
         let class = p
+            .set
             .class_names
             .get(usize::from(label))
             .map(|s| cell(s))
             .unwrap_or_else(|| label.to_string());
         let _ = write!(metadata, "{label}\t{class}\t{i}");
-        if let Some(path) = p.paths.get(i) {
+        if let Some(path) = p.set.paths.get(i) {
             let _ = write!(metadata, "\t{}", cell(path));
         }
         metadata.push('\n');
@@ -157,7 +140,7 @@ pub fn write_projector(dir: &Path, p: &Projection) -> Result<(), TrainError> {
     let write = |name: &str, bytes: &[u8]| {
         siamese_data::write_atomic(&dir.join(name), bytes).map_err(TrainError::from)
     };
-    if let Some((pixels, h, w)) = p.images {
+    if let Some((pixels, h, w)) = p.set.images {
         let (png, (th, tw)) = sprite(pixels, n, h, w)?;
         write(files::SPRITE, &png)?;
         // single_image_dim is [width, height].
@@ -193,12 +176,14 @@ mod tests {
             dir.path(),
             &Projection {
                 name: "test \"embeddings\"",
-                embeddings: &embeddings,
-                dim: 2,
-                labels: &[0, 1, 1],
-                class_names: &names,
-                paths: &paths,
-                images: Some((&pixels, 4, 5)),
+                set: LabelledEmbeddings {
+                    embeddings: &embeddings,
+                    dim: 2,
+                    labels: &[0, 1, 1],
+                    class_names: &names,
+                    paths: &paths,
+                    images: Some((&pixels, 4, 5)),
+                },
             },
         )
         .unwrap();

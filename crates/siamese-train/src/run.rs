@@ -33,7 +33,10 @@ use siamese_state::{StateDict, Stateful};
 use crate::config::TrainConfig;
 use crate::error::TrainError;
 use crate::eval::{embed_set, evaluate, pair_metrics_of, EvalReport, VALIDATION_PAIRS_SEED};
+use crate::explore::Exploration;
+use crate::labelled::LabelledEmbeddings;
 use crate::metrics::PairMetrics;
+use crate::projector::Projection;
 use crate::provenance::Provenance;
 use crate::tensorboard::EventWriter;
 use crate::trainer::Trainer;
@@ -527,37 +530,29 @@ pub fn final_evaluation(
         dim,
         data.test.labels(),
     )?;
-    crate::projector::write_projector(
-        dir,
-        &crate::projector::Projection {
-            name: &format!("{} test embeddings", data.spec.name),
-            embeddings: &test_embeddings,
-            dim,
-            labels: data.test.labels(),
-            class_names: &data.spec.class_names,
-            paths: if test_paths.len() == data.test.len() {
-                test_paths
-            } else {
-                &[]
-            },
-            images: Some((data.test.pixels(), data.test.rows(), data.test.cols())),
-        },
-    )?;
-    let page = crate::explore::explorer_html(&crate::explore::Exploration {
-        title: &format!("{} test embeddings", data.spec.name),
+    let title = format!("{} test embeddings", data.spec.name);
+    let set = LabelledEmbeddings {
         embeddings: &test_embeddings,
         dim,
         labels: data.test.labels(),
         class_names: &data.spec.class_names,
+        paths: if test_paths.len() == data.test.len() {
+            test_paths
+        } else {
+            &[]
+        },
         images: Some((data.test.pixels(), data.test.rows(), data.test.cols())),
+    };
+    crate::projector::write_projector(dir, &Projection { name: &title, set })?;
+    let page = crate::explore::explorer_html(&Exploration {
+        title: &title,
+        set,
         threshold: Some(report.threshold),
     })?;
     siamese_data::write_atomic(&dir.join(files::EXPLORER), page.as_bytes())?;
-    let values = test_embeddings;
-    let title = format!("{} test embeddings", data.spec.name);
     crate::plot::plot_embeddings(
         &dir.join(files::PLOT),
-        &values,
+        &test_embeddings,
         dim,
         data.test.labels(),
         &data.spec.class_names,

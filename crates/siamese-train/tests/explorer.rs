@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use siamese_train::explore::{explorer_html, Exploration};
+use siamese_train::LabelledEmbeddings;
 
 fn chromium() -> Option<String> {
     let bin = std::env::var("SIAMESE_CHROMIUM").unwrap_or_else(|_| "chromium".to_string());
@@ -68,11 +69,14 @@ fn the_explorer_works_in_a_real_browser() {
     let names = [evil.clone(), "two".to_string(), "three".to_string()];
     let page = explorer_html(&Exploration {
         title: "browser test",
-        embeddings: &embeddings,
-        dim,
-        labels: &labels,
-        class_names: &names,
-        images: Some((&pixels, side, side)),
+        set: LabelledEmbeddings {
+            embeddings: &embeddings,
+            dim,
+            labels: &labels,
+            class_names: &names,
+            paths: &[],
+            images: Some((&pixels, side, side)),
+        },
         threshold: Some(0.5),
     })
     .unwrap();

@@ -7,6 +7,7 @@
 use std::process::Command;
 
 use siamese_train::projector::{write_projector, Projection};
+use siamese_train::LabelledEmbeddings;
 
 #[test]
 fn tensorboard_reads_the_projector_files() {
@@ -34,12 +35,14 @@ fn tensorboard_reads_the_projector_files() {
         dir.path(),
         &Projection {
             name: "test embeddings",
-            embeddings: &embeddings,
-            dim,
-            labels: &labels,
-            class_names: &names,
-            paths: &[],
-            images: Some((&pixels, side, side)),
+            set: LabelledEmbeddings {
+                embeddings: &embeddings,
+                dim,
+                labels: &labels,
+                class_names: &names,
+                paths: &[],
+                images: Some((&pixels, side, side)),
+            },
         },
     )
     .unwrap();
