@@ -25,7 +25,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor, Var};
 use siamese_data::{BalancedPairs, Batcher, ImageSet, PairSampler};
 use siamese_loss::Chopra2005;
-use siamese_model::kernels::{Conv2dRelu, ConvGeometry, LinearAct};
+use siamese_model::kernels::{Conv2dRelu, LinearAct};
 use siamese_model::{ConvTower, Embedder, SiameseModel, TowerConfig};
 use siamese_train::{AdamConfig, Pairing, Trainer};
 
@@ -198,27 +198,9 @@ fn layers(reps: usize) -> Vec<serde_json::Value> {
     let config = TowerConfig::default();
     let batch = 128;
     let mut out = Vec::new();
-    let (mut c_in, mut h, mut w) = (1, config.input_height, config.input_width);
-    for (i, ((&c, &stride), (ph, pw, (ho, wo)))) in config
-        .conv_channels
-        .iter()
-        .zip(&config.conv_strides)
-        .zip(config.conv_geometry())
-        .enumerate()
-    {
-        let g = ConvGeometry {
-            c_in,
-            h_in: h,
-            w_in: w,
-            c_out: c,
-            kernel: 3,
-            stride,
-            pad_top: ph.0,
-            pad_left: pw.0,
-            h_out: ho,
-            w_out: wo,
-        };
-        let shapes: [&[usize]; 3] = [&[batch, c_in, h, w], &[c, c_in, 3, 3], &[c]];
+    for (i, g) in config.conv_layers().into_iter().enumerate() {
+        let (c_in, c, k) = (g.c_in, g.c_out, g.kernel);
+        let shapes: [&[usize]; 3] = [&[batch, c_in, g.h_in, g.w_in], &[c, c_in, k, k], &[c]];
         let name = format!("conv{}", i + 1);
         let op = Conv2dRelu {
             geometry: g,
@@ -228,16 +210,12 @@ fn layers(reps: usize) -> Vec<serde_json::Value> {
             x.apply_op3(wt, b, op).expect("conv")
         }));
         out.push(time_layer(&name, "plain", shapes, reps, |x, wt, b| {
-            let x = x
-                .pad_with_zeros(2, ph.0, ph.1)
-                .and_then(|x| x.pad_with_zeros(3, pw.0, pw.1))
-                .expect("pad");
-            x.conv2d(wt, 0, stride, 1, 1)
+            g.pad_tensor(x)
+                .and_then(|x| x.conv2d(wt, 0, g.stride, 1, 1))
                 .and_then(|y| y.broadcast_add(&b.reshape((1, c, 1, 1))?))
                 .and_then(|y| y.relu())
                 .expect("conv")
         }));
-        (c_in, h, w) = (c, ho, wo);
     }
     let mut f_in = config.flatten_size();
     let widths: Vec<usize> = config
@@ -298,29 +276,14 @@ fn step_products() -> Vec<Product> {
     let config = TowerConfig::default();
     let batch = 128;
     let mut out = Vec::new();
-    let (mut c_in, mut h, mut w) = (1, config.input_height, config.input_width);
-    for (i, ((&c, &stride), (ph, pw, (ho, wo)))) in config
-        .conv_channels
-        .iter()
-        .zip(&config.conv_strides)
-        .zip(config.conv_geometry())
-        .enumerate()
-    {
-        let g = ConvGeometry {
-            c_in,
-            h_in: h,
-            w_in: w,
-            c_out: c,
-            kernel: config.kernel_size,
-            stride,
-            pad_top: ph.0,
-            pad_left: pw.0,
-            h_out: ho,
-            w_out: wo,
-        };
+    for (i, g) in config.conv_layers().into_iter().enumerate() {
         let nb = g.images_per_chunk(batch);
         let chunks = batch.div_ceil(nb);
-        let (k, cols) = (c_in * config.kernel_size * config.kernel_size, nb * ho * wo);
+        let (c, k, cols) = (
+            g.c_out,
+            g.c_in * g.kernel * g.kernel,
+            nb * g.h_out * g.w_out,
+        );
         let name = |what: &str| format!("conv{} {what} (chunks of {nb})", i + 1);
         let mut push = |what: &str, m, k, n, ta, tb| {
             out.push(Product {
@@ -338,7 +301,6 @@ fn step_products() -> Vec<Product> {
         if i > 0 {
             push("input grad", k, c, cols, true, false);
         }
-        (c_in, h, w) = (c, ho, wo);
     }
     let mut f_in = config.flatten_size();
     for (j, &f) in config.fc_widths.iter().enumerate() {

@@ -359,6 +359,35 @@ impl TowerConfig {
         out
     }
 
+    /// Every convolution's whole shape (channels, sizes, stride, padding), in order: what
+    /// the tower builds its layers from.
+    pub fn conv_layers(&self) -> Vec<crate::kernels::ConvGeometry> {
+        let mut c_in = self.input_channels;
+        let (mut h_in, mut w_in) = (self.input_height, self.input_width);
+        let mut out = Vec::with_capacity(self.conv_channels.len());
+        for ((&c_out, &stride), (ph, pw, (h_out, w_out))) in self
+            .conv_channels
+            .iter()
+            .zip(&self.conv_strides)
+            .zip(self.conv_geometry())
+        {
+            out.push(crate::kernels::ConvGeometry {
+                c_in,
+                h_in,
+                w_in,
+                c_out,
+                kernel: self.kernel_size,
+                stride,
+                pad_top: ph.0,
+                pad_left: pw.0,
+                h_out,
+                w_out,
+            });
+            (c_in, h_in, w_in) = (c_out, h_out, w_out);
+        }
+        out
+    }
+
     /// Length of the flattened conv output, the input width of `fc1`.
     pub fn flatten_size(&self) -> usize {
         let (h, w) = self

@@ -17,7 +17,7 @@ use siamese_state::{StateDict, StateError, Stateful};
 
 use crate::config::{TowerConfig, TowerLayer};
 use crate::error::ModelError;
-use crate::kernels::{fused_path, Conv2dRelu, ConvGeometry, LinearAct};
+use crate::kernels::{fused_path, Conv2dRelu, LinearAct};
 
 /// Images per slice when a large batch is embedded in inference mode.
 const INFERENCE_SLICE: usize = 1024;
@@ -92,39 +92,19 @@ impl ConvTower {
     ) -> Result<Self, ModelError> {
         config.validate()?;
         let mut convs = Vec::new();
-        let mut c_in = config.input_channels;
-        let (mut h_in, mut w_in) = (config.input_height, config.input_width);
-        for (i, ((&c, &stride), (ph, pw, (h_out, w_out)))) in config
-            .conv_channels
-            .iter()
-            .zip(&config.conv_strides)
-            .zip(config.conv_geometry())
-            .enumerate()
-        {
+        for (i, geometry) in config.conv_layers().into_iter().enumerate() {
             let cfg = Conv2dConfig {
                 padding: 0,
-                stride,
+                stride: geometry.stride,
                 ..Default::default()
             };
             let conv = candle_nn::conv2d(
-                c_in,
-                c,
-                config.kernel_size,
+                geometry.c_in,
+                geometry.c_out,
+                geometry.kernel,
                 cfg,
                 vb.pp(format!("conv{}", i + 1)),
             )?;
-            let geometry = ConvGeometry {
-                c_in,
-                h_in,
-                w_in,
-                c_out: c,
-                kernel: config.kernel_size,
-                stride,
-                pad_top: ph.0,
-                pad_left: pw.0,
-                h_out,
-                w_out,
-            };
             convs.push(ConvLayer {
                 conv,
                 fused: Conv2dRelu {
@@ -133,7 +113,6 @@ impl ConvTower {
                     input_grad: i > 0,
                 },
             });
-            (c_in, h_in, w_in) = (c, h_out, w_out);
         }
         let mut hidden = Vec::new();
         let mut f_in = config.flatten_size();
