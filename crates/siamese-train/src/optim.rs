@@ -138,6 +138,12 @@ impl Stateful for Adam {
     /// until all are checked.
     fn load_state_dict(&mut self, state: &StateDict) -> Result<(), StateError> {
         let step: u64 = state.json("step")?;
+        // The bias corrections raise beta to the step count as an i32 (`powi`): a
+        // larger count (only a forged file holds one) would wrap and silently scale
+        // every update.
+        if step >= i32::MAX as u64 {
+            return Err(state.invalid("step", format!("{step} steps is beyond any run")));
+        }
         for (i, (name, _)) in self.params.iter().enumerate() {
             state.tensor_like(&format!("{name}.m"), self.first[i].as_tensor())?;
             state.tensor_like(&format!("{name}.v"), self.second[i].as_tensor())?;
@@ -367,6 +373,10 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("[4]"));
+        let mut forged = saved.clone();
+        forged.insert_json("step", &(1u64 << 40));
+        let err = c.load_state_dict(&forged).unwrap_err().to_string();
+        assert!(err.contains("\"step\"") && err.contains("beyond"), "{err}");
         assert_eq!(c.step_count(), 0);
         let m = c
             .state_dict()
