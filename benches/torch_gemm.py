@@ -31,6 +31,18 @@ def median_ms(reps, f):
     return statistics.median(times)
 
 
+def cpu_model():
+    """The CPU's model name, as the Rust side's `machine.cpu` reports it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=2)
@@ -60,7 +72,7 @@ def main():
     print(json.dumps({"product": "all of one step", "gflop": total_gflop, "ms": total_ms,
                       "gflop_per_s": total_gflop / total_ms * 1e3,
                       "torch": torch.__version__, "threads": args.threads,
-                      "cpu": platform.processor()}))
+                      "cpu": cpu_model()}))
 
 
 if __name__ == "__main__":

@@ -110,15 +110,6 @@ pub fn first_non_finite<'a>(
     Ok(siamese_state::first_non_finite(tensors)?)
 }
 
-/// Writes `bytes` to `path` atomically through [`siamese_fs::write_atomic`]: on
-/// failure the previous file stays. The error names the path.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
-    siamese_fs::write_atomic(path, bytes).map_err(|error| ModelError::Io {
-        path: path.to_path_buf(),
-        error,
-    })
-}
-
 impl Checkpoint {
     /// SHA-256 (hex) of what the model computes: its config and every tensor (names in
     /// order, shapes, f32 values), not the metadata, so saving the threshold into the

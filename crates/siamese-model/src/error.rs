@@ -119,6 +119,11 @@ impl From<siamese_state::StateError> for ModelError {
             StateError::NonFinite { name } => Self::NonFinite { name },
             StateError::Io { path, error } => Self::Io { path, error },
             StateError::NotSafetensors { path, detail } => Self::NotSafetensors { path, detail },
+            StateError::NonFiniteInFile { path, name } => Self::BadValues {
+                path,
+                name,
+                detail: "holds NaN or infinity".into(),
+            },
             StateError::Tensor(e) => Self::Candle(e),
             other => Self::State(other),
         }

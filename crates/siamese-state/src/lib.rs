@@ -88,6 +88,14 @@ pub enum StateError {
         /// The tensor's full key.
         name: String,
     },
+    /// A file holds a tensor with NaN or infinity: refused on load.
+    #[error("{}: tensor {name:?} holds NaN or infinity", path.display())]
+    NonFiniteInFile {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's full key.
+        name: String,
+    },
     /// The file could not be read or written.
     // The cause is in the message and deliberately not `source()`, so anyhow's `{:#}`
     // does not print it twice.
@@ -301,9 +309,10 @@ impl StateDict {
                 .into_iter()
                 .collect();
         if let Some(name) = first_non_finite(tensors.iter().map(|(k, t)| (k.as_str(), t)))? {
-            return Err(not_safetensors(format!(
-                "tensor {name:?} holds NaN or infinity"
-            )));
+            return Err(StateError::NonFiniteInFile {
+                path: path.to_path_buf(),
+                name,
+            });
         }
         Ok(Self {
             tensors,
@@ -496,7 +505,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("forged.safetensors") && err.contains("\"w\""),
+            err.contains("forged.safetensors")
+                && err.contains("\"w\" holds NaN")
+                && !err.contains("not a valid"),
             "{err}"
         );
     }
