@@ -54,13 +54,13 @@ def main():
         p = json.loads(line)
         if "m" not in p:
             continue
-        # The whole batch as one product: the chunks side by side along n (forward,
-        # input gradient) or along k (weight gradient).
+        # The whole batch as one product: the chunks stacked along m (forward, input
+        # gradient: rows are output pixels, channels last) or along k (weight gradient).
         m, k, n, chunks = p["m"], p["k"], p["n"], p["chunks"]
         if "weight grad" in p["product"] and chunks > 1:
             k *= chunks
         else:
-            n *= chunks
+            m *= chunks
         a = torch.rand(m, k)
         b = torch.rand(k, n)
         ms = median_ms(args.reps, lambda: torch.mm(a, b))

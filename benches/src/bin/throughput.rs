@@ -200,13 +200,16 @@ fn layers(reps: usize) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
     for (i, g) in config.conv_layers().into_iter().enumerate() {
         let (c_in, c, k) = (g.c_in, g.c_out, g.kernel);
+        // The fused kernel takes channels-last images, the plain layer channels first.
+        let nhwc: [&[usize]; 3] = [&[batch, g.h_in, g.w_in, c_in], &[c, c_in, k, k], &[c]];
         let shapes: [&[usize]; 3] = [&[batch, c_in, g.h_in, g.w_in], &[c, c_in, k, k], &[c]];
         let name = format!("conv{}", i + 1);
         let op = Conv2dRelu {
             geometry: g,
             input_grad: i > 0,
+            channels_first_output: false,
         };
-        out.push(time_layer(&name, "fused", shapes, reps, |x, wt, b| {
+        out.push(time_layer(&name, "fused", nhwc, reps, |x, wt, b| {
             x.apply_op3(wt, b, op).expect("conv")
         }));
         out.push(time_layer(&name, "plain", shapes, reps, |x, wt, b| {
@@ -296,10 +299,11 @@ fn step_products() -> Vec<Product> {
                 chunks,
             });
         };
-        push("forward", c, k, cols, false, false);
-        push("weight grad", c, cols, k, false, true);
+        // Channels last: the column matrix is [pixels, K], the output [pixels, c_out].
+        push("forward", cols, k, c, false, true);
+        push("weight grad", c, cols, k, true, false);
         if i > 0 {
-            push("input grad", k, c, cols, true, false);
+            push("input grad", cols, c, k, false, false);
         }
     }
     let mut f_in = config.flatten_size();

@@ -92,7 +92,9 @@ impl ConvTower {
     ) -> Result<Self, ModelError> {
         config.validate()?;
         let mut convs = Vec::new();
-        for (i, geometry) in config.conv_layers().into_iter().enumerate() {
+        let layers = config.conv_layers();
+        let last = layers.len().saturating_sub(1);
+        for (i, geometry) in layers.into_iter().enumerate() {
             let cfg = Conv2dConfig {
                 padding: 0,
                 stride: geometry.stride,
@@ -111,6 +113,7 @@ impl ConvTower {
                     geometry,
                     // The first layer's input is the images: no gradient needed.
                     input_grad: i > 0,
+                    channels_first_output: i == last,
                 },
             });
         }
@@ -292,15 +295,21 @@ impl ConvTower {
             return Ok(Tensor::cat(&parts, 0)?);
         }
         let fused = self.fused && fused_path(images.device(), images.dtype());
-        let mut x = images.clone();
+        let mut x = if fused && !self.convs.is_empty() {
+            // The fused convolutions run channels last ([`Conv2dRelu`]); the last one
+            // writes channels first, the order `fc1`'s weight columns have in the
+            // reference and in checkpoints.
+            images.permute((0, 2, 3, 1))?.contiguous()?
+        } else {
+            images.clone()
+        };
         for layer in &self.convs {
             x = if fused {
                 let bias = layer
                     .conv
                     .bias()
                     .ok_or_else(|| ModelError::Config("convolutions have biases".to_string()))?;
-                x.contiguous()?
-                    .apply_op3(layer.conv.weight(), bias, layer.fused)?
+                x.apply_op3(layer.conv.weight(), bias, layer.fused)?
             } else {
                 let padded = layer.fused.geometry.pad_tensor(&x)?;
                 layer.conv.forward(&padded)?.relu()?

@@ -1,15 +1,21 @@
-//! Convolution + bias + ReLU as one candle op (CPU, f32, NCHW), forward and backward.
+//! Convolution + bias + ReLU as one candle op (CPU, f32, channels last), forward and
+//! backward.
 //!
 //! Plain candle runs this layer as a padding copy, a convolution, a broadcast bias add
 //! and a ReLU, each a fresh tensor; its backward goes through a transposed convolution
 //! and a per-element dot-product path. Here each layer is one pass of im2col and one
-//! GEMM per chunk of images, with bias and ReLU folded into the pass that writes the
-//! output, and the backward is two GEMMs and a col2im per chunk. im2col reads from a
-//! zero-padded copy of the chunk (and col2im writes into one), so their inner loops are
-//! plain strided moves, with the stride a compile-time constant. Chunks are sized so
-//! the im2col buffer stays near the core's L2 cache, are processed in parallel (rayon,
-//! one chunk per task, single-threaded GEMMs inside), and reuse per-thread buffers
-//! across calls, so a training step allocates only its outputs.
+//! GEMM per chunk of images, with bias and ReLU applied in place on the GEMM's output,
+//! and the backward is two GEMMs and a col2im per chunk.
+//!
+//! Images are channels last (`[B, H, W, C]`) between the fused layers: a receptive
+//! field's row is then one contiguous run of `kernel * C` floats, so im2col and col2im
+//! are block copies (with channels first they were gathers of 7 or 14 floats at
+//! stride 2), and the GEMM writes the output in the layout the next layer reads, with
+//! no reordering pass. im2col reads from a zero-padded copy of the chunk (and col2im
+//! writes into one). Chunks are sized so the im2col buffer stays near the core's L2
+//! cache, are processed in parallel (rayon, one chunk per task, single-threaded GEMMs
+//! inside), and reuse per-thread buffers across calls, so a training step allocates
+//! only its outputs.
 //!
 //! Results are deterministic: partial weight gradients are kept per chunk and summed
 //! in chunk order, whatever the number of threads.
@@ -98,10 +104,10 @@ impl ConvGeometry {
             .pad_with_zeros(3, cols.start, wp - cols.end)
     }
 
-    /// Floats of a chunk of `nb` padded input planes.
+    /// Floats of a chunk of `nb` padded input images.
     fn padded_len(&self, nb: usize) -> usize {
         let (hp, wp) = self.padded();
-        nb * self.c_in * hp * wp
+        nb * hp * wp * self.c_in
     }
 
     /// The padded rows and columns that hold input pixels (padded row `py` is input
@@ -113,59 +119,63 @@ impl ConvGeometry {
         (rows, cols)
     }
 
-    /// Copies `nb` images (`x`, NCHW, contiguous) into `padded`, zeros around them.
-    fn pad(&self, x: &[f32], nb: usize, padded: &mut [f32]) {
+    /// Calls `f(input_row, padded_row)` for every padded row of `nb` images that holds
+    /// input pixels: the offsets (in floats, channels last) of the input row and of
+    /// its first interior pixel in the padded chunk. The walk `pad` and `crop` share.
+    #[inline(always)]
+    fn for_each_interior_row(&self, nb: usize, mut f: impl FnMut(usize, usize)) {
         let (hp, wp) = self.padded();
         let (rows, cols) = self.interior();
-        let hw = self.h_in * self.w_in;
-        for (plane, out) in x
-            .chunks_exact(hw)
-            .zip(padded.chunks_exact_mut(hp * wp))
-            .take(nb * self.c_in)
-        {
-            for (py, out_row) in out.chunks_exact_mut(wp).enumerate() {
-                if !rows.contains(&py) {
-                    out_row.fill(0.0);
-                    continue;
-                }
+        let c = self.c_in;
+        for i in 0..nb {
+            for py in rows.clone() {
                 let iy = py - self.pad_top;
-                out_row[..cols.start].fill(0.0);
-                out_row[cols.end..].fill(0.0);
-                out_row[cols.clone()].copy_from_slice(&plane[iy * self.w_in..][..cols.len()]);
+                f(
+                    (i * self.h_in + iy) * self.w_in * c,
+                    ((i * hp + py) * wp + cols.start) * c,
+                );
             }
         }
+    }
+
+    /// Copies `nb` images (`x`, channels last, contiguous) into `padded`, zeros around
+    /// them.
+    fn pad(&self, x: &[f32], nb: usize, padded: &mut [f32]) {
+        // Zero everything, then copy the interior rows: the border is a small share of
+        // the buffer, and one fill is a plain memset.
+        padded.fill(0.0);
+        let run = self.interior().1.len() * self.c_in;
+        self.for_each_interior_row(nb, |src, dst| {
+            padded[dst..dst + run].copy_from_slice(&x[src..src + run]);
+        });
     }
 
     /// The adjoint of [`Self::pad`]: the interior of `padded` into `dx`, which must be
     /// zeroed by the caller (input pixels the output never reads get no gradient).
     fn crop(&self, padded: &[f32], nb: usize, dx: &mut [f32]) {
-        let (hp, wp) = self.padded();
-        let (rows, cols) = self.interior();
-        let hw = self.h_in * self.w_in;
-        for (plane, src) in dx
-            .chunks_exact_mut(hw)
-            .zip(padded.chunks_exact(hp * wp))
-            .take(nb * self.c_in)
-        {
-            for py in rows.clone() {
-                let iy = py - self.pad_top;
-                plane[iy * self.w_in..][..cols.len()]
-                    .copy_from_slice(&src[py * wp..][cols.clone()]);
-            }
-        }
+        let run = self.interior().1.len() * self.c_in;
+        self.for_each_interior_row(nb, |dst, src| {
+            dx[dst..dst + run].copy_from_slice(&padded[src..src + run]);
+        });
     }
 
-    /// Calls `f(k, i, c, ky, kx)` for every im2col row `k` (input channel `c`, kernel
-    /// tap `(ky, kx)`) and image `i` of a chunk of `nb`: the walk that im2col and
-    /// col2im share.
+    /// Calls `f(padded, col)` for every output pixel of `nb` padded images and every
+    /// kernel row `ky`: the receptive field's row `ky` is the `kernel * c_in` floats at
+    /// `padded` in the padded chunk (channels last, so the kernel's columns and the
+    /// channels are one contiguous run), and goes to the floats at `col` of the column
+    /// matrix. The walk that im2col and col2im share.
     #[inline(always)]
-    fn for_each_tap(&self, nb: usize, mut f: impl FnMut(usize, usize, usize, usize, usize)) {
-        for c in 0..self.c_in {
-            for ky in 0..self.kernel {
-                for kx in 0..self.kernel {
-                    let k = (c * self.kernel + ky) * self.kernel + kx;
-                    for i in 0..nb {
-                        f(k, i, c, ky, kx);
+    fn for_each_tap_row(&self, nb: usize, mut f: impl FnMut(usize, usize)) {
+        let (hp, wp) = self.padded();
+        let (c, s, kk) = (self.c_in, self.stride, self.kernel);
+        let run = kk * c;
+        let mut col = 0;
+        for i in 0..nb {
+            for oy in 0..self.h_out {
+                for ox in 0..self.w_out {
+                    for ky in 0..kk {
+                        f(((i * hp + oy * s + ky) * wp + ox * s) * c, col);
+                        col += run;
                     }
                 }
             }
@@ -173,70 +183,69 @@ impl ConvGeometry {
     }
 
     /// im2col of `nb` padded images (from [`Self::pad`]) into `col` as a
-    /// `[K, nb * P]` row-major matrix: column `i * P + p` holds the receptive field of
-    /// output pixel `p` of image `i`.
+    /// `[nb * P, K]` row-major matrix: row `i * P + p` is the receptive field of output
+    /// pixel `p` of image `i`, ordered (kernel row, kernel column, channel).
     fn im2col(&self, padded: &[f32], nb: usize, col: &mut [f32]) {
-        // The stride as a constant in the common cases, so the inner loops compile to
-        // plain (stride 1) or de-interleaving (stride 2) vector moves.
-        match self.stride {
-            1 => self.im2col_strided::<1>(padded, nb, col),
-            2 => self.im2col_strided::<2>(padded, nb, col),
-            _ => self.im2col_strided::<0>(padded, nb, col),
+        // Short runs (one channel: the first layer) as fixed-size moves; a `memmove`
+        // call per 3 floats cost more than the copy.
+        match self.kernel * self.c_in {
+            3 => self.im2col_run::<3>(padded, nb, col),
+            5 => self.im2col_run::<5>(padded, nb, col),
+            _ => self.im2col_run::<0>(padded, nb, col),
         }
     }
 
-    /// Calls `f(src, dst)` for every output row of every im2col row and image of a
-    /// chunk of `nb`: `col[dst..dst + w_out]` holds the padded pixels
-    /// `padded[src + ox * stride]`. The index walk that im2col and col2im share.
+    /// [`Self::im2col`] with the run length `R` known at compile time (0: any).
     #[inline(always)]
-    fn for_each_row(&self, nb: usize, mut f: impl FnMut(usize, usize)) {
-        let (p, (hp, wp)) = (self.p(), self.padded());
-        self.for_each_tap(nb, |k, i, c, ky, kx| {
-            let plane = (i * self.c_in + c) * hp * wp;
-            let row = (k * nb + i) * p;
-            for oy in 0..self.h_out {
-                f(
-                    plane + (oy * self.stride + ky) * wp + kx,
-                    row + oy * self.w_out,
-                );
-            }
-        });
-    }
-
-    /// [`Self::im2col`] with the stride `S` known at compile time (0: read it from
-    /// `self`).
-    #[inline(always)]
-    fn im2col_strided<const S: usize>(&self, padded: &[f32], nb: usize, col: &mut [f32]) {
-        let s = if S == 0 { self.stride } else { S };
-        let w = self.w_out;
-        self.for_each_row(nb, |src, dst| {
-            let src = &padded[src..][..(w - 1) * s + 1];
-            for (ox, o) in col[dst..][..w].iter_mut().enumerate() {
-                *o = src[ox * s];
-            }
+    fn im2col_run<const R: usize>(&self, padded: &[f32], nb: usize, col: &mut [f32]) {
+        let run = if R == 0 { self.kernel * self.c_in } else { R };
+        self.for_each_tap_row(nb, |src, dst| {
+            col[dst..dst + run].copy_from_slice(&padded[src..src + run]);
         });
     }
 
     /// The adjoint of [`Self::im2col`]: adds each column entry back to the padded
     /// input pixel it was read from. `padded` must be zeroed by the caller.
     fn col2im(&self, col: &[f32], nb: usize, padded: &mut [f32]) {
-        match self.stride {
-            1 => self.col2im_strided::<1>(col, nb, padded),
-            2 => self.col2im_strided::<2>(col, nb, padded),
-            _ => self.col2im_strided::<0>(col, nb, padded),
-        }
-    }
-
-    #[inline(always)]
-    fn col2im_strided<const S: usize>(&self, col: &[f32], nb: usize, padded: &mut [f32]) {
-        let s = if S == 0 { self.stride } else { S };
-        let w = self.w_out;
-        self.for_each_row(nb, |dst, src| {
-            let dst = &mut padded[dst..][..(w - 1) * s + 1];
-            for (ox, &g) in col[src..][..w].iter().enumerate() {
-                dst[ox * s] += g;
+        let run = self.kernel * self.c_in;
+        self.for_each_tap_row(nb, |dst, src| {
+            for (d, &g) in padded[dst..dst + run].iter_mut().zip(&col[src..src + run]) {
+                *d += g;
             }
         });
+    }
+
+    /// The weight `[c_out, c_in, k, k]` (PyTorch's layout, as stored) as the `[c_out,
+    /// K]` matrix the column matrix multiplies, its rows ordered (kernel row, kernel
+    /// column, channel) like the columns.
+    fn weight_to_taps(&self, w: &[f32]) -> Vec<f32> {
+        let (c, kk) = (self.c_in, self.kernel);
+        let mut out = vec![0f32; w.len()];
+        for (dst, src) in out.chunks_exact_mut(self.k()).zip(w.chunks_exact(self.k())) {
+            for ci in 0..c {
+                for t in 0..kk * kk {
+                    dst[t * c + ci] = src[ci * kk * kk + t];
+                }
+            }
+        }
+        out
+    }
+
+    /// The inverse of [`Self::weight_to_taps`], for the weight's gradient.
+    fn taps_to_weight(&self, taps: &[f32]) -> Vec<f32> {
+        let (c, kk) = (self.c_in, self.kernel);
+        let mut out = vec![0f32; taps.len()];
+        for (dst, src) in out
+            .chunks_exact_mut(self.k())
+            .zip(taps.chunks_exact(self.k()))
+        {
+            for ci in 0..c {
+                for t in 0..kk * kk {
+                    dst[ci * kk * kk + t] = src[t * c + ci];
+                }
+            }
+        }
+        out
     }
 }
 
@@ -264,9 +273,15 @@ fn with_scratch<R>(
     })
 }
 
-/// `relu(conv(x, weight) + bias)` with `x` `[B, c_in, h_in, w_in]`, `weight`
-/// `[c_out, c_in, k, k]`, `bias` `[c_out]`. Apply with
+/// `relu(conv(x, weight) + bias)` on channels-last images: `x` `[B, h_in, w_in, c_in]`,
+/// `weight` `[c_out, c_in, k, k]` (PyTorch's layout, as the checkpoint stores it),
+/// `bias` `[c_out]`, output `[B, h_out, w_out, c_out]`. Apply with
 /// `x.apply_op3(&weight, &bias, Conv2dRelu { .. })`.
+///
+/// Channels last makes each receptive-field row one contiguous run of `k * c_in`
+/// floats (im2col and col2im are block copies, not strided gathers) and lets the
+/// product write the output in its final layout: rows are output pixels, columns
+/// channels, so bias and ReLU are applied in place and the next layer reads it as is.
 #[derive(Debug, Clone, Copy)]
 pub struct Conv2dRelu {
     /// The convolution's shape.
@@ -274,18 +289,23 @@ pub struct Conv2dRelu {
     /// Whether the backward pass computes the input's gradient (not needed for the
     /// first layer, whose input is the images).
     pub input_grad: bool,
+    /// Whether the output is channels first (`[B, c_out, h_out, w_out]`), for the last
+    /// convolution, whose output is flattened in the reference's (channel, row,
+    /// column) order: the reordering is done per chunk while it is in cache, instead
+    /// of by a strided copy of the whole tensor and another of its gradient.
+    pub channels_first_output: bool,
 }
 
 impl Conv2dRelu {
     fn batch(&self, l: &Layout) -> candle_core::Result<usize> {
         let g = &self.geometry;
         match l.dims() {
-            [b, c, h, w] if (*c, *h, *w) == (g.c_in, g.h_in, g.w_in) => Ok(*b),
+            [b, h, w, c] if (*h, *w, *c) == (g.h_in, g.w_in, g.c_in) => Ok(*b),
             dims => candle_core::bail!(
-                "conv2d_relu: input {dims:?}, expected [batch, {}, {}, {}]",
-                g.c_in,
+                "conv2d_relu: input {dims:?}, expected [batch, {}, {}, {}] (channels last)",
                 g.h_in,
-                g.w_in
+                g.w_in,
+                g.c_in
             ),
         }
     }
@@ -314,6 +334,7 @@ impl CustomOp3 for Conv2dRelu {
         if w.len() != o * k || b.len() != o {
             candle_core::bail!("conv2d_relu: weight or bias size does not match {g:?}");
         }
+        let taps = g.weight_to_taps(w);
         let per_chunk = g.images_per_chunk(batch);
         let in_image = g.c_in * g.h_in * g.w_in;
         let mut out = zeroed(batch * o * p);
@@ -321,25 +342,41 @@ impl CustomOp3 for Conv2dRelu {
             .zip(x.par_chunks(per_chunk * in_image))
             .for_each(|(out, x)| {
                 let nb = x.len() / in_image;
-                with_scratch([k * nb * p, o * nb * p, g.padded_len(nb)], |col, y, pad| {
+                let y_len = if self.channels_first_output {
+                    nb * p * o
+                } else {
+                    0
+                };
+                with_scratch([k * nb * p, g.padded_len(nb), y_len], |col, pad, y| {
                     g.pad(x, nb, pad);
                     g.im2col(pad, nb, col);
-                    matmul(y, Mat::rows(w, o, k), Mat::rows(col, k, nb * p), false, 1);
-                    // y is [O, nb * P]; the output is [nb, O, P].
-                    for (oc, y_row) in y.chunks_exact(nb * p).enumerate() {
-                        for (i, y_img) in y_row.chunks_exact(p).enumerate() {
-                            let dst = &mut out[(i * o + oc) * p..][..p];
-                            for (d, &v) in dst.iter_mut().zip(y_img) {
-                                *d = (v + b[oc]).max(0.0);
+                    // y [nb * P, O] = col [nb * P, K] · taps^T [K, O]
+                    let (taps, col) = (Mat::rows(&taps, o, k).t(), Mat::rows(col, nb * p, k));
+                    if !self.channels_first_output {
+                        matmul(out, col, taps, false, 1);
+                        for row in out.chunks_exact_mut(o) {
+                            for (v, &bias) in row.iter_mut().zip(b) {
+                                *v = (*v + bias).max(0.0);
+                            }
+                        }
+                        return;
+                    }
+                    matmul(y, col, taps, false, 1);
+                    for (i, y_img) in y.chunks_exact(p * o).enumerate() {
+                        for (px, row) in y_img.chunks_exact(o).enumerate() {
+                            for (oc, (&v, &bias)) in row.iter().zip(b).enumerate() {
+                                out[(i * o + oc) * p + px] = (v + bias).max(0.0);
                             }
                         }
                     }
                 });
             });
-        Ok((
-            CpuStorage::F32(out),
-            Shape::from((batch, o, g.h_out, g.w_out)),
-        ))
+        let shape = if self.channels_first_output {
+            Shape::from((batch, o, g.h_out, g.w_out))
+        } else {
+            Shape::from((batch, g.h_out, g.w_out, o))
+        };
+        Ok((CpuStorage::F32(out), shape))
     }
 
     fn bwd(
@@ -363,9 +400,10 @@ impl CustomOp3 for Conv2dRelu {
         let w = cpu_f32_tensor(&ws, wl, "conv2d_relu weight")?;
         let out = cpu_f32_tensor(&rs, rl, "conv2d_relu output")?;
         let grad = cpu_f32_tensor(&gs, gl, "conv2d_relu gradient")?;
-        if grad.len() != batch * o * p || out.len() != grad.len() {
+        if grad.len() != batch * o * p || out.len() != grad.len() || w.len() != o * k {
             candle_core::bail!("conv2d_relu backward: gradient shape does not match {g:?}");
         }
+        let taps = g.weight_to_taps(w);
 
         let per_chunk = g.images_per_chunk(batch);
         let in_image = g.c_in * g.h_in * g.w_in;
@@ -392,31 +430,36 @@ impl CustomOp3 for Conv2dRelu {
                 let mut dw = vec![0f32; o * k];
                 let mut db = vec![0f32; o];
                 with_scratch(
-                    [k * nb * p, o * nb * p, g.padded_len(nb)],
+                    [k * nb * p, nb * p * o, g.padded_len(nb)],
                     |col, gy, pad| {
-                        // gy: the gradient after the ReLU, as [O, nb * P] to match im2col.
-                        for i in 0..nb {
-                            for oc in 0..o {
-                                let at = ((first + i) * o + oc) * p;
-                                let src = &grad[at..at + p];
-                                let alive = &out[at..at + p];
-                                let dst = &mut gy[oc * nb * p + i * p..][..p];
-                                for ((d, &gv), &y) in dst.iter_mut().zip(src).zip(alive) {
-                                    *d = if y > 0.0 { gv } else { 0.0 };
+                        // gy [nb * P, O]: the gradient after the ReLU, channels last.
+                        let span = first * p * o..(first + nb) * p * o;
+                        let (grad, out) = (&grad[span.clone()], &out[span]);
+                        if self.channels_first_output {
+                            for (i, gy_img) in gy.chunks_exact_mut(p * o).enumerate() {
+                                for (px, row) in gy_img.chunks_exact_mut(o).enumerate() {
+                                    for (oc, d) in row.iter_mut().enumerate() {
+                                        let at = (i * o + oc) * p + px;
+                                        *d = if out[at] > 0.0 { grad[at] } else { 0.0 };
+                                    }
                                 }
                             }
+                        } else {
+                            for ((d, &gv), &y) in gy.iter_mut().zip(grad).zip(out) {
+                                *d = if y > 0.0 { gv } else { 0.0 };
+                            }
                         }
-                        for (oc, row) in gy.chunks_exact(nb * p).enumerate() {
-                            db[oc] = row.iter().sum();
+                        for row in gy.chunks_exact(o) {
+                            db.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
                         }
                         g.pad(&xv[first * in_image..(first + nb) * in_image], nb, pad);
                         g.im2col(pad, nb, col);
-                        let gy_mat = Mat::rows(gy, o, nb * p);
-                        // dW = gy · col^T
-                        matmul(&mut dw, gy_mat, Mat::rows(col, k, nb * p).t(), false, 1);
+                        let gy_mat = Mat::rows(gy, nb * p, o);
+                        // dW [O, K] = gy^T · col
+                        matmul(&mut dw, gy_mat.t(), Mat::rows(col, nb * p, k), false, 1);
                         if self.input_grad {
-                            // dcol = W^T · gy, into the col buffer (its im2col is used up).
-                            matmul(col, Mat::rows(w, o, k).t(), gy_mat, false, 1);
+                            // dcol = gy · taps, into the col buffer (its im2col is used up).
+                            matmul(col, gy_mat, Mat::rows(&taps, o, k), false, 1);
                             pad.fill(0.0);
                             g.col2im(col, nb, pad);
                             g.crop(pad, nb, dx);
@@ -433,7 +476,7 @@ impl CustomOp3 for Conv2dRelu {
             db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
         }
         let device = weight.device();
-        let dw = Tensor::from_vec(dw, weight.shape(), device)?;
+        let dw = Tensor::from_vec(g.taps_to_weight(&dw), weight.shape(), device)?;
         let db = Tensor::from_vec(db, o, device)?;
         let dx = if self.input_grad {
             Some(Tensor::from_vec(dx, x.shape(), device)?)
