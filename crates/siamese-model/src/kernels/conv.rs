@@ -11,11 +11,11 @@
 //! field's row is then one contiguous run of `kernel * C` floats, so im2col and col2im
 //! are block copies (with channels first they were gathers of 7 or 14 floats at
 //! stride 2), and the GEMM writes the output in the layout the next layer reads, with
-//! no reordering pass. im2col reads from a zero-padded copy of the chunk (and col2im
-//! writes into one). Chunks are sized so the im2col buffer stays near the core's L2
-//! cache, are processed in parallel (rayon, one chunk per task, single-threaded GEMMs
-//! inside), and reuse per-thread buffers across calls, so a training step allocates
-//! only its outputs.
+//! no reordering pass. im2col writes zeros where a receptive field reads padding, and
+//! col2im drops those entries: the padded image is never built. Chunks are sized so
+//! the im2col buffer stays near the core's L2 cache, are processed in parallel (rayon,
+//! one chunk per task, single-threaded GEMMs inside), and reuse per-thread buffers
+//! across calls, so a training step allocates only its outputs.
 //!
 //! Results are deterministic: partial weight gradients are kept per chunk and summed
 //! in chunk order, whatever the number of threads.
@@ -104,12 +104,6 @@ impl ConvGeometry {
             .pad_with_zeros(3, cols.start, wp - cols.end)
     }
 
-    /// Floats of a chunk of `nb` padded input images.
-    fn padded_len(&self, nb: usize) -> usize {
-        let (hp, wp) = self.padded();
-        nb * hp * wp * self.c_in
-    }
-
     /// The padded rows and columns that hold input pixels (padded row `py` is input
     /// row `py - pad_top`, likewise for columns).
     fn interior(&self) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
@@ -119,97 +113,97 @@ impl ConvGeometry {
         (rows, cols)
     }
 
-    /// Calls `f(input_row, padded_row)` for every padded row of `nb` images that holds
-    /// input pixels: the offsets (in floats, channels last) of the input row and of
-    /// its first interior pixel in the padded chunk. The walk `pad` and `crop` share.
-    #[inline(always)]
-    fn for_each_interior_row(&self, nb: usize, mut f: impl FnMut(usize, usize)) {
-        let (hp, wp) = self.padded();
-        let (rows, cols) = self.interior();
+    /// Where each output column's receptive field lies in an input row: for output
+    /// column `ox`, `(lead, len, ix)`: the first `lead` floats of a kernel row read
+    /// padding, the next `len` floats are the input row's from column `ix` on (channels
+    /// last, so `len` counts floats), the rest is padding again.
+    fn column_spans(&self) -> Vec<(usize, usize, usize)> {
         let c = self.c_in;
-        for i in 0..nb {
-            for py in rows.clone() {
-                let iy = py - self.pad_top;
-                f(
-                    (i * self.h_in + iy) * self.w_in * c,
-                    ((i * hp + py) * wp + cols.start) * c,
-                );
-            }
-        }
+        (0..self.w_out)
+            .map(|ox| {
+                // Padded column of the first tap; input column = padded - pad_left.
+                let first = ox * self.stride;
+                let lo = self.pad_left.saturating_sub(first).min(self.kernel);
+                let hi = (self.pad_left + self.w_in)
+                    .saturating_sub(first)
+                    .clamp(lo, self.kernel);
+                (
+                    lo * c,
+                    (hi - lo) * c,
+                    (first + lo).saturating_sub(self.pad_left),
+                )
+            })
+            .collect()
     }
 
-    /// Copies `nb` images (`x`, channels last, contiguous) into `padded`, zeros around
-    /// them.
-    fn pad(&self, x: &[f32], nb: usize, padded: &mut [f32]) {
-        // Zero everything, then copy the interior rows: the border is a small share of
-        // the buffer, and one fill is a plain memset.
-        padded.fill(0.0);
-        let run = self.interior().1.len() * self.c_in;
-        self.for_each_interior_row(nb, |src, dst| {
-            padded[dst..dst + run].copy_from_slice(&x[src..src + run]);
-        });
-    }
-
-    /// The adjoint of [`Self::pad`]: the interior of `padded` into `dx`, which must be
-    /// zeroed by the caller (input pixels the output never reads get no gradient).
-    fn crop(&self, padded: &[f32], nb: usize, dx: &mut [f32]) {
-        let run = self.interior().1.len() * self.c_in;
-        self.for_each_interior_row(nb, |dst, src| {
-            dx[dst..dst + run].copy_from_slice(&padded[src..src + run]);
-        });
-    }
-
-    /// Calls `f(padded, col)` for every output pixel of `nb` padded images and every
-    /// kernel row `ky`: the receptive field's row `ky` is the `kernel * c_in` floats at
-    /// `padded` in the padded chunk (channels last, so the kernel's columns and the
-    /// channels are one contiguous run), and goes to the floats at `col` of the column
-    /// matrix. The walk that im2col and col2im share.
+    /// Calls `f(col, lead, len, src)` for every output pixel of `nb` images (channels
+    /// last) and every kernel row: the receptive field's row is the `kernel * c_in`
+    /// floats at `col` in the column matrix, of which `lead` zeros (padding), then
+    /// `len` input floats from `src`, then zeros to the end. Rows of the kernel that
+    /// fall in the top or bottom padding have `len == 0`. The walk that im2col and
+    /// col2im share; the padding is never materialised.
     #[inline(always)]
-    fn for_each_tap_row(&self, nb: usize, mut f: impl FnMut(usize, usize)) {
-        let (hp, wp) = self.padded();
+    fn for_each_tap_row(&self, nb: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
         let (c, s, kk) = (self.c_in, self.stride, self.kernel);
         let run = kk * c;
+        let spans = self.column_spans();
         let mut col = 0;
         for i in 0..nb {
             for oy in 0..self.h_out {
-                for ox in 0..self.w_out {
-                    for ky in 0..kk {
-                        f(((i * hp + oy * s + ky) * wp + ox * s) * c, col);
-                        col += run;
+                for ky in 0..kk {
+                    // Padded row `py` is input row `py - pad_top`.
+                    let py = oy * s + ky;
+                    let row = (py >= self.pad_top && py - self.pad_top < self.h_in)
+                        .then(|| (i * self.h_in + py - self.pad_top) * self.w_in);
+                    for (ox, &(lead, len, ix)) in spans.iter().enumerate() {
+                        let at = col + (ox * kk + ky) * run;
+                        match row {
+                            Some(row) => f(at, lead, len, (row + ix) * c),
+                            None => f(at, run, 0, 0),
+                        }
                     }
                 }
+                col += self.w_out * kk * run;
             }
         }
     }
 
-    /// im2col of `nb` padded images (from [`Self::pad`]) into `col` as a
-    /// `[nb * P, K]` row-major matrix: row `i * P + p` is the receptive field of output
-    /// pixel `p` of image `i`, ordered (kernel row, kernel column, channel).
-    fn im2col(&self, padded: &[f32], nb: usize, col: &mut [f32]) {
+    /// im2col of `nb` images (channels last) into `col` as a `[nb * P, K]` row-major
+    /// matrix: row `i * P + p` is the receptive field of output pixel `p` of image
+    /// `i`, ordered (kernel row, kernel column, channel), zeros where it reads padding.
+    fn im2col(&self, x: &[f32], nb: usize, col: &mut [f32]) {
         // Short runs (one channel: the first layer) as fixed-size moves; a `memmove`
         // call per 3 floats cost more than the copy.
         match self.kernel * self.c_in {
-            3 => self.im2col_run::<3>(padded, nb, col),
-            5 => self.im2col_run::<5>(padded, nb, col),
-            _ => self.im2col_run::<0>(padded, nb, col),
+            3 => self.im2col_run::<3>(x, nb, col),
+            5 => self.im2col_run::<5>(x, nb, col),
+            _ => self.im2col_run::<0>(x, nb, col),
         }
     }
 
     /// [`Self::im2col`] with the run length `R` known at compile time (0: any).
     #[inline(always)]
-    fn im2col_run<const R: usize>(&self, padded: &[f32], nb: usize, col: &mut [f32]) {
+    fn im2col_run<const R: usize>(&self, x: &[f32], nb: usize, col: &mut [f32]) {
         let run = if R == 0 { self.kernel * self.c_in } else { R };
-        self.for_each_tap_row(nb, |src, dst| {
-            col[dst..dst + run].copy_from_slice(&padded[src..src + run]);
+        self.for_each_tap_row(nb, |at, lead, len, src| {
+            let dst = &mut col[at..at + run];
+            if len == run {
+                dst.copy_from_slice(&x[src..src + run]);
+                return;
+            }
+            dst[..lead].fill(0.0);
+            dst[lead..lead + len].copy_from_slice(&x[src..src + len]);
+            dst[lead + len..].fill(0.0);
         });
     }
 
-    /// The adjoint of [`Self::im2col`]: adds each column entry back to the padded
-    /// input pixel it was read from. `padded` must be zeroed by the caller.
-    fn col2im(&self, col: &[f32], nb: usize, padded: &mut [f32]) {
-        let run = self.kernel * self.c_in;
-        self.for_each_tap_row(nb, |dst, src| {
-            for (d, &g) in padded[dst..dst + run].iter_mut().zip(&col[src..src + run]) {
+    /// The adjoint of [`Self::im2col`]: adds each column entry back to the input
+    /// pixel it was read from (padding entries are dropped). `dx` must be zeroed by
+    /// the caller.
+    fn col2im(&self, col: &[f32], nb: usize, dx: &mut [f32]) {
+        self.for_each_tap_row(nb, |at, lead, len, dst| {
+            let src = &col[at + lead..at + lead + len];
+            for (d, &g) in dx[dst..dst + len].iter_mut().zip(src) {
                 *d += g;
             }
         });
@@ -347,9 +341,8 @@ impl CustomOp3 for Conv2dRelu {
                 } else {
                     0
                 };
-                with_scratch([k * nb * p, g.padded_len(nb), y_len], |col, pad, y| {
-                    g.pad(x, nb, pad);
-                    g.im2col(pad, nb, col);
+                with_scratch([k * nb * p, y_len, 0], |col, y, _| {
+                    g.im2col(x, nb, col);
                     // y [nb * P, O] = col [nb * P, K] · taps^T [K, O]
                     let (taps, col) = (Mat::rows(&taps, o, k).t(), Mat::rows(col, nb * p, k));
                     if !self.channels_first_output {
@@ -362,10 +355,12 @@ impl CustomOp3 for Conv2dRelu {
                         return;
                     }
                     matmul(y, col, taps, false, 1);
-                    for (i, y_img) in y.chunks_exact(p * o).enumerate() {
-                        for (px, row) in y_img.chunks_exact(o).enumerate() {
-                            for (oc, (&v, &bias)) in row.iter().zip(b).enumerate() {
-                                out[(i * o + oc) * p + px] = (v + bias).max(0.0);
+                    // Each image's [P, O] block into [O, P]: output rows are written in
+                    // order, read at stride O.
+                    for (out_img, y_img) in out.chunks_exact_mut(p * o).zip(y.chunks_exact(p * o)) {
+                        for (oc, (row, &bias)) in out_img.chunks_exact_mut(p).zip(b).enumerate() {
+                            for (d, &v) in row.iter_mut().zip(y_img[oc..].iter().step_by(o)) {
+                                *d = (v + bias).max(0.0);
                             }
                         }
                     }
@@ -407,7 +402,7 @@ impl CustomOp3 for Conv2dRelu {
 
         let per_chunk = g.images_per_chunk(batch);
         let in_image = g.c_in * g.h_in * g.w_in;
-        // Zeros: `crop` writes only the pixels the output reads.
+        // Zeros: col2im adds into it, and pixels the output never reads get nothing.
         let mut dx = if self.input_grad {
             zeroed(batch * in_image)
         } else {
@@ -429,43 +424,41 @@ impl CustomOp3 for Conv2dRelu {
                 let nb = per_chunk.min(batch - first);
                 let mut dw = vec![0f32; o * k];
                 let mut db = vec![0f32; o];
-                with_scratch(
-                    [k * nb * p, nb * p * o, g.padded_len(nb)],
-                    |col, gy, pad| {
-                        // gy [nb * P, O]: the gradient after the ReLU, channels last.
-                        let span = first * p * o..(first + nb) * p * o;
-                        let (grad, out) = (&grad[span.clone()], &out[span]);
-                        if self.channels_first_output {
-                            for (i, gy_img) in gy.chunks_exact_mut(p * o).enumerate() {
-                                for (px, row) in gy_img.chunks_exact_mut(o).enumerate() {
-                                    for (oc, d) in row.iter_mut().enumerate() {
-                                        let at = (i * o + oc) * p + px;
-                                        *d = if out[at] > 0.0 { grad[at] } else { 0.0 };
-                                    }
+                with_scratch([k * nb * p, nb * p * o, 0], |col, gy, _| {
+                    // gy [nb * P, O]: the gradient after the ReLU, channels last.
+                    let span = first * p * o..(first + nb) * p * o;
+                    let (grad, out) = (&grad[span.clone()], &out[span]);
+                    if self.channels_first_output {
+                        // Each image's [O, P] plane into [P, O]: plane rows are
+                        // read in order, written at stride O.
+                        let images = gy.chunks_exact_mut(p * o).zip(grad.chunks_exact(p * o));
+                        for ((gy_img, g_img), y_img) in images.zip(out.chunks_exact(p * o)) {
+                            let planes = g_img.chunks_exact(p).zip(y_img.chunks_exact(p));
+                            for (oc, (g_row, y_row)) in planes.enumerate() {
+                                let dst = gy_img[oc..].iter_mut().step_by(o);
+                                for ((d, &gv), &y) in dst.zip(g_row).zip(y_row) {
+                                    *d = if y > 0.0 { gv } else { 0.0 };
                                 }
                             }
-                        } else {
-                            for ((d, &gv), &y) in gy.iter_mut().zip(grad).zip(out) {
-                                *d = if y > 0.0 { gv } else { 0.0 };
-                            }
                         }
-                        for row in gy.chunks_exact(o) {
-                            db.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
+                    } else {
+                        for ((d, &gv), &y) in gy.iter_mut().zip(grad).zip(out) {
+                            *d = if y > 0.0 { gv } else { 0.0 };
                         }
-                        g.pad(&xv[first * in_image..(first + nb) * in_image], nb, pad);
-                        g.im2col(pad, nb, col);
-                        let gy_mat = Mat::rows(gy, nb * p, o);
-                        // dW [O, K] = gy^T · col
-                        matmul(&mut dw, gy_mat.t(), Mat::rows(col, nb * p, k), false, 1);
-                        if self.input_grad {
-                            // dcol = gy · taps, into the col buffer (its im2col is used up).
-                            matmul(col, gy_mat, Mat::rows(&taps, o, k), false, 1);
-                            pad.fill(0.0);
-                            g.col2im(col, nb, pad);
-                            g.crop(pad, nb, dx);
-                        }
-                    },
-                );
+                    }
+                    for row in gy.chunks_exact(o) {
+                        db.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
+                    }
+                    g.im2col(&xv[first * in_image..(first + nb) * in_image], nb, col);
+                    let gy_mat = Mat::rows(gy, nb * p, o);
+                    // dW [O, K] = gy^T · col
+                    matmul(&mut dw, gy_mat.t(), Mat::rows(col, nb * p, k), false, 1);
+                    if self.input_grad {
+                        // dcol = gy · taps, into the col buffer (its im2col is used up).
+                        matmul(col, gy_mat, Mat::rows(&taps, o, k), false, 1);
+                        g.col2im(col, nb, dx);
+                    }
+                });
                 (dw, db)
             })
             .collect_into_vec(&mut partials);
