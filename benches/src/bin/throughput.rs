@@ -54,15 +54,7 @@ fn train(steps: usize, plain: bool, pairing: Pairing) -> serde_json::Value {
     let (mut tower, varmap) =
         ConvTower::init(&TowerConfig::default(), &device, 0).expect("valid config");
     tower.set_fused(!plain);
-    let mut params: Vec<(String, Var)> = varmap
-        .data()
-        .lock()
-        .expect("lock")
-        .iter()
-        .filter(|(n, _)| !n.contains("running"))
-        .map(|(n, v)| (n.clone(), v.clone()))
-        .collect();
-    params.sort_by(|a, b| a.0.cmp(&b.0));
+    let params = ConvTower::trainable_parameters(&varmap);
     let sampler = BalancedPairs::new(set.labels(), 10, 0.5, 0).expect("valid sampler");
     let mut trainer = Trainer::new(
         sampler,

@@ -168,6 +168,19 @@ impl ConvTower {
         Ok((tower, varmap))
     }
 
+    /// The variables of `varmap` an optimiser trains, by name in name order: every
+    /// parameter but batch norm's running statistics (which the forward pass updates).
+    pub fn trainable_parameters(varmap: &VarMap) -> Vec<(String, Var)> {
+        let vars = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+        let mut params: Vec<(String, Var)> = vars
+            .iter()
+            .filter(|(n, _)| !n.ends_with("running_mean") && !n.ends_with("running_var"))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        params
+    }
+
     /// The configuration.
     pub fn config(&self) -> &TowerConfig {
         &self.config

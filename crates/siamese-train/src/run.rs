@@ -23,7 +23,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use siamese_data::{Augmenter, Batcher, Dataset, Rng};
 use siamese_model::checkpoint;
@@ -286,22 +286,7 @@ pub fn run(
 
     let device = &options.device;
     let (tower, varmap) = ConvTower::init(&config.model, device, config.seed)?;
-    let mut names: Vec<String> = varmap
-        .data()
-        .lock()
-        .expect("varmap lock")
-        .keys()
-        .cloned()
-        .collect();
-    names.sort();
-    let params: Vec<(String, Var)> = {
-        let vars = varmap.data().lock().expect("varmap lock");
-        names
-            .iter()
-            .filter(|n| !n.ends_with("running_mean") && !n.ends_with("running_var"))
-            .map(|n| (n.clone(), vars[n].clone()))
-            .collect()
-    };
+    let params = ConvTower::trainable_parameters(&varmap);
     let sampler = config.sampler.build(
         data.train.labels(),
         data.train.num_classes(),
@@ -368,11 +353,9 @@ pub fn run(
     // Every weight and batch-norm statistic, watched for divergence after each step:
     // a saturating loss can stay finite while the weights are already NaN.
     let watched: Vec<(String, Tensor)> = {
-        let vars = varmap.data().lock().expect("varmap lock");
-        names
-            .iter()
-            .map(|n| (n.clone(), vars[n].as_tensor().clone()))
-            .collect()
+        let mut all = trainer.model.tower.named_tensors();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
     };
     let kept = |checkpointed: Option<u64>| match checkpointed {
         Some(step) => format!("{} of step {step} is kept", files::LAST),

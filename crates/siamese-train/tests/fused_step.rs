@@ -11,7 +11,7 @@
 
 use std::path::Path;
 
-use candle_core::{Device, Var};
+use candle_core::Device;
 use siamese_data::{BalancedPairs, Batcher, ImageSet, Stateful};
 use siamese_loss::Chopra2005;
 use siamese_model::{ConvTower, SiameseModel, TowerConfig};
@@ -42,15 +42,7 @@ fn trainer(set: &ImageSet, fused: bool) -> BandTrainer {
     let (mut tower, varmap) = ConvTower::init(&TowerConfig::default(), &Device::Cpu, 5).unwrap();
     tower.set_fused(fused);
     assert_eq!(tower.fused(), fused);
-    let mut params: Vec<(String, Var)> = varmap
-        .data()
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(n, _)| !n.contains("running_"))
-        .map(|(n, v)| (n.clone(), v.clone()))
-        .collect();
-    params.sort_by(|a, b| a.0.cmp(&b.0));
+    let params = ConvTower::trainable_parameters(&varmap);
     let sampler = BalancedPairs::new(set.labels(), 4, 0.5, 3).unwrap();
     let mut trainer = Trainer::new(
         sampler,

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use candle_core::{Device, Var};
+use candle_core::Device;
 use siamese_data::{Batcher, ImageSet, PairBatch, PairSampler, StateDict, StateError, Stateful};
 use siamese_loss::Chopra2005;
 use siamese_model::{ConvTower, SiameseModel, TowerConfig};
@@ -74,15 +74,7 @@ fn trainer(set: &ImageSet, seed: u64) -> WalkTrainer {
         ..Default::default()
     };
     let (tower, varmap) = ConvTower::init(&config, &Device::Cpu, seed).unwrap();
-    let mut params: Vec<(String, Var)> = varmap
-        .data()
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(n, _)| !n.contains("running_"))
-        .map(|(n, v)| (n.clone(), v.clone()))
-        .collect();
-    params.sort_by(|a, b| a.0.cmp(&b.0));
+    let params = ConvTower::trainable_parameters(&varmap);
     let sampler = Walk {
         labels: set.labels().to_vec(),
         cursor: seed as usize,
