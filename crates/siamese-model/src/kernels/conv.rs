@@ -89,8 +89,9 @@ impl ConvGeometry {
         )
     }
 
-    /// The fused kernel's zero padding for a `[B, c_in, h_in, w_in]` tensor, with
-    /// candle's own ops: the input cropped to the rows and columns the output reads,
+    /// This geometry's zero padding for a channels-first `[B, c_in, h_in, w_in]`
+    /// tensor, with candle's own ops (the fused kernel writes the same zeros in
+    /// im2col instead): the input cropped to the rows and columns the output reads,
     /// then zero-padded, so a convolution without padding gives this geometry's output.
     /// The plain candle path pads this way rather than through candle's `conv2d`
     /// padding, whose backward (candle 0.11) takes the width of the input gradient from
@@ -357,9 +358,12 @@ impl CustomOp3 for Conv2dRelu {
                     matmul(y, col, taps, false, 1);
                     // Each image's [P, O] block into [O, P]: output rows are written in
                     // order, read at stride O.
-                    for (out_img, y_img) in out.chunks_exact_mut(p * o).zip(y.chunks_exact(p * o)) {
-                        for (oc, (row, &bias)) in out_img.chunks_exact_mut(p).zip(b).enumerate() {
-                            for (d, &v) in row.iter_mut().zip(y_img[oc..].iter().step_by(o)) {
+                    let images = out.chunks_exact_mut(p * o).zip(y.chunks_exact(p * o));
+                    for (out_img, y_img) in images {
+                        let rows = out_img.chunks_exact_mut(p).zip(b);
+                        for (oc, (row, &bias)) in rows.enumerate() {
+                            let column = y_img[oc..].iter().step_by(o);
+                            for (d, &v) in row.iter_mut().zip(column) {
                                 *d = (v + bias).max(0.0);
                             }
                         }
