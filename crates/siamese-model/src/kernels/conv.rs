@@ -21,12 +21,13 @@
 //! in chunk order, whatever the number of threads.
 
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::gemm::{matmul, Mat};
-use super::{cpu_f32, cpu_f32_tensor, zeroed};
+use super::gemm::{matmul, matmul_uninit, product, zero_init, Mat};
+use super::{cpu_f32, cpu_f32_tensor};
 
 /// The shape of one convolution: input `[c_in, h_in, w_in]`, `c_out` filters of
 /// `kernel x kernel`, a stride, zero padding before (top, left) and the output size
@@ -332,8 +333,12 @@ impl CustomOp3 for Conv2dRelu {
         let taps = g.weight_to_taps(w);
         let per_chunk = g.images_per_chunk(batch);
         let in_image = g.c_in * g.h_in * g.w_in;
-        let mut out = zeroed(batch * o * p);
-        out.par_chunks_mut(per_chunk * o * p)
+        // Every chunk writes all of its part of the output (the product or the
+        // reordering loop below), so the buffer is not zero-filled first.
+        let len = batch * o * p;
+        let mut out = Vec::with_capacity(len);
+        out.spare_capacity_mut()[..len]
+            .par_chunks_mut(per_chunk * o * p)
             .zip(x.par_chunks(per_chunk * in_image))
             .for_each(|(out, x)| {
                 let nb = x.len() / in_image;
@@ -347,7 +352,7 @@ impl CustomOp3 for Conv2dRelu {
                     // y [nb * P, O] = col [nb * P, K] · taps^T [K, O]
                     let (taps, col) = (Mat::rows(&taps, o, k).t(), Mat::rows(col, nb * p, k));
                     if !self.channels_first_output {
-                        matmul(out, col, taps, false, 1);
+                        let out = matmul_uninit(out, col, taps, 1);
                         for row in out.chunks_exact_mut(o) {
                             for (v, &bias) in row.iter_mut().zip(b) {
                                 *v = (*v + bias).max(0.0);
@@ -364,12 +369,18 @@ impl CustomOp3 for Conv2dRelu {
                         for (oc, (row, &bias)) in rows.enumerate() {
                             let column = y_img[oc..].iter().step_by(o);
                             for (d, &v) in row.iter_mut().zip(column) {
-                                *d = (v + bias).max(0.0);
+                                d.write((v + bias).max(0.0));
                             }
                         }
                     }
                 });
             });
+        // SAFETY: the chunks cover the `len` elements, and each chunk's product or
+        // reordering loop wrote every element of its chunk (`nb` images of `p * o`).
+        #[allow(unsafe_code)]
+        unsafe {
+            out.set_len(len)
+        };
         let shape = if self.channels_first_output {
             Shape::from((batch, o, g.h_out, g.w_out))
         } else {
@@ -406,19 +417,20 @@ impl CustomOp3 for Conv2dRelu {
 
         let per_chunk = g.images_per_chunk(batch);
         let in_image = g.c_in * g.h_in * g.w_in;
-        // Zeros: col2im adds into it, and pixels the output never reads get nothing.
-        let mut dx = if self.input_grad {
-            zeroed(batch * in_image)
-        } else {
-            Vec::new()
-        };
+        // Each chunk zeroes its part just before col2im adds into it (pixels the
+        // output never reads get nothing), while it is in cache, rather than in a
+        // separate pass over the whole buffer.
+        let dx_len = if self.input_grad { batch * in_image } else { 0 };
+        let mut dx = Vec::with_capacity(dx_len);
         let chunks: Vec<usize> = (0..batch.div_ceil(per_chunk)).collect();
         // One (dW, db) partial per chunk, summed in chunk order below.
         let mut partials: Vec<(Vec<f32>, Vec<f32>)> = Vec::with_capacity(chunks.len());
-        let dx_chunks: Vec<&mut [f32]> = if self.input_grad {
-            dx.chunks_mut(per_chunk * in_image).collect()
+        let dx_chunks: Vec<&mut [MaybeUninit<f32>]> = if self.input_grad {
+            dx.spare_capacity_mut()[..dx_len]
+                .chunks_mut(per_chunk * in_image)
+                .collect()
         } else {
-            chunks.iter().map(|_| <&mut [f32]>::default()).collect()
+            chunks.iter().map(|_| <&mut [_]>::default()).collect()
         };
         chunks
             .par_iter()
@@ -426,7 +438,7 @@ impl CustomOp3 for Conv2dRelu {
             .map(|(&c, dx)| {
                 let first = c * per_chunk;
                 let nb = per_chunk.min(batch - first);
-                let mut dw = vec![0f32; o * k];
+                let mut dw = Vec::new();
                 let mut db = vec![0f32; o];
                 with_scratch([k * nb * p, nb * p * o, 0], |col, gy, _| {
                     // gy [nb * P, O]: the gradient after the ReLU, channels last.
@@ -456,11 +468,11 @@ impl CustomOp3 for Conv2dRelu {
                     g.im2col(&xv[first * in_image..(first + nb) * in_image], nb, col);
                     let gy_mat = Mat::rows(gy, nb * p, o);
                     // dW [O, K] = gy^T · col
-                    matmul(&mut dw, gy_mat.t(), Mat::rows(col, nb * p, k), false, 1);
+                    dw = product(gy_mat.t(), Mat::rows(col, nb * p, k), 1);
                     if self.input_grad {
                         // dcol = gy · taps, into the col buffer (its im2col is used up).
                         matmul(col, gy_mat, Mat::rows(&taps, o, k), false, 1);
-                        g.col2im(col, nb, dx);
+                        g.col2im(col, nb, zero_init(dx));
                     }
                 });
                 (dw, db)
@@ -471,6 +483,14 @@ impl CustomOp3 for Conv2dRelu {
         for (pw, pb) in &partials {
             dw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
             db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
+        }
+        if self.input_grad {
+            // SAFETY: the chunks of `dx` cover its `dx_len` elements, and every chunk
+            // ran (collect_into_vec above) and zeroed its part before adding into it.
+            #[allow(unsafe_code)]
+            unsafe {
+                dx.set_len(dx_len)
+            };
         }
         let device = weight.device();
         let dw = Tensor::from_vec(g.taps_to_weight(&dw), weight.shape(), device)?;

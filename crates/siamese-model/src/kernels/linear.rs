@@ -4,8 +4,8 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
-use super::gemm::{matmul, Mat};
-use super::{cpu_f32, cpu_f32_tensor, zeroed};
+use super::gemm::{product, Mat};
+use super::{cpu_f32, cpu_f32_tensor};
 
 /// `act(x · weightᵀ + bias)` with `x` `[B, in]`, `weight` `[out, in]` (PyTorch's
 /// layout), `bias` `[out]`; `act` is ReLU when `relu`, else the identity. Apply with
@@ -57,12 +57,9 @@ impl CustomOp3 for LinearAct {
         let x = cpu_f32(s1, l1, "linear input")?;
         let w = cpu_f32(s2, l2, "linear weight")?;
         let b = cpu_f32(s3, l3, "linear bias")?;
-        let mut y = vec![0f32; batch * n_out];
-        matmul(
-            &mut y,
+        let mut y = product(
             Mat::rows(x, batch, n_in),
             Mat::rows(w, n_out, n_in).t(),
-            false,
             threads(),
         );
         for row in y.chunks_exact_mut(n_out) {
@@ -113,16 +110,9 @@ impl CustomOp3 for LinearAct {
             db.iter_mut().zip(row).for_each(|(a, b)| *a += b);
         }
         let gy_mat = Mat::rows(&gy, batch, n_out);
-        let mut dw = zeroed(n_out * n_in);
-        matmul(
-            &mut dw,
-            gy_mat.t(),
-            Mat::rows(xv, batch, n_in),
-            false,
-            threads(),
-        );
-        let mut dx = zeroed(batch * n_in);
-        matmul(&mut dx, gy_mat, Mat::rows(w, n_out, n_in), false, threads());
+        // Both written once by their product: no zero fill first.
+        let dw = product(gy_mat.t(), Mat::rows(xv, batch, n_in), threads());
+        let dx = product(gy_mat, Mat::rows(w, n_out, n_in), threads());
         let device = weight.device();
         Ok((
             Some(Tensor::from_vec(dx, (batch, n_in), device)?),

@@ -20,18 +20,6 @@ pub use linear::LinearAct;
 
 use candle_core::{bail, CpuStorage, DType, Device, Layout, Result, Storage};
 
-/// `n` zeros, written by all threads: `vec![0.0; n]` is one thread's memset, which for
-/// the large buffers of a step (`fc1`'s weight gradient is 6.4 M floats) leaves the
-/// other cores waiting.
-fn zeroed(n: usize) -> Vec<f32> {
-    use rayon::prelude::*;
-    (0..n)
-        .into_par_iter()
-        .with_min_len(1 << 16)
-        .map(|_| 0f32)
-        .collect()
-}
-
 /// Whether the fused kernels serve tensors of this device and dtype.
 pub fn fused_path(device: &Device, dtype: DType) -> bool {
     device.is_cpu() && dtype == DType::F32
