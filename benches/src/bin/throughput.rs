@@ -14,18 +14,19 @@
 //! arithmetic does not depend on the pixel values.
 //! `throughput layers [REPS]`: the per-layer profile: milliseconds of forward and of
 //! backward for each layer at training shapes (128 images), fused and plain, one JSON
-//! line per layer.
+//! line per layer, then each hidden layer's dropout and batch norm likewise.
 //! `throughput gemm [REPS]`: every matrix product of one training step with the shapes,
 //! transposed views and chunking the fused kernels use, in GFLOP/s, and all of them
 //! together; `benches/torch_gemm.py` times `torch.mm` on the same shapes, for the
 //! GEMM ceiling of the machine.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
 use siamese_data::{BalancedPairs, Batcher, ImageSet, PairSampler};
 use siamese_loss::Chopra2005;
-use siamese_model::kernels::{Conv2dRelu, LinearAct};
+use siamese_model::kernels::{batch_statistics, Conv2dRelu, DropoutBatchNorm, LinearAct};
 use siamese_model::{ConvTower, Embedder, SiameseModel, TowerConfig};
 use siamese_train::{AdamConfig, Pairing, Trainer};
 
@@ -236,6 +237,56 @@ fn layers(reps: usize) -> Vec<serde_json::Value> {
             }
         }));
         f_in = f;
+    }
+    // Each hidden layer's dropout and training-mode batch norm: the fused kernel
+    // (statistics pass included) against candle's product and candle-nn's BatchNorm.
+    for (j, &f) in config.fc_widths.iter().enumerate() {
+        let shapes: [&[usize]; 3] = [&[batch, f], &[f], &[f]];
+        let name = format!("dropout+bn{}", j + 1);
+        let keep = (1.0 / (1.0 - config.dropout)) as f32;
+        let mask: Vec<f32> = (0..batch * f)
+            .map(|i| {
+                if (i * 2_654_435_761) % 2 == 0 {
+                    keep
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let eps = config.batch_norm_eps;
+        out.push(time_layer(
+            &name,
+            "fused",
+            shapes,
+            reps,
+            |x, gamma, beta| {
+                let values = x.flatten_all().and_then(|v| v.to_vec1::<f32>()).expect("x");
+                let (mean, var) = batch_statistics(&values, Some(&mask), f);
+                let op = DropoutBatchNorm {
+                    mask: Some(Arc::new(mask.clone())),
+                    mean: Arc::new(mean),
+                    var: Arc::new(var),
+                    eps,
+                };
+                x.apply_op3(gamma, beta, op).expect("dropout + batch norm")
+            },
+        ));
+        let mask_t = Tensor::from_slice(&mask, (batch, f), &Device::Cpu).expect("mask");
+        out.push(time_layer(
+            &name,
+            "plain",
+            shapes,
+            reps,
+            |x, gamma, beta| {
+                let zeros = Tensor::zeros(f, DType::F32, &Device::Cpu).expect("zeros");
+                let ones = Tensor::ones(f, DType::F32, &Device::Cpu).expect("ones");
+                let bn =
+                    candle_nn::BatchNorm::new(f, zeros, ones, gamma.clone(), beta.clone(), eps)
+                        .expect("batch norm");
+                let dropped = (x * &mask_t).expect("dropout");
+                candle_core::ModuleT::forward_t(&bn, &dropped, true).expect("batch norm")
+            },
+        ));
     }
     out
 }

@@ -6,7 +6,7 @@
 //! updates its running statistics; in inference, dropout is off and batch norm uses the
 //! running statistics, so an image's embedding does not depend on its batch.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Module, ModuleT, Tensor, Var};
 use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Linear, VarBuilder, VarMap};
@@ -17,7 +17,7 @@ use siamese_state::{StateDict, StateError, Stateful};
 
 use crate::config::{TowerConfig, TowerLayer};
 use crate::error::ModelError;
-use crate::kernels::{fused_path, Conv2dRelu, LinearAct};
+use crate::kernels::{batch_statistics, fused_path, Conv2dRelu, DropoutBatchNorm, LinearAct};
 
 /// Images per slice when a large batch is embedded in inference mode.
 const INFERENCE_SLICE: usize = 1024;
@@ -219,15 +219,58 @@ impl ConvTower {
     /// Inverted dropout with masks from the tower's own seeded generator (candle's CPU
     /// generator cannot be seeded, and runs must be reproducible).
     fn dropout(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        let mask = self.dropout_mask(x.elem_count());
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        Ok((x * mask)?)
+    }
+
+    /// The next `n` dropout multipliers: 0 with probability `dropout`, else
+    /// `1 / (1 - dropout)`.
+    fn dropout_mask(&self, n: usize) -> Vec<f32> {
         let p = self.config.dropout;
         let scale = (1.0 / (1.0 - p)) as f32;
         let mut guard = self.dropout.lock().unwrap_or_else(|e| e.into_inner());
         let rng = &mut guard.1;
-        let mask: Vec<f32> = (0..x.elem_count())
+        (0..n)
             .map(|_| if rng.random::<f64>() < p { 0.0 } else { scale })
-            .collect();
-        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-        Ok((x * mask)?)
+            .collect()
+    }
+
+    /// A hidden layer's dropout (when configured) and training-mode batch norm as the
+    /// fused kernel [`DropoutBatchNorm`]: the same function as [`Self::dropout`] then
+    /// candle-nn's `forward_t(x, true)`, the same masks drawn from the same generator,
+    /// and the running statistics updated by candle-nn's rule
+    /// (`running * (1 - momentum) + batch * momentum`, the variance unbiased).
+    fn dropout_batch_norm(&self, x: &Tensor, bn: &BatchNorm) -> Result<Tensor, ModelError> {
+        let c = &self.config;
+        let Some((gamma, beta)) = bn.weight_and_bias() else {
+            return Err(ModelError::Config(
+                "batch norm has a scale and shift".into(),
+            ));
+        };
+        let (batch, features) = x.dims2()?;
+        let mask = (c.dropout > 0.0).then(|| self.dropout_mask(batch * features));
+        let values = x.flatten_all()?.to_vec1::<f32>()?;
+        let (mean, var) = batch_statistics(&values, mask.as_deref(), features);
+        let device = x.device();
+        let momentum = c.batch_norm_momentum;
+        let unbiased = momentum * batch as f64 / (batch as f64 - 1.0);
+        let batch_mean = Tensor::from_slice(&mean, features, device)?;
+        let batch_var = Tensor::from_slice(&var, features, device)?;
+        for (running, stat, weight) in [
+            (bn.running_mean(), &batch_mean, momentum),
+            (bn.running_var(), &batch_var, unbiased),
+        ] {
+            let updated = ((running * (1.0 - momentum))? + (stat * weight)?)?;
+            Var::from_tensor(running)?.set(&updated)?;
+        }
+        let op = DropoutBatchNorm {
+            mask: mask.map(Arc::new),
+            mean: Arc::new(mean),
+            var: Arc::new(var),
+            eps: c.batch_norm_eps,
+        };
+        Ok(x.contiguous()?.apply_op3(gamma, beta, op)?)
     }
 }
 
@@ -331,11 +374,16 @@ impl ConvTower {
         x = x.flatten_from(1)?;
         for (i, hidden) in self.hidden.iter().enumerate() {
             x = linear(&hidden.fc, &x, true, fused)?;
-            if train && c.dropout > 0.0 {
-                x = self.dropout(&x)?;
-            }
-            if let Some(bn) = &hidden.bn {
-                x = bn.forward_t(&x, train)?;
+            match &hidden.bn {
+                Some(bn) if fused && train => x = self.dropout_batch_norm(&x, bn)?,
+                bn => {
+                    if train && c.dropout > 0.0 {
+                        x = self.dropout(&x)?;
+                    }
+                    if let Some(bn) = bn {
+                        x = bn.forward_t(&x, train)?;
+                    }
+                }
             }
             if layer == TowerLayer::Hidden(i) {
                 return Ok(x);

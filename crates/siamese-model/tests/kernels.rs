@@ -3,7 +3,11 @@
 //! the whole tower, fused vs plain, including every parameter's gradient.
 
 use candle_core::{DType, Device, Tensor, Var};
-use siamese_model::kernels::{Conv2dRelu, ConvGeometry, LinearAct};
+use std::sync::Arc;
+
+use siamese_model::kernels::{
+    batch_statistics, Conv2dRelu, ConvGeometry, DropoutBatchNorm, LinearAct,
+};
 use siamese_model::{ConvTower, Embedder, Padding, TowerConfig};
 
 fn random(shape: &[usize], seed: u64) -> Tensor {
@@ -285,6 +289,67 @@ fn linear_matches_candle_with_and_without_relu() {
     }
 }
 
+/// Dropout then training-mode batch norm, fused, against candle's product and
+/// candle-nn's `BatchNorm`: output and the gradients of the input, scale and shift, at
+/// odd shapes, with and without a mask, and with a batch of two.
+#[test]
+fn dropout_batch_norm_matches_candle() {
+    for (batch, features, masked, seed) in
+        [(5, 13, true, 80), (37, 70, true, 90), (2, 3, false, 100)]
+    {
+        let x = Var::from_tensor(&random(&[batch, features], seed)).unwrap();
+        let gamma = Var::from_tensor(&(random(&[features], seed + 1) + 1.5).unwrap()).unwrap();
+        let beta = Var::from_tensor(&random(&[features], seed + 2)).unwrap();
+        let r = random(&[batch, features], seed + 3);
+        // Every third element dropped, the rest scaled by 1 / (1 - p) for p = 0.3.
+        let mask: Vec<f32> = (0..batch * features)
+            .map(|i| if i % 3 == 1 { 0.0 } else { 1.0 / 0.7 })
+            .collect();
+        let eps = 1e-3;
+        let values = x
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let (mean, var) = batch_statistics(&values, masked.then_some(mask.as_slice()), features);
+        let op = DropoutBatchNorm {
+            mask: masked.then(|| Arc::new(mask.clone())),
+            mean: Arc::new(mean),
+            var: Arc::new(var),
+            eps,
+        };
+        let fused = x
+            .as_tensor()
+            .apply_op3(gamma.as_tensor(), beta.as_tensor(), op)
+            .unwrap();
+        let dropped = if masked {
+            let m = Tensor::from_vec(mask.clone(), (batch, features), &Device::Cpu).unwrap();
+            (x.as_tensor() * m).unwrap()
+        } else {
+            x.as_tensor().clone()
+        };
+        let zeros = Tensor::zeros(features, DType::F32, &Device::Cpu).unwrap();
+        let ones = Tensor::ones(features, DType::F32, &Device::Cpu).unwrap();
+        let bn = candle_nn::BatchNorm::new(
+            features,
+            zeros,
+            ones,
+            gamma.as_tensor().clone(),
+            beta.as_tensor().clone(),
+            eps,
+        )
+        .unwrap();
+        let plain = candle_core::ModuleT::forward_t(&bn, &dropped, true).unwrap();
+        assert_close("dropout + batch norm output", &fused, &plain, 1e-5);
+        let gf = (fused * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let gp = (plain * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, v) in [("dx", &x), ("dgamma", &gamma), ("dbeta", &beta)] {
+            assert_close(name, gf.get(v).unwrap(), gp.get(v).unwrap(), 1e-4);
+        }
+    }
+}
+
 /// The reference tower, fused and plain, from the same weights: the same embeddings
 /// (inference and training mode with the same dropout masks) and the same gradient
 /// for every parameter.
@@ -343,13 +408,36 @@ fn check_tower(config: &TowerConfig) {
     }
     assert_close("inference embeddings", &evals[0], &evals[1], 1e-4);
     let mut results = Vec::new();
+    // Batch norm's running statistics, set to zero before each training pass and read
+    // after it: both paths must move them alike. From zero, what they hold afterwards
+    // is the batch's statistic times its weight alone (from the initial variance of 1,
+    // the decay of that 1 would hide an error in the batch's part).
+    let running = |tower: &ConvTower| -> Vec<(String, Tensor)> {
+        let named = tower.named_tensors().into_iter();
+        named.filter(|(n, _)| n.contains("running")).collect()
+    };
+    let before: Vec<(String, Tensor)> = running(&tower)
+        .into_iter()
+        .map(|(n, t)| (n, t.zeros_like().unwrap()))
+        .collect();
+    let mut moved = Vec::new();
     for fused in [true, false] {
         tower.set_fused(fused);
         tower.set_dropout_state(siamese_model::DropoutState {
             seed: 3,
             word_pos: 0,
         });
+        for ((_, t), (_, saved)) in running(&tower).iter().zip(&before) {
+            Var::from_tensor(t).unwrap().set(saved).unwrap();
+        }
         let train = tower.forward_t(&images, true).unwrap();
+        // Copies: the tensors share storage with the variables the next pass sets.
+        let after = running(&tower).into_iter();
+        moved.push(
+            after
+                .map(|(n, t)| (n, t.copy().unwrap()))
+                .collect::<Vec<_>>(),
+        );
         let grads = (&train * &r)
             .unwrap()
             .sum_all()
@@ -366,6 +454,23 @@ fn check_tower(config: &TowerConfig) {
     }
     let (fused, plain) = (&results[0], &results[1]);
     assert_close("training embeddings", &fused.0, &plain.0, 1e-4);
+    assert_eq!(
+        moved[0].len(),
+        config.fc_widths.len() * 2,
+        "running statistics"
+    );
+    for (((name, a), (_, b)), (_, old)) in moved[0].iter().zip(&moved[1]).zip(&before) {
+        let step = |t: &Tensor| (t - old).unwrap().to_vec1::<f32>().unwrap();
+        let (fused_step, plain_step) = (step(a), step(b));
+        let largest = plain_step.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(largest > 0.0, "{name} did not move");
+        for (x, y) in fused_step.iter().zip(&plain_step) {
+            assert!(
+                (x - y).abs() <= 1e-3 * largest,
+                "{name}: moved {x}, plain {y}"
+            );
+        }
+    }
     assert_eq!(
         fused.1.len(),
         config.conv_channels.len() * 2 + config.fc_widths.len() * 4 + 2,

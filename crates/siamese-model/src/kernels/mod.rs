@@ -1,6 +1,7 @@
 //! Fused CPU kernels for the tower's layers, as candle custom ops with their own
-//! backward passes: [`Conv2dRelu`] (im2col + GEMM, bias and ReLU folded in) and
-//! [`LinearAct`] (one GEMM, bias and optional ReLU folded in).
+//! backward passes: [`Conv2dRelu`] (im2col + GEMM, bias and ReLU folded in),
+//! [`LinearAct`] (one GEMM, bias and optional ReLU folded in) and [`DropoutBatchNorm`]
+//! (a hidden layer's dropout and training-mode batch norm in two passes).
 //!
 //! They compute what the plain candle layers compute (the tests compare both, forward
 //! and backward, on random inputs) with fewer passes over memory and fewer
@@ -8,10 +9,12 @@
 //! them, and every other device or dtype keeps the plain candle layers, so the same
 //! model trains on a GPU through candle's `cuda` feature.
 
+mod batch_norm;
 mod conv;
 mod gemm;
 mod linear;
 
+pub use batch_norm::{batch_statistics, DropoutBatchNorm};
 pub use conv::{Conv2dRelu, ConvGeometry};
 /// The bounds-checked matrix product the kernels run on, public so that benchmarks
 /// measure exactly what a step does.
