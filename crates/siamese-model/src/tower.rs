@@ -250,8 +250,8 @@ impl ConvTower {
         };
         let (batch, features) = x.dims2()?;
         let mask = (c.dropout > 0.0).then(|| self.dropout_mask(batch * features));
-        let values = x.flatten_all()?.to_vec1::<f32>()?;
-        let (mean, var) = batch_statistics(&values, mask.as_deref(), features);
+        let x = x.contiguous()?;
+        let (mean, var) = batch_statistics(&x, mask.as_deref())?;
         let device = x.device();
         let momentum = c.batch_norm_momentum;
         let unbiased = momentum * batch as f64 / (batch as f64 - 1.0);
@@ -270,7 +270,7 @@ impl ConvTower {
             var: Arc::new(var),
             eps: c.batch_norm_eps,
         };
-        Ok(x.contiguous()?.apply_op3(gamma, beta, op)?)
+        Ok(x.apply_op3(gamma, beta, op)?)
     }
 }
 

@@ -306,13 +306,8 @@ fn dropout_batch_norm_matches_candle() {
             .map(|i| if i % 3 == 1 { 0.0 } else { 1.0 / 0.7 })
             .collect();
         let eps = 1e-3;
-        let values = x
-            .as_tensor()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let (mean, var) = batch_statistics(&values, masked.then_some(mask.as_slice()), features);
+        let (mean, var) =
+            batch_statistics(x.as_tensor(), masked.then_some(mask.as_slice())).unwrap();
         let op = DropoutBatchNorm {
             mask: masked.then(|| Arc::new(mask.clone())),
             mean: Arc::new(mean),

@@ -6,9 +6,9 @@
 //! another mean, a square root, a division, a scale, a shift and a transpose back (whose
 //! output is not contiguous, so the next layer copies it again); dropout before it is one
 //! more product, and the backward pass walks all of those nodes, each a full-size
-//! temporary. Here the batch statistics are one pass over the layer's output, the
-//! normalisation a second, and the backward two more, all in place in `[batch,
-//! features]` order.
+//! temporary. Here the batch statistics are two passes over the layer's output (the
+//! mean, then the variance), the normalisation a third, and the backward two more,
+//! all in `[batch, features]` order.
 
 use std::sync::Arc;
 
@@ -16,11 +16,20 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 use super::{cpu_f32, cpu_f32_tensor};
 
-/// The batch statistics of `x` `[batch, features]` (row-major) after the dropout
-/// multipliers `mask` (same shape; `None`: no dropout): per feature the mean and the
-/// biased variance (divided by `batch`), as batch norm normalises with them.
-pub fn batch_statistics(x: &[f32], mask: Option<&[f32]>, features: usize) -> (Vec<f32>, Vec<f32>) {
-    let batch = x.len() / features.max(1);
+/// The batch statistics of `x` `[batch, features]` (CPU, f32, contiguous; read in
+/// place) after the dropout multipliers `mask` (as many elements; `None`: no dropout):
+/// per feature the mean and the biased variance (divided by `batch`), as batch norm
+/// normalises with them. Two passes: the mean, then the variance about it.
+pub fn batch_statistics(
+    x: &Tensor,
+    mask: Option<&[f32]>,
+) -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
+    let (batch, features) = x.dims2()?;
+    let (storage, layout) = x.storage_and_layout();
+    let x = cpu_f32_tensor(&storage, layout, "batch statistics input")?;
+    if mask.is_some_and(|m| m.len() != x.len()) {
+        candle_core::bail!("batch statistics: the mask does not fit [{batch}, {features}]");
+    }
     let mut mean = vec![0f32; features];
     for (b, row) in x.chunks_exact(features).enumerate() {
         let mask_row = mask.map(|m| &m[b * features..(b + 1) * features]);
@@ -39,7 +48,7 @@ pub fn batch_statistics(x: &[f32], mask: Option<&[f32]>, features: usize) -> (Ve
         }
     }
     var.iter_mut().for_each(|s| *s /= n);
-    (mean, var)
+    Ok((mean, var))
 }
 
 /// `batch_norm(x * mask)` with the batch statistics `mean` and `var` (from
@@ -131,13 +140,13 @@ impl CustomOp3 for DropoutBatchNorm {
         &self,
         x: &Tensor,
         gamma: &Tensor,
-        _beta: &Tensor,
+        beta: &Tensor,
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let x = x.contiguous()?;
         let grad_res = grad_res.contiguous()?;
-        let batch = self.check(x.layout(), gamma.elem_count(), gamma.elem_count())?;
+        let batch = self.check(x.layout(), gamma.elem_count(), beta.elem_count())?;
         let features = self.mean.len();
         let (xs, xl) = x.storage_and_layout();
         let (ws, wl) = gamma.storage_and_layout();

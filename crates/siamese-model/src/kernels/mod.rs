@@ -1,7 +1,7 @@
 //! Fused CPU kernels for the tower's layers, as candle custom ops with their own
 //! backward passes: [`Conv2dRelu`] (im2col + GEMM, bias and ReLU folded in),
 //! [`LinearAct`] (one GEMM, bias and optional ReLU folded in) and [`DropoutBatchNorm`]
-//! (a hidden layer's dropout and training-mode batch norm in two passes).
+//! (a hidden layer's dropout and training-mode batch norm, without candle's temporaries).
 //!
 //! They compute what the plain candle layers compute (the tests compare both, forward
 //! and backward, on random inputs) with fewer passes over memory and fewer
