@@ -3,10 +3,15 @@
 //!
 //! - `train [ARGS]`: builds in release and runs `siamese train ARGS` (the default
 //!   preset unless `--preset` says otherwise): the main job.
-//! - `bench [--plain]`: training pairs/s and embedding images/s of the reference
-//!   network, with the peak resident memory of each, as JSON (release build, one
-//!   process per mode); `--plain` measures plain candle layers instead of the fused
-//!   kernels, for the before/after ratio.
+//! - `bench [--plain] [--rounds N] [--torch COMMAND]`: training pairs/s and embedding
+//!   images/s of the reference network, with the peak resident memory of each, as JSON
+//!   (release build, one process per mode); `--plain` measures plain candle layers
+//!   instead of the fused kernels, for the before/after ratio. `--rounds N` repeats the
+//!   measurement N times and adds the median and best of each figure (shared machines
+//!   vary by 10-20% from one minute to the next); `--torch COMMAND` runs a reference
+//!   (PyTorch's `bench/torch_ref.py --bench`, which prints `train_pairs_per_s` and
+//!   `embed_images_per_s` as JSON) after each round, so both are measured alternately
+//!   under the same load, and reports the ratio of each round and their median.
 //! - `ci`: what `.ci/run` runs: format check, clippy with warnings denied, the test
 //!   suite, then `data-check` and `train-check`.
 //! - `data-check`: loads MNIST and Fashion-MNIST from `SIAMESE_DATA_DIR` (never the
@@ -26,8 +31,8 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context, Result};
 
-const USAGE: &str =
-    "usage: cargo xtask <train [ARGS] | bench [--plain] | ci | data-check | train-check>";
+const USAGE: &str = "usage: cargo xtask <train [ARGS] | bench [--plain] [--rounds N] \
+                     [--torch COMMAND] | ci | data-check | train-check>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -39,7 +44,7 @@ fn main() -> ExitCode {
             ]
             .concat(),
         ),
-        Some("bench") => bench(args.iter().any(|a| a == "--plain")),
+        Some("bench") => BenchOptions::parse(&args[1..]).and_then(|o| bench(&o)),
         Some("ci") => ci(),
         Some("data-check") => siamese_binary(true).and_then(|bin| data_check(&bin)),
         Some("train-check") => siamese_binary(true).and_then(|bin| train_check(&bin)),
@@ -73,12 +78,6 @@ fn cargo(args: &[&str]) -> Result<()> {
 
 fn args_str(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
-}
-
-/// Runs `cargo` with `args` and returns its standard output.
-fn cargo_output(args: &[&str]) -> Result<String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    output_of(Path::new(&cargo), args, &[])
 }
 
 /// Runs `program` with `args` and the environment variables `envs` set, echoing the
@@ -120,26 +119,162 @@ fn siamese_binary(build: bool) -> Result<PathBuf> {
     Ok(bin)
 }
 
-fn bench(plain: bool) -> Result<()> {
-    let run = [
-        "run",
+/// What `cargo xtask bench` measures.
+#[derive(Debug, PartialEq)]
+struct BenchOptions {
+    /// Plain candle layers instead of the fused kernels.
+    plain: bool,
+    /// How many times to measure.
+    rounds: usize,
+    /// A reference benchmark run after each round, as a program and its arguments.
+    torch: Option<Vec<String>>,
+}
+
+impl BenchOptions {
+    /// The most rounds one run takes (each is about half a minute).
+    const MAX_ROUNDS: usize = 100;
+
+    fn parse(args: &[String]) -> Result<Self> {
+        let mut options = Self {
+            plain: false,
+            rounds: 1,
+            torch: None,
+        };
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--plain" => options.plain = true,
+                "--rounds" => {
+                    let n = args.next().context("--rounds takes a number")?;
+                    options.rounds = n
+                        .parse()
+                        .ok()
+                        .filter(|r| (1..=Self::MAX_ROUNDS).contains(r))
+                        .with_context(|| {
+                            format!("--rounds {n:?}: expected 1 to {}", Self::MAX_ROUNDS)
+                        })?;
+                }
+                "--torch" => {
+                    let command = args.next().context("--torch takes a command")?;
+                    let words: Vec<String> =
+                        command.split_whitespace().map(str::to_string).collect();
+                    if words.is_empty() {
+                        bail!("--torch: the command is empty");
+                    }
+                    options.torch = Some(words);
+                }
+                other => bail!("bench: unknown option {other:?}\n{USAGE}"),
+            }
+        }
+        Ok(options)
+    }
+}
+
+fn bench(options: &BenchOptions) -> Result<()> {
+    cargo(&[
+        "build",
         "--release",
         "-q",
         "-p",
         "siamese-benches",
         "--bin",
         "throughput",
-        "--",
-    ];
-    let mode: &[&str] = if plain { &["--plain"] } else { &[] };
-    let train = cargo_output(&[&run[..], &["train"], mode].concat())?;
-    let embed = cargo_output(&[&run[..], &["embed"], mode].concat())?;
-    let train: serde_json::Value =
-        serde_json::from_str(train.trim()).context("parsing the train figures")?;
-    let embed: serde_json::Value =
-        serde_json::from_str(embed.trim()).context("parsing the embed figures")?;
-    println!("{}", serde_json::json!({ "train": train, "embed": embed }));
+    ])?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target"));
+    let bin = target
+        .join("release")
+        .join(format!("throughput{}", std::env::consts::EXE_SUFFIX));
+    let mode: &[&str] = if options.plain { &["--plain"] } else { &[] };
+    let json = |out: String, what: &str| -> Result<serde_json::Value> {
+        // The last line: a reference may print progress before its result.
+        let line = out
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        serde_json::from_str(line.trim()).with_context(|| format!("parsing {what}'s figures"))
+    };
+    let mut rounds = Vec::with_capacity(options.rounds);
+    for _ in 0..options.rounds {
+        let train = json(output_of(&bin, &[&["train"], mode].concat(), &[])?, "train")?;
+        let embed = json(output_of(&bin, &[&["embed"], mode].concat(), &[])?, "embed")?;
+        let mut round = serde_json::json!({ "train": train, "embed": embed });
+        if let Some(words) = &options.torch {
+            let (program, rest) = words.split_first().context("--torch: empty command")?;
+            let out = output_of(Path::new(program), &args_str(rest), &[])?;
+            round["torch"] = json(out, "the --torch command")?;
+        }
+        rounds.push(round);
+    }
+    if let [only] = &rounds[..] {
+        if options.torch.is_none() {
+            println!("{only}");
+            return Ok(());
+        }
+    }
+    let summary = summarise(&rounds)?;
+    println!(
+        "{}",
+        serde_json::json!({ "rounds": rounds, "summary": summary })
+    );
     Ok(())
+}
+
+/// The median and best of each figure over the rounds, and with a reference, the
+/// ratio of each round (ours over the reference's, measured minutes apart) and the
+/// median of those ratios: the figure to quote on a shared machine, since both sides
+/// of one round saw about the same load.
+fn summarise(rounds: &[serde_json::Value]) -> Result<serde_json::Value> {
+    let figure = |round: &serde_json::Value, side: &str, key: &str| -> Result<f64> {
+        round[side][key]
+            .as_f64()
+            .filter(|v| v.is_finite() && *v > 0.0)
+            .with_context(|| format!("{side} gave no positive {key}"))
+    };
+    let mut summary = serde_json::Map::new();
+    for (side, key) in [
+        ("train", "train_pairs_per_s"),
+        ("embed", "embed_images_per_s"),
+    ] {
+        let ours = rounds
+            .iter()
+            .map(|r| figure(r, side, key))
+            .collect::<Result<Vec<_>>>()?;
+        summary.insert(key.to_string(), spread(&ours));
+        if rounds.iter().all(|r| !r["torch"].is_null()) {
+            let theirs = rounds
+                .iter()
+                .map(|r| figure(r, "torch", key))
+                .collect::<Result<Vec<_>>>()?;
+            let ratios: Vec<f64> = ours.iter().zip(&theirs).map(|(a, b)| a / b).collect();
+            summary.insert(format!("torch_{key}"), spread(&theirs));
+            summary.insert(
+                format!("{key}_ratio"),
+                serde_json::json!({ "per_round": ratios, "median": median(&ratios) }),
+            );
+        }
+    }
+    Ok(serde_json::Value::Object(summary))
+}
+
+/// `{"median", "best", "all"}` of positive throughputs.
+fn spread(values: &[f64]) -> serde_json::Value {
+    let best = values.iter().copied().fold(0.0, f64::max);
+    serde_json::json!({ "median": median(values), "best": best, "all": values })
+}
+
+/// The median (the mean of the middle two for an even count); 0 for none.
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => sorted[n / 2],
+        _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
 }
 
 fn ci() -> Result<()> {
@@ -273,4 +408,87 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn bench_options_parse_and_refuse() {
+        assert_eq!(
+            BenchOptions::parse(&args(&[])).unwrap(),
+            BenchOptions {
+                plain: false,
+                rounds: 1,
+                torch: None
+            }
+        );
+        let o = BenchOptions::parse(&args(&["--rounds", "3", "--torch", "py  ref.py --bench"]))
+            .unwrap();
+        assert_eq!(o.rounds, 3);
+        assert_eq!(o.torch, Some(args(&["py", "ref.py", "--bench"])));
+        for bad in [
+            &["--rounds"][..],
+            &["--rounds", "0"],
+            &["--rounds", "101"],
+            &["--rounds", "x"],
+            &["--torch", "  "],
+            &["--torch"],
+            &["--fast"],
+        ] {
+            assert!(BenchOptions::parse(&args(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&[]), 0.0);
+    }
+
+    fn round(train: f64, embed: f64, torch: Option<(f64, f64)>) -> serde_json::Value {
+        let mut r = serde_json::json!({
+            "train": {"train_pairs_per_s": train},
+            "embed": {"embed_images_per_s": embed},
+        });
+        if let Some((t, e)) = torch {
+            r["torch"] = serde_json::json!({"train_pairs_per_s": t, "embed_images_per_s": e});
+        }
+        r
+    }
+
+    #[test]
+    fn summary_pairs_each_round_with_its_reference() {
+        let rounds = [
+            round(400.0, 3000.0, Some((200.0, 1000.0))),
+            round(500.0, 2000.0, Some((400.0, 1000.0))),
+            round(450.0, 2500.0, Some((300.0, 500.0))),
+        ];
+        let s = summarise(&rounds).unwrap();
+        assert_eq!(s["train_pairs_per_s"]["median"], 450.0);
+        assert_eq!(s["train_pairs_per_s"]["best"], 500.0);
+        assert_eq!(s["torch_train_pairs_per_s"]["median"], 300.0);
+        // Ratios per round 2.0, 1.25, 1.5: the median is 1.5, not 450 / 300 by chance.
+        assert_eq!(s["train_pairs_per_s_ratio"]["median"], 1.5);
+        assert_eq!(s["embed_images_per_s_ratio"]["per_round"][2], 5.0);
+        assert_eq!(s["embed_images_per_s_ratio"]["median"], 3.0);
+    }
+
+    #[test]
+    fn summary_refuses_missing_or_broken_figures() {
+        assert!(summarise(&[round(f64::NAN, 1.0, None)]).is_err());
+        assert!(summarise(&[round(1.0, 1.0, Some((0.0, 1.0)))]).is_err());
+        let mut no_embed = round(1.0, 1.0, None);
+        no_embed["embed"] = serde_json::json!({});
+        assert!(summarise(&[no_embed]).is_err());
+        // Without a reference there are no ratios.
+        let s = summarise(&[round(1.0, 2.0, None)]).unwrap();
+        assert!(s.get("train_pairs_per_s_ratio").is_none());
+    }
 }
