@@ -17,7 +17,9 @@ use siamese_state::{StateDict, StateError, Stateful};
 
 use crate::config::{TowerConfig, TowerLayer};
 use crate::error::ModelError;
-use crate::kernels::{batch_statistics, fused_path, Conv2dRelu, DropoutBatchNorm, LinearAct};
+use crate::kernels::{
+    batch_statistics, conv_stack_inference, fused_path, Conv2dRelu, DropoutBatchNorm, LinearAct,
+};
 
 /// Images per slice when a large batch is embedded in inference mode.
 const INFERENCE_SLICE: usize = 1024;
@@ -321,6 +323,12 @@ impl ConvTower {
     }
 
     /// The output of `layer` for `images`; `forward_t` is `forward_to(.., Head)`.
+    ///
+    /// On the fused CPU path, inference (`train == false`) runs outside candle's
+    /// autograd graph: the convolutions take each chunk of images through all layers
+    /// while it is in cache ([`crate::kernels::conv_stack_inference`]), so no gradient
+    /// flows back from an inference output (training mode and the plain path keep the
+    /// graph).
     pub fn forward_to(
         &self,
         images: &Tensor,
@@ -359,7 +367,26 @@ impl ConvTower {
         } else {
             images.clone()
         };
-        for layer in &self.convs {
+        if fused && !train && !self.convs.is_empty() {
+            // Inference: a chunk of images through every convolution while it is in
+            // cache (no graph to keep for a backward pass), the same products as the
+            // per-layer ops below.
+            let mut layers = Vec::with_capacity(self.convs.len());
+            for layer in &self.convs {
+                let bias = layer
+                    .conv
+                    .bias()
+                    .ok_or_else(|| ModelError::Config("convolutions have biases".to_string()))?;
+                layers.push((layer.fused, layer.conv.weight(), bias));
+            }
+            x = conv_stack_inference(&layers, &x)?;
+        }
+        let per_layer = if fused && !train {
+            &[][..]
+        } else {
+            &self.convs[..]
+        };
+        for layer in per_layer {
             x = if fused {
                 let bias = layer
                     .conv

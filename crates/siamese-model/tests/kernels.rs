@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use std::sync::Arc;
 
 use siamese_model::kernels::{
-    batch_statistics, Conv2dRelu, ConvGeometry, DropoutBatchNorm, LinearAct,
+    batch_statistics, conv_stack_inference, Conv2dRelu, ConvGeometry, DropoutBatchNorm, LinearAct,
 };
 use siamese_model::{ConvTower, Embedder, Padding, TowerConfig};
 
@@ -260,6 +260,88 @@ fn conv_input_gradient_ignores_what_the_output_never_reads() {
         .map(|i| f32::from(u8::from((i / 4) % 2 == 0 && (i % 4) % 2 == 0)))
         .collect();
     assert_eq!(dx.to_vec1::<f32>().unwrap(), expected);
+}
+
+/// Random weights and biases for the convolutions of `config`, with their ops (the last
+/// writing channels first, as in the tower).
+fn conv_layers(config: &TowerConfig, seed: u64) -> Vec<(Conv2dRelu, Tensor, Tensor)> {
+    let geometries = config.conv_layers();
+    let last = geometries.len() - 1;
+    geometries
+        .into_iter()
+        .enumerate()
+        .map(|(i, g)| {
+            let s = seed + 10 * i as u64;
+            let w = (random(&[g.c_out, g.c_in, g.kernel, g.kernel], s) * 0.3).unwrap();
+            let b = (random(&[g.c_out], s + 1) * 0.1).unwrap();
+            let op = Conv2dRelu {
+                geometry: g,
+                input_grad: false,
+                channels_first_output: i == last,
+            };
+            (op, w, b)
+        })
+        .collect()
+}
+
+/// The inference stack (each chunk of images through every convolution in turn) gives
+/// bit for bit what the convolutions give one op at a time over the whole batch, on a
+/// batch of several chunks (the reference network's conv2 takes 4 images a chunk) and
+/// an odd one, and what plain candle's layers give (an independent reference).
+#[test]
+fn conv_stack_matches_the_layers_one_by_one_and_candle() {
+    let config = TowerConfig::default();
+    let layers = conv_layers(&config, 40);
+    for batch in [1, 23] {
+        let images = random(&[batch, 1, 28, 28], 41 + batch as u64);
+        let nhwc = images.permute((0, 2, 3, 1)).unwrap().contiguous().unwrap();
+        let refs: Vec<(Conv2dRelu, &Tensor, &Tensor)> =
+            layers.iter().map(|(op, w, b)| (*op, w, b)).collect();
+        let stacked = conv_stack_inference(&refs, &nhwc).unwrap();
+        let mut one_by_one = nhwc.clone();
+        let mut plain = images.clone();
+        for (op, w, b) in &layers {
+            one_by_one = one_by_one.apply_op3(w, b, *op).unwrap();
+            plain = plain_conv(&plain, w, b, &op.geometry);
+        }
+        assert_eq!(stacked.dims(), [batch, 128, 7, 7]);
+        assert_eq!(
+            stacked.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            one_by_one.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            "batch {batch}: the stack and the layers one by one differ"
+        );
+        assert_close("conv stack against candle", &stacked, &plain, 1e-4);
+        let alive = stacked.gt(0f32).unwrap().to_dtype(DType::F32).unwrap();
+        let share = alive.mean_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(
+            share > 0.1 && share < 0.9,
+            "ReLU cut {share} of the outputs"
+        );
+    }
+}
+
+/// Layers that do not chain, no layers, or images of the wrong shape are errors.
+#[test]
+fn conv_stack_refuses_what_does_not_fit() {
+    let config = TowerConfig::default();
+    let layers = conv_layers(&config, 50);
+    let refs: Vec<(Conv2dRelu, &Tensor, &Tensor)> =
+        layers.iter().map(|(op, w, b)| (*op, w, b)).collect();
+    let images = random(&[2, 28, 28, 1], 51);
+    assert!(conv_stack_inference(&[], &images).is_err());
+    // conv1 then conv3: 32 channels in, conv3 reads 64.
+    let skipped = [refs[0], refs[2]];
+    assert!(conv_stack_inference(&skipped, &images).is_err());
+    // A channels-first output feeding another layer.
+    let mut first = refs[0];
+    first.0.channels_first_output = true;
+    assert!(conv_stack_inference(&[first, refs[1], refs[2]], &images).is_err());
+    // Channels first instead of last.
+    let wrong = random(&[2, 1, 28, 28], 52);
+    assert!(conv_stack_inference(&refs, &wrong).is_err());
+    // A weight of another size.
+    let small = random(&[32, 1, 2, 2], 53);
+    assert!(conv_stack_inference(&[(refs[0].0, &small, refs[0].2)], &images).is_err());
 }
 
 #[test]

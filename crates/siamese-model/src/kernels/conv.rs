@@ -269,6 +269,120 @@ fn with_scratch<R>(
     })
 }
 
+thread_local! {
+    /// Per-thread activations between the layers of [`conv_stack_inference`], two
+    /// buffers used in turn, reused across calls.
+    static ACTIVATIONS: RefCell<[Vec<f32>; 2]> = const { RefCell::new([Vec::new(), Vec::new()]) };
+}
+
+/// `s` as memory for [`Conv2dRelu::forward_images`] to overwrite.
+///
+/// # Safety
+///
+/// The caller writes only initialised floats through the returned slice (as
+/// `forward_images` does), so that `s` stays initialised.
+#[allow(unsafe_code)]
+unsafe fn overwritten(s: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`; the caller keeps every
+    // element initialised.
+    unsafe { &mut *(std::ptr::from_mut(s) as *mut [MaybeUninit<f32>]) }
+}
+
+/// Inference through consecutive convolutions (each with its bias and ReLU, as
+/// [`Conv2dRelu`]): `layers` are the ops with their weights and biases, `x` the
+/// channels-last images `[B, h_in, w_in, c_in]` of the first. Returns the last layer's
+/// output, in the layout its op writes, as a tensor outside any autograd graph.
+///
+/// Each chunk of images goes through all the layers before the next chunk starts, so
+/// the activations between layers stay in the core's caches instead of making a trip
+/// to memory as whole-batch tensors (the first layer's output alone is 100 KB an image
+/// here, 100 MB for a batch of 1,000 embedded at once). Each chunk's products are the
+/// ones [`Conv2dRelu`]'s forward runs, so the result is the same bit for bit.
+pub fn conv_stack_inference(
+    layers: &[(Conv2dRelu, &Tensor, &Tensor)],
+    x: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let Some(((first, ..), (last, ..))) = layers.first().zip(layers.last()) else {
+        candle_core::bail!("conv stack: no layers");
+    };
+    let x = x.contiguous()?;
+    let batch = first.batch(x.layout())?;
+    let mut prepared = Vec::with_capacity(layers.len());
+    for (i, (op, weight, bias)) in layers.iter().enumerate() {
+        let g = op.geometry;
+        if let Some((prev, ..)) = i.checked_sub(1).map(|j| &layers[j]) {
+            let p = prev.geometry;
+            if prev.channels_first_output || (p.c_out, p.h_out, p.w_out) != (g.c_in, g.h_in, g.w_in)
+            {
+                candle_core::bail!(
+                    "conv stack: layer {i} {g:?} does not read what layer {} {p:?} writes",
+                    i - 1
+                );
+            }
+        }
+        let w = weight.flatten_all()?.to_vec1::<f32>()?;
+        let b = bias.flatten_all()?.to_vec1::<f32>()?;
+        if w.len() != g.c_out * g.k() || b.len() != g.c_out {
+            candle_core::bail!("conv stack: layer {i}'s weight or bias does not match {g:?}");
+        }
+        prepared.push((op, g.weight_to_taps(&w), b));
+    }
+    let per_chunk = layers
+        .iter()
+        .map(|(op, ..)| op.geometry.images_per_chunk(batch))
+        .min()
+        .unwrap_or(1);
+    let in_image = first.geometry.c_in * first.geometry.h_in * first.geometry.w_in;
+    let out_image = last.geometry.c_out * last.geometry.p();
+    let (xs, xl) = x.storage_and_layout();
+    let xv = cpu_f32_tensor(&xs, xl, "conv stack input")?;
+    let len = batch * out_image;
+    let mut out = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(per_chunk * out_image)
+        .zip(xv.par_chunks(per_chunk * in_image))
+        .for_each(|(out, x)| {
+            let nb = x.len() / in_image;
+            ACTIVATIONS.with(|cell| {
+                let mut bufs = cell.borrow_mut();
+                let [a, b] = &mut *bufs;
+                let (mut current, mut next) = (std::mem::take(a), std::mem::take(b));
+                let mut filled = 0;
+                for (i, (op, taps, bias)) in prepared.iter().enumerate() {
+                    let input: &[f32] = if i == 0 { x } else { &current[..filled] };
+                    if i + 1 == prepared.len() {
+                        op.forward_images(input, taps, bias, out);
+                        break;
+                    }
+                    filled = nb * op.geometry.p() * op.geometry.c_out;
+                    if next.len() < filled {
+                        next.resize(filled, 0.0);
+                    }
+                    // SAFETY: forward_images writes only initialised floats.
+                    #[allow(unsafe_code)]
+                    op.forward_images(input, taps, bias, unsafe {
+                        overwritten(&mut next[..filled])
+                    });
+                    std::mem::swap(&mut current, &mut next);
+                }
+                (*a, *b) = (current, next);
+            });
+        });
+    // SAFETY: the chunks cover the `len` elements, and the last layer's
+    // `forward_images` wrote every element of each.
+    #[allow(unsafe_code)]
+    unsafe {
+        out.set_len(len)
+    };
+    let g = last.geometry;
+    let shape = if last.channels_first_output {
+        Shape::from((batch, g.c_out, g.h_out, g.w_out))
+    } else {
+        Shape::from((batch, g.h_out, g.w_out, g.c_out))
+    };
+    Tensor::from_vec(out, shape, x.device())
+}
+
 /// `relu(conv(x, weight) + bias)` on channels-last images: `x` `[B, h_in, w_in, c_in]`,
 /// `weight` `[c_out, c_in, k, k]` (PyTorch's layout, as the checkpoint stores it),
 /// `bias` `[c_out]`, output `[B, h_out, w_out, c_out]`. Apply with
@@ -293,6 +407,62 @@ pub struct Conv2dRelu {
 }
 
 impl Conv2dRelu {
+    /// `relu(conv(x) + bias)` of the images in `x` (channels last, whole images) into
+    /// `out` (`[nb, h_out, w_out, c_out]`, or channels first when
+    /// [`Self::channels_first_output`]), every element of which is written; returns
+    /// `out`, now initialised. `taps` is the weight as [`ConvGeometry::weight_to_taps`]
+    /// lays it out. One im2col and one GEMM, single-threaded: the callers run chunks
+    /// of images in parallel.
+    fn forward_images<'o>(
+        &self,
+        x: &[f32],
+        taps: &[f32],
+        bias: &[f32],
+        out: &'o mut [MaybeUninit<f32>],
+    ) -> &'o mut [f32] {
+        let g = self.geometry;
+        let (k, p, o) = (g.k(), g.p(), g.c_out);
+        let nb = x.len() / (g.c_in * g.h_in * g.w_in);
+        assert_eq!(out.len(), nb * p * o, "conv2d_relu: output chunk size");
+        let y_len = if self.channels_first_output {
+            nb * p * o
+        } else {
+            0
+        };
+        with_scratch([k * nb * p, y_len, 0], |col, y, _| {
+            g.im2col(x, nb, col);
+            // y [nb * P, O] = col [nb * P, K] · taps^T [K, O]
+            let (taps, col) = (Mat::rows(taps, o, k).t(), Mat::rows(col, nb * p, k));
+            if !self.channels_first_output {
+                let out = matmul_uninit(out, col, taps, 1);
+                for row in out.chunks_exact_mut(o) {
+                    for (v, &b) in row.iter_mut().zip(bias) {
+                        *v = (*v + b).max(0.0);
+                    }
+                }
+                return out;
+            }
+            matmul(y, col, taps, false, 1);
+            // Each image's [P, O] block into [O, P]: output rows are written in order,
+            // read at stride O.
+            let images = out.chunks_exact_mut(p * o).zip(y.chunks_exact(p * o));
+            for (out_img, y_img) in images {
+                for (oc, (row, &b)) in out_img.chunks_exact_mut(p).zip(bias).enumerate() {
+                    let column = y_img[oc..].iter().step_by(o);
+                    for (d, &v) in row.iter_mut().zip(column) {
+                        d.write((v + b).max(0.0));
+                    }
+                }
+            }
+            // SAFETY: the loop above wrote all `nb` images of `p * o` elements, which
+            // is all of `out` (checked on entry).
+            #[allow(unsafe_code)]
+            unsafe {
+                std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<f32>(), out.len())
+            }
+        })
+    }
+
     fn batch(&self, l: &Layout) -> candle_core::Result<usize> {
         let g = &self.geometry;
         match l.dims() {
@@ -333,50 +503,18 @@ impl CustomOp3 for Conv2dRelu {
         let taps = g.weight_to_taps(w);
         let per_chunk = g.images_per_chunk(batch);
         let in_image = g.c_in * g.h_in * g.w_in;
-        // Every chunk writes all of its part of the output (the product or the
-        // reordering loop below), so the buffer is not zero-filled first.
+        // Every chunk writes all of its part of the output (`forward_images`), so the
+        // buffer is not zero-filled first.
         let len = batch * o * p;
         let mut out = Vec::with_capacity(len);
         out.spare_capacity_mut()[..len]
             .par_chunks_mut(per_chunk * o * p)
             .zip(x.par_chunks(per_chunk * in_image))
             .for_each(|(out, x)| {
-                let nb = x.len() / in_image;
-                let y_len = if self.channels_first_output {
-                    nb * p * o
-                } else {
-                    0
-                };
-                with_scratch([k * nb * p, y_len, 0], |col, y, _| {
-                    g.im2col(x, nb, col);
-                    // y [nb * P, O] = col [nb * P, K] · taps^T [K, O]
-                    let (taps, col) = (Mat::rows(&taps, o, k).t(), Mat::rows(col, nb * p, k));
-                    if !self.channels_first_output {
-                        let out = matmul_uninit(out, col, taps, 1);
-                        for row in out.chunks_exact_mut(o) {
-                            for (v, &bias) in row.iter_mut().zip(b) {
-                                *v = (*v + bias).max(0.0);
-                            }
-                        }
-                        return;
-                    }
-                    matmul(y, col, taps, false, 1);
-                    // Each image's [P, O] block into [O, P]: output rows are written in
-                    // order, read at stride O.
-                    let images = out.chunks_exact_mut(p * o).zip(y.chunks_exact(p * o));
-                    for (out_img, y_img) in images {
-                        let rows = out_img.chunks_exact_mut(p).zip(b);
-                        for (oc, (row, &bias)) in rows.enumerate() {
-                            let column = y_img[oc..].iter().step_by(o);
-                            for (d, &v) in row.iter_mut().zip(column) {
-                                d.write((v + bias).max(0.0));
-                            }
-                        }
-                    }
-                });
+                self.forward_images(x, &taps, b, out);
             });
-        // SAFETY: the chunks cover the `len` elements, and each chunk's product or
-        // reordering loop wrote every element of its chunk (`nb` images of `p * o`).
+        // SAFETY: the chunks cover the `len` elements, and `forward_images` wrote every
+        // element of each.
         #[allow(unsafe_code)]
         unsafe {
             out.set_len(len)

@@ -15,7 +15,7 @@ mod gemm;
 mod linear;
 
 pub use batch_norm::{batch_statistics, DropoutBatchNorm};
-pub use conv::{Conv2dRelu, ConvGeometry};
+pub use conv::{conv_stack_inference, Conv2dRelu, ConvGeometry};
 /// The bounds-checked matrix product the kernels run on, public so that benchmarks
 /// measure exactly what a step does.
 pub use gemm::{matmul, Mat};
