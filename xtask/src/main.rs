@@ -8,7 +8,8 @@
 //!   (release build, one process per mode); `--plain` measures plain candle layers
 //!   instead of the fused kernels, for the before/after ratio. `--rounds N` repeats the
 //!   measurement N times and adds the median and best of each figure (shared machines
-//!   vary by 10-20% from one minute to the next); `--torch COMMAND` runs a reference
+//!   vary by 10-20% from one minute to the next); `--torch COMMAND` (one argument, split
+//!   at whitespace, no shell quoting) runs a reference
 //!   (PyTorch's `bench/torch_ref.py --bench`, which prints `train_pairs_per_s` and
 //!   `embed_images_per_s` as JSON) after each round, so both are measured alternately
 //!   under the same load, and reports the ratio of each round and their median.
@@ -107,12 +108,18 @@ fn siamese_binary(build: bool) -> Result<PathBuf> {
     if build {
         cargo(&["build", "-q", "-p", "siamese-cli"])?;
     }
+    built_binary("debug", "siamese")
+}
+
+/// The path of binary `name` built in `profile` (`debug` or `release`) under the
+/// target directory (`CARGO_TARGET_DIR` or `target`); an error if it is not there.
+fn built_binary(profile: &str, name: &str) -> Result<PathBuf> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("target"));
     let bin = target
-        .join("debug")
-        .join(format!("siamese{}", std::env::consts::EXE_SUFFIX));
+        .join(profile)
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     if !bin.is_file() {
         bail!("{} was not built", bin.display());
     }
@@ -180,12 +187,7 @@ fn bench(options: &BenchOptions) -> Result<()> {
         "--bin",
         "throughput",
     ])?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("target"));
-    let bin = target
-        .join("release")
-        .join(format!("throughput{}", std::env::consts::EXE_SUFFIX));
+    let bin = built_binary("release", "throughput")?;
     let mode: &[&str] = if options.plain { &["--plain"] } else { &[] };
     let json = |out: String, what: &str| -> Result<serde_json::Value> {
         // The last line: a reference may print progress before its result.

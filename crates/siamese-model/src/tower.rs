@@ -57,6 +57,15 @@ struct ConvLayer {
     fused: Conv2dRelu,
 }
 
+impl ConvLayer {
+    /// The bias, which the fused kernels need (every convolution of the tower has one).
+    fn bias(&self) -> Result<&Tensor, ModelError> {
+        self.conv
+            .bias()
+            .ok_or_else(|| ModelError::Config("convolutions have biases".to_string()))
+    }
+}
+
 struct HiddenLayer {
     fc: Linear,
     bn: Option<BatchNorm>,
@@ -367,36 +376,27 @@ impl ConvTower {
         } else {
             images.clone()
         };
-        if fused && !train && !self.convs.is_empty() {
+        if fused && !train {
             // Inference: a chunk of images through every convolution while it is in
             // cache (no graph to keep for a backward pass), the same products as the
             // per-layer ops below.
-            let mut layers = Vec::with_capacity(self.convs.len());
-            for layer in &self.convs {
-                let bias = layer
-                    .conv
-                    .bias()
-                    .ok_or_else(|| ModelError::Config("convolutions have biases".to_string()))?;
-                layers.push((layer.fused, layer.conv.weight(), bias));
+            let layers = self
+                .convs
+                .iter()
+                .map(|l| Ok((l.fused, l.conv.weight(), l.bias()?)))
+                .collect::<Result<Vec<_>, ModelError>>()?;
+            if !layers.is_empty() {
+                x = conv_stack_inference(&layers, &x)?;
             }
-            x = conv_stack_inference(&layers, &x)?;
-        }
-        let per_layer = if fused && !train {
-            &[][..]
         } else {
-            &self.convs[..]
-        };
-        for layer in per_layer {
-            x = if fused {
-                let bias = layer
-                    .conv
-                    .bias()
-                    .ok_or_else(|| ModelError::Config("convolutions have biases".to_string()))?;
-                x.apply_op3(layer.conv.weight(), bias, layer.fused)?
-            } else {
-                let padded = layer.fused.geometry.pad_tensor(&x)?;
-                layer.conv.forward(&padded)?.relu()?
-            };
+            for layer in &self.convs {
+                x = if fused {
+                    x.apply_op3(layer.conv.weight(), layer.bias()?, layer.fused)?
+                } else {
+                    let padded = layer.fused.geometry.pad_tensor(&x)?;
+                    layer.conv.forward(&padded)?.relu()?
+                };
+            }
         }
         x = x.flatten_from(1)?;
         for (i, hidden) in self.hidden.iter().enumerate() {

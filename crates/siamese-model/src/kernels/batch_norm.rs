@@ -118,16 +118,17 @@ impl CustomOp3 for DropoutBatchNorm {
         let batch = self.check(l1, gamma.len(), beta.len())?;
         let features = self.mean.len();
         let std = self.std();
-        let mut y = x.to_vec();
-        for (b, row) in y.chunks_exact_mut(features).enumerate() {
+        // Written once, row by row (not a copy of the input overwritten in place).
+        let mut y = Vec::with_capacity(batch * features);
+        for (b, row) in x.chunks_exact(features).enumerate() {
             let mask_row = self
                 .mask
                 .as_ref()
                 .map(|m| &m[b * features..(b + 1) * features]);
-            for (f, v) in row.iter_mut().enumerate() {
-                let d = mask_row.map_or(*v, |m| *v * m[f]);
-                *v = (d - self.mean[f]) / std[f] * gamma[f] + beta[f];
-            }
+            y.extend(row.iter().enumerate().map(|(f, &v)| {
+                let d = mask_row.map_or(v, |m| v * m[f]);
+                (d - self.mean[f]) / std[f] * gamma[f] + beta[f]
+            }));
         }
         Ok((CpuStorage::F32(y), Shape::from((batch, features))))
     }
