@@ -1,5 +1,9 @@
 //! The one place where tensors are made: pixels become `f32` in `[0, 1]` shaped
 //! `[B, 1, H, W]`, and pair labels become `same [B]` (1.0 = same class).
+//!
+//! A training step takes its batch as a [`LabelledBatch`]: the step's images in one
+//! tensor with one label per image, laid out as a [`Layout`] says, so the loss side
+//! (which pairs to score, which rows are views of one image) needs nothing else.
 
 use candle_core::{Device, Tensor};
 
@@ -17,6 +21,27 @@ pub struct PairTensors {
     pub right: Tensor,
     /// `[B]` f32: 1.0 when the pair is from the same class, else 0.0.
     pub same: Tensor,
+}
+
+/// How a pair batch's images are laid out in a [`LabelledBatch`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Layout {
+    /// Each pair's first image, then each pair's second image: `2B` rows, rows `i` and
+    /// `i + B` the `i`-th drawn pair (the reference program's two batches, as one).
+    #[default]
+    Pairs,
+    /// Two augmented views of each of those `2B` images: `4B` rows, rows `i` and
+    /// `i + 2B` two views of one image (for a self-supervised term). Needs an augmenter.
+    TwoViews,
+}
+
+/// A training step's images with one label per image: everything the loss side needs.
+#[derive(Debug, Clone)]
+pub struct LabelledBatch {
+    /// `[N, 1, H, W]` f32 in `[0, 1]`.
+    pub images: Tensor,
+    /// The class of each image, `N` of them.
+    pub labels: Vec<u32>,
 }
 
 /// A pixel as the network sees it: `p / 255` in `[0, 1]`. Division rather than a
@@ -98,6 +123,36 @@ impl Batcher {
         )?)
     }
 
+    /// The images of `pairs` laid out as `layout` says, each with its class; each image
+    /// distorted by `augmenter` when one is given (in row order, so the same seed gives
+    /// the same distortions).
+    pub fn labelled(
+        &self,
+        set: &ImageSet,
+        pairs: &PairBatch,
+        layout: Layout,
+        augmenter: Option<&mut Augmenter>,
+    ) -> Result<LabelledBatch, DataError> {
+        let sides: Vec<usize> = pairs.left.iter().chain(&pairs.right).copied().collect();
+        let rows = match layout {
+            Layout::Pairs => sides.clone(),
+            Layout::TwoViews => [sides.as_slice(), &sides].concat(),
+        };
+        let images = match (layout, augmenter) {
+            (_, Some(augmenter)) => self.images_augmented(set, &rows, augmenter)?,
+            (Layout::Pairs, None) => self.images(set, &rows)?,
+            (Layout::TwoViews, None) => {
+                return Err(DataError::Sampler(
+                    "two views of each image need an augmenter: without one both views \
+                     are the same image"
+                        .into(),
+                ))
+            }
+        };
+        let labels = rows.iter().map(|&i| u32::from(set.labels()[i])).collect();
+        Ok(LabelledBatch { images, labels })
+    }
+
     /// Both sides of a pair batch, and its labels; each image distorted by `augmenter`
     /// when one is given.
     pub fn pairs(
@@ -158,5 +213,50 @@ mod tests {
         assert_eq!(t.same.to_vec1::<f32>().unwrap(), vec![0.0, 1.0]);
         let err = batcher.images(&set, &[2]).unwrap_err().to_string();
         assert!(err.contains("below 2"), "{err}");
+    }
+
+    /// The labelled layouts hold the same images as the two sides, in row order, with
+    /// each image's class beside it.
+    #[test]
+    fn labelled_batches_lay_out_pairs_and_views() {
+        let pixels: Vec<u8> = (0..16).map(|i| i * 16).collect();
+        let set = ImageSet::new(2, 2, 3, pixels, vec![0, 2, 1, 2], Path::new("t")).unwrap();
+        let batcher = Batcher::new(Device::Cpu);
+        let pairs = PairBatch {
+            left: vec![3, 0],
+            right: vec![1, 2],
+            same: vec![true, false],
+        };
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let batch = batcher.labelled(&set, &pairs, Layout::Pairs, None).unwrap();
+        let sides = batcher.pairs(&set, &pairs, None).unwrap();
+        assert_eq!(batch.images.dims(), &[4, 1, 2, 2]);
+        assert_eq!(
+            flat(&batch.images),
+            [flat(&sides.left), flat(&sides.right)].concat()
+        );
+        assert_eq!(batch.labels, [2, 0, 2, 1]);
+
+        // Two views: the same draws as augmenting the 2B images twice in a row.
+        let config = crate::AugmentConfig::default();
+        let mut a = Augmenter::new(config, 9).unwrap();
+        let mut b = Augmenter::new(config, 9).unwrap();
+        let views = batcher
+            .labelled(&set, &pairs, Layout::TwoViews, Some(&mut a))
+            .unwrap();
+        let once = batcher
+            .images_augmented(&set, &[3, 0, 1, 2], &mut b)
+            .unwrap();
+        let twice = batcher
+            .images_augmented(&set, &[3, 0, 1, 2], &mut b)
+            .unwrap();
+        assert_eq!(views.images.dims(), &[8, 1, 2, 2]);
+        assert_eq!(flat(&views.images), [flat(&once), flat(&twice)].concat());
+        assert_eq!(views.labels, [2, 0, 2, 1, 2, 0, 2, 1]);
+        let err = batcher
+            .labelled(&set, &pairs, Layout::TwoViews, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("augmenter"), "{err}");
     }
 }

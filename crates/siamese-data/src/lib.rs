@@ -52,7 +52,7 @@ pub mod sampler;
 pub mod source;
 
 pub use augment::{AugmentConfig, Augmenter};
-pub use batcher::{unit_pixel, Batcher, PairTensors};
+pub use batcher::{unit_pixel, Batcher, LabelledBatch, Layout, PairTensors};
 pub use data_source::{DataSource, LoadedData};
 pub use dataset::{Dataset, DatasetSpec, ImageSet, Part, PartSpec, Split, KNOWN_DATASETS};
 pub use error::DataError;

@@ -2,7 +2,9 @@
 //! tensor functions: usable on their own, without the rest of the workspace.
 //!
 //! Following pytorch-metric-learning, a loss is made of parts: a [`Distance`] (paired
-//! and matrix forms), a [`PairLoss`] returning one term per pair, and a [`Reduction`].
+//! and matrix forms), a [`PairLoss`] returning one term per pair, and a [`Reduction`];
+//! a [`Miner`] picks which pairs of a batch the loss sees, and [`MinedLoss`] composes
+//! the four into one [`BatchLoss`]: labelled embeddings in, one loss out ([`batch`]).
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
@@ -29,14 +31,16 @@
 //! Labels: `same = 1` means the pair is of the same class, as in the reference program.
 //! The papers (Chopra 2005, Hadsell 2006) write `Y = 0` for genuine pairs.
 
+pub mod batch;
 pub mod distance;
 pub mod error;
 pub mod loss;
 pub mod miner;
 pub mod ntxent;
 
+pub use batch::{view_labels, BatchLoss, MinedLoss, NtXent, WithViewTerm};
 pub use distance::{Cosine, Distance, Euclidean, SquaredEuclidean};
 pub use error::LossError;
 pub use loss::{split_means, Chopra2005, ContrastiveLoss, Hadsell2006, PairLoss, Reduction};
-pub use miner::{AllPairs, BatchHard, MinedPairs, Miner, MultiSimilarity};
+pub use miner::{AllPairs, BatchHard, MinedPairs, Miner, MultiSimilarity, PairedHalves};
 pub use ntxent::nt_xent;

@@ -3,6 +3,9 @@
 //! the loss scores those pairs. Mining looks at the distances without their gradients
 //! (a plain `n x n` matrix), so a miner is plain Rust and tested on hand-made batches.
 //!
+//! - [`PairedHalves`]: row `i` with row `i + n/2`, the pairs a pair sampler drew (the
+//!   batcher lays a pair batch out as all first images, then all second images): the
+//!   reference program's sampled pairs.
 //! - [`AllPairs`]: every pair `(i, j)`, `i < j` (today's `all_in_batch`).
 //! - [`BatchHard`]: for each anchor, its farthest same-class image and its nearest
 //!   other-class image (Hermans et al. 2017, pytorch-metric-learning's
@@ -57,6 +60,16 @@ pub trait Miner {
     }
 }
 
+impl<T: Miner + ?Sized> Miner for Box<T> {
+    fn mine(&self, distances: &[f32], labels: &[u32]) -> MinedPairs {
+        (**self).mine(distances, labels)
+    }
+
+    fn needs_distances(&self) -> bool {
+        (**self).needs_distances()
+    }
+}
+
 fn check(distances: &[f32], labels: &[u32]) -> usize {
     let n = labels.len();
     assert_eq!(
@@ -65,6 +78,29 @@ fn check(distances: &[f32], labels: &[u32]) -> usize {
         "an n x n distance matrix for n labels"
     );
     n
+}
+
+/// Row `i` with row `i + n/2` for each `i < n/2`, same-class when their labels agree:
+/// the sampled pairs of a batch laid out as first images then second images (as
+/// `siamese_data::Batcher` lays them). With an odd `n`
+/// the last row has no partner and is left out.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PairedHalves;
+
+impl Miner for PairedHalves {
+    /// The distances are not looked at (pass an empty slice).
+    fn mine(&self, _distances: &[f32], labels: &[u32]) -> MinedPairs {
+        let half = labels.len() / 2;
+        let mut out = MinedPairs::default();
+        for i in 0..half {
+            out.push(i, i + half, labels[i] == labels[i + half]);
+        }
+        out
+    }
+
+    fn needs_distances(&self) -> bool {
+        false
+    }
 }
 
 /// Every pair `(i, j)`, `i < j`, in row order.
@@ -193,6 +229,15 @@ mod tests {
         (0..m.len())
             .map(|k| (m.first[k], m.second[k], m.same[k] == 1.0))
             .collect()
+    }
+
+    #[test]
+    fn paired_halves_pairs_each_first_row_with_its_second() {
+        let m = PairedHalves.mine(&[], &[3, 1, 4, 3, 5, 4]);
+        assert_eq!(pairs(&m), [(0, 3, true), (1, 4, false), (2, 5, true)]);
+        // An odd last row has no partner.
+        assert_eq!(pairs(&PairedHalves.mine(&[], &[1, 1, 2])), [(0, 1, true)]);
+        assert!(PairedHalves.mine(&[], &[]).is_empty() && !PairedHalves.needs_distances());
     }
 
     #[test]
