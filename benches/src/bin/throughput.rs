@@ -24,10 +24,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
-use siamese_data::{BalancedPairs, Batcher, ImageSet, PairSampler};
-use siamese_loss::Chopra2005;
+use siamese_data::{BalancedPairs, Batcher, ImageSet};
+use siamese_loss::{Chopra2005, Euclidean, MinedLoss};
 use siamese_model::kernels::{batch_statistics, Conv2dRelu, DropoutBatchNorm, LinearAct};
-use siamese_model::{ConvTower, Embedder, SiameseModel, TowerConfig};
+use siamese_model::{ConvTower, Embedder, TowerConfig};
 use siamese_train::{AdamConfig, Pairing, Trainer};
 
 const WARMUP: usize = 3;
@@ -57,16 +57,21 @@ fn train(steps: usize, plain: bool, pairing: Pairing) -> serde_json::Value {
     tower.set_fused(!plain);
     let params = ConvTower::trainable_parameters(&varmap);
     let sampler = BalancedPairs::new(set.labels(), 10, 0.5, 0).expect("valid sampler");
+    let loss = MinedLoss::new(
+        pairing.miner(),
+        Euclidean::default(),
+        Chopra2005 { q: 5.0 },
+        pairing.reduction(),
+    );
     let mut trainer = Trainer::new(
         sampler,
-        SiameseModel::new(tower),
-        Chopra2005 { q: 5.0 },
+        tower,
+        loss,
         params,
         AdamConfig::default(),
         Batcher::new(device),
     )
     .expect("trainer");
-    trainer.set_pairing(pairing);
     if plain {
         trainer.optimizer.use_tensor_ops();
     }
@@ -80,7 +85,6 @@ fn train(steps: usize, plain: bool, pairing: Pairing) -> serde_json::Value {
     let secs = start.elapsed().as_secs_f64();
     let peak = peak_rss_mib();
     // Where a step's time goes: the same step, phase by phase (milliseconds per step).
-    let batcher = Batcher::new(Device::Cpu);
     let mut phases = [0f64; 4];
     let mut lap = |i: usize, t: &mut Instant| {
         phases[i] += t.elapsed().as_secs_f64() * 1e3 / steps as f64;
@@ -88,18 +92,8 @@ fn train(steps: usize, plain: bool, pairing: Pairing) -> serde_json::Value {
     };
     for _ in 0..steps {
         let mut t = Instant::now();
-        let pairs = trainer.sampler.sample(64);
-        let batch = batcher.pairs(&set, &pairs, None).expect("batch");
-        let (l, r) = trainer
-            .model
-            .forward_pair(&batch.left, &batch.right, true)
-            .expect("forward");
-        let d = siamese_loss::Distance::paired(&trainer.distance, &l, &r).expect("distance");
-        let terms = siamese_loss::PairLoss::terms(&trainer.loss, &d, &batch.same).expect("loss");
-        let loss = trainer
-            .reduction
-            .reduce(&terms, &batch.same)
-            .expect("reduce");
+        let batch = trainer.batch(&set, 64).expect("batch");
+        let loss = trainer.loss_of(&batch).expect("loss");
         loss.to_scalar::<f32>().expect("scalar");
         lap(0, &mut t);
         let grads = loss.backward().expect("backward");

@@ -4,11 +4,12 @@
 
 use serde::{Deserialize, Serialize};
 use siamese_data::{
-    AugmentConfig, BalancedPairs, FolderOptions, HeldOutClasses, PairSampler, PerClassPairs,
-    RandomPairs,
+    AugmentConfig, BalancedPairs, FolderOptions, HeldOutClasses, Layout, PairSampler,
+    PerClassPairs, RandomPairs,
 };
 use siamese_loss::{
-    AllPairs, BatchHard, Chopra2005, Hadsell2006, Miner, MultiSimilarity, PairLoss, Reduction,
+    AllPairs, BatchHard, BatchLoss, Chopra2005, Euclidean, Hadsell2006, MinedLoss, Miner,
+    MultiSimilarity, NtXent, PairLoss, PairedHalves, Reduction, WithViewTerm,
 };
 use siamese_model::TowerConfig;
 
@@ -119,19 +120,23 @@ impl Pairing {
         }
     }
 
-    /// The miner that picks the pairs among the batch's images (`None`: only the
-    /// sampled pairs).
-    pub fn miner(self) -> Option<Box<dyn Miner + Send + Sync>> {
+    /// The miner that picks the pairs the loss sees among the batch's images (the
+    /// sampled pairs are [`PairedHalves`]: the batch holds their first images, then
+    /// their second images).
+    pub fn miner(self) -> Box<dyn Miner + Send + Sync> {
         match self {
-            Pairing::Sampled => None,
-            Pairing::AllInBatch => Some(Box::new(AllPairs)),
-            Pairing::BatchHard => Some(Box::new(BatchHard)),
-            Pairing::MultiSimilarity { epsilon } => Some(Box::new(MultiSimilarity {
+            Pairing::Sampled => Box::new(PairedHalves),
+            Pairing::AllInBatch => Box::new(AllPairs),
+            Pairing::BatchHard => Box::new(BatchHard),
+            Pairing::MultiSimilarity { epsilon } => Box::new(MultiSimilarity {
                 epsilon: epsilon as f32,
-            })),
+            }),
         }
     }
 }
+
+/// The loss side of a training step, as a config builds it.
+pub type StepLoss = Box<dyn BatchLoss>;
 
 /// Learning-rate schedule.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
@@ -352,6 +357,45 @@ impl TrainConfig {
             batch_size: 32,
             steps: 2_000,
             ..Self::default_preset()
+        }
+    }
+
+    /// The training step's loss, composed once: the pairing's miner, the Euclidean
+    /// distance, the pair loss and the pairing's reduction; with a self-supervised term,
+    /// that plus the weighted instance term over two views of each image.
+    pub fn batch_loss(&self) -> Result<StepLoss, TrainError> {
+        let labelled = MinedLoss::new(
+            self.pairing.miner(),
+            Euclidean::default(),
+            self.loss.build()?,
+            self.pairing.reduction(),
+        );
+        let Some(ssl) = self.self_supervised else {
+            return Ok(Box::new(labelled));
+        };
+        let instance: StepLoss = match ssl.loss {
+            // Every pair of views: the instance term is not mined.
+            ViewLoss::PairLoss => Box::new(MinedLoss::new(
+                AllPairs,
+                Euclidean::default(),
+                self.loss.build()?,
+                Pairing::AllInBatch.reduction(),
+            )),
+            ViewLoss::NtXent { temperature } => Box::new(NtXent { temperature }),
+        };
+        Ok(Box::new(WithViewTerm {
+            labelled,
+            instance,
+            weight: ssl.weight,
+        }))
+    }
+
+    /// How the training step lays out its batch: two views of each image when the
+    /// loss has a self-supervised term, else the pairs.
+    pub fn layout(&self) -> Layout {
+        match self.self_supervised {
+            Some(_) => Layout::TwoViews,
+            None => Layout::Pairs,
         }
     }
 

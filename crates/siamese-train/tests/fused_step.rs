@@ -13,8 +13,11 @@ use std::path::Path;
 
 use candle_core::Device;
 use siamese_data::{BalancedPairs, Batcher, ImageSet, Stateful};
-use siamese_loss::Chopra2005;
-use siamese_model::{ConvTower, SiameseModel, TowerConfig};
+use siamese_loss::{Chopra2005, Euclidean, MinedLoss, PairedHalves, Reduction};
+
+/// The reference program's loss: the sampled pairs, Chopra 2005, averaged.
+type SampledChopra = MinedLoss<PairedHalves, Euclidean, Chopra2005>;
+use siamese_model::{ConvTower, TowerConfig};
 use siamese_train::{AdamConfig, Trainer};
 
 /// 28x28 images of 4 classes, each class a bright band in its own quarter of the rows,
@@ -35,7 +38,7 @@ fn images() -> ImageSet {
     ImageSet::new(side, side, 4, pixels, labels, Path::new("bands")).unwrap()
 }
 
-type BandTrainer = Trainer<BalancedPairs, ConvTower, Chopra2005>;
+type BandTrainer = Trainer<BalancedPairs, ConvTower, SampledChopra>;
 
 /// The reference tower (dropout and batch norm on), on the fused path or the plain one.
 fn trainer(set: &ImageSet, fused: bool) -> BandTrainer {
@@ -46,8 +49,13 @@ fn trainer(set: &ImageSet, fused: bool) -> BandTrainer {
     let sampler = BalancedPairs::new(set.labels(), 4, 0.5, 3).unwrap();
     let mut trainer = Trainer::new(
         sampler,
-        SiameseModel::new(tower),
-        Chopra2005 { q: 5.0 },
+        tower,
+        MinedLoss::new(
+            PairedHalves,
+            Euclidean::default(),
+            Chopra2005 { q: 5.0 },
+            Reduction::Mean,
+        ),
         params,
         AdamConfig::default(),
         Batcher::new(Device::Cpu),

@@ -6,8 +6,11 @@ use std::path::Path;
 
 use candle_core::Device;
 use siamese_data::{Batcher, ImageSet, PairBatch, PairSampler, StateDict, StateError, Stateful};
-use siamese_loss::Chopra2005;
-use siamese_model::{ConvTower, SiameseModel, TowerConfig};
+use siamese_loss::{Chopra2005, Euclidean, MinedLoss, PairedHalves, Reduction};
+
+/// The reference program's loss: the sampled pairs, Chopra 2005, averaged.
+type SampledChopra = MinedLoss<PairedHalves, Euclidean, Chopra2005>;
+use siamese_model::{ConvTower, TowerConfig};
 use siamese_train::{AdamConfig, Trainer};
 
 /// Pairs each image with the next one, from a cursor that walks the set: its whole
@@ -61,7 +64,7 @@ fn images() -> ImageSet {
     ImageSet::new(side, side, 4, pixels, labels, Path::new("walk")).unwrap()
 }
 
-type WalkTrainer = Trainer<Walk, ConvTower, Chopra2005>;
+type WalkTrainer = Trainer<Walk, ConvTower, SampledChopra>;
 
 fn trainer(set: &ImageSet, seed: u64) -> WalkTrainer {
     let config = TowerConfig {
@@ -81,8 +84,13 @@ fn trainer(set: &ImageSet, seed: u64) -> WalkTrainer {
     };
     Trainer::new(
         sampler,
-        SiameseModel::new(tower),
-        Chopra2005::default(),
+        tower,
+        MinedLoss::new(
+            PairedHalves,
+            Euclidean::default(),
+            Chopra2005::default(),
+            Reduction::Mean,
+        ),
         params,
         AdamConfig::default(),
         Batcher::new(Device::Cpu),
