@@ -116,7 +116,32 @@ fn load_data(name_or_dir: &str, folder: &FolderOptions) -> Result<Loaded> {
 /// The run's config: `base` (a resumed run's own) or the `--config` file or the preset,
 /// with every setting the command line gives applied on top.
 fn train_config(a: &TrainArgs, base: Option<TrainConfig>) -> Result<TrainConfig> {
-    let mut c = match (base, &a.config) {
+    let mut c = base_config(a, base)?;
+    apply_plain_settings(a, &mut c);
+    c.loss = loss_config(a, c.loss)?;
+    c.sampler = sampler_config(a, c.sampler);
+    c.pairing = pairing_config(a, c.pairing)?;
+    if let Some(held_out) = &a.source.holdout_classes {
+        // Known data sets are checked now, before minutes of loading.
+        if let Ok(spec) = DatasetSpec::by_name(&c.data) {
+            held_out.check(spec.num_classes(), &spec.name)?;
+        }
+        c.holdout_classes = Some(held_out.clone());
+    }
+    if a.positive_fraction.is_some() && !matches!(c.sampler, SamplerConfig::Balanced { .. }) {
+        bail!("--positive-fraction applies to --pairs balanced");
+    }
+    if a.images_per_class.is_some() && !matches!(c.sampler, SamplerConfig::PerClass { .. }) {
+        bail!("--images-per-class applies to --pairs per-class");
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+/// The config to start from: `base` (a resumed run's own), the `--config` file or the
+/// preset.
+fn base_config(a: &TrainArgs, base: Option<TrainConfig>) -> Result<TrainConfig> {
+    Ok(match (base, &a.config) {
         (Some(base), _) => base,
         (None, Some(path)) => {
             let text = std::fs::read_to_string(path)
@@ -125,7 +150,12 @@ fn train_config(a: &TrainArgs, base: Option<TrainConfig>) -> Result<TrainConfig>
                 .with_context(|| format!("{} is not a valid training config", path.display()))?
         }
         (None, None) => TrainConfig::preset(&a.preset)?,
-    };
+    })
+}
+
+/// The settings the command line gives one for one (steps, batch, learning rate, seed,
+/// model and augmentation options, evaluation and checkpoint intervals).
+fn apply_plain_settings(a: &TrainArgs, c: &mut TrainConfig) {
     if let Some(d) = &a.source.data {
         c.data = d.clone();
     }
@@ -171,12 +201,16 @@ fn train_config(a: &TrainArgs, base: Option<TrainConfig>) -> Result<TrainConfig>
     if let Some(v) = a.checkpoint_every {
         c.checkpoint_every = v;
     }
-    c.loss = match (a.loss, c.loss) {
+}
+
+/// The loss with `--loss`, `--q` and `--margin` applied to `loss`.
+fn loss_config(a: &TrainArgs, loss: LossConfig) -> Result<LossConfig> {
+    Ok(match (a.loss, loss) {
         (Some(LossName::Chopra), _) | (None, LossConfig::Chopra { .. }) => {
             if a.margin.is_some() {
                 bail!("--margin applies to --loss margin; the loss is chopra");
             }
-            let q = match c.loss {
+            let q = match loss {
                 LossConfig::Chopra { q } => q,
                 LossConfig::Margin { .. } => 5.0,
             };
@@ -188,7 +222,7 @@ fn train_config(a: &TrainArgs, base: Option<TrainConfig>) -> Result<TrainConfig>
             if a.q.is_some() {
                 bail!("--q applies to --loss chopra; the loss is margin");
             }
-            let margin = match c.loss {
+            let margin = match loss {
                 LossConfig::Margin { margin } => margin,
                 LossConfig::Chopra { .. } => 1.0,
             };
@@ -196,8 +230,12 @@ fn train_config(a: &TrainArgs, base: Option<TrainConfig>) -> Result<TrainConfig>
                 margin: a.margin.unwrap_or(margin),
             }
         }
-    };
-    c.sampler = match (a.pairs, c.sampler) {
+    })
+}
+
+/// The sampler with `--pairs`, `--positive-fraction` and `--images-per-class` applied.
+fn sampler_config(a: &TrainArgs, sampler: SamplerConfig) -> SamplerConfig {
+    match (a.pairs, sampler) {
         (Some(PairsName::Random), _) | (None, SamplerConfig::Random) => SamplerConfig::Random,
         (Some(PairsName::Balanced), SamplerConfig::Balanced { positive_fraction })
         | (None, SamplerConfig::Balanced { positive_fraction }) => SamplerConfig::Balanced {
@@ -213,9 +251,13 @@ fn train_config(a: &TrainArgs, base: Option<TrainConfig>) -> Result<TrainConfig>
         (Some(PairsName::PerClass), _) => SamplerConfig::PerClass {
             images_per_class: a.images_per_class.unwrap_or(8),
         },
-    };
-    if let Some(pairing) = a.pairing {
-        c.pairing = match pairing {
+    }
+}
+
+/// The pairing with `--pairing` and `--epsilon` applied.
+fn pairing_config(a: &TrainArgs, mut pairing: Pairing) -> Result<Pairing> {
+    if let Some(name) = a.pairing {
+        pairing = match name {
             PairingName::Sampled => Pairing::Sampled,
             PairingName::AllInBatch => Pairing::AllInBatch,
             PairingName::BatchHard => Pairing::BatchHard,
@@ -224,28 +266,14 @@ fn train_config(a: &TrainArgs, base: Option<TrainConfig>) -> Result<TrainConfig>
             },
         };
     }
-    match (a.epsilon, c.pairing) {
+    match (a.epsilon, pairing) {
         (Some(epsilon), Pairing::MultiSimilarity { .. }) => {
-            c.pairing = Pairing::MultiSimilarity { epsilon }
+            pairing = Pairing::MultiSimilarity { epsilon }
         }
         (Some(_), _) => bail!("--epsilon applies to --pairing multi-similarity"),
         (None, _) => {}
     }
-    if let Some(held_out) = &a.source.holdout_classes {
-        // Known data sets are checked now, before minutes of loading.
-        if let Ok(spec) = DatasetSpec::by_name(&c.data) {
-            held_out.check(spec.num_classes(), &spec.name)?;
-        }
-        c.holdout_classes = Some(held_out.clone());
-    }
-    if a.positive_fraction.is_some() && !matches!(c.sampler, SamplerConfig::Balanced { .. }) {
-        bail!("--positive-fraction applies to --pairs balanced");
-    }
-    if a.images_per_class.is_some() && !matches!(c.sampler, SamplerConfig::PerClass { .. }) {
-        bail!("--images-per-class applies to --pairs per-class");
-    }
-    c.validate()?;
-    Ok(c)
+    Ok(pairing)
 }
 
 fn train(a: TrainArgs) -> Result<()> {

@@ -226,81 +226,13 @@ pub fn read_image(path: &Path, preprocessing: &Preprocessing) -> Result<Vec<u8>,
 
 /// Loads the image folder `dir` (one subfolder per class) and splits it.
 pub fn load_image_folder(dir: &Path, options: &FolderOptions) -> Result<FolderData, DataError> {
-    if !dir.is_dir() {
-        return Err(folder_error(dir, "not a folder"));
-    }
-    let mut skipped = Vec::new();
-    let mut class_dirs = Vec::new();
-    for path in sorted_entries(dir)? {
-        if path.is_dir() {
-            class_dirs.push(path);
-        } else {
-            skipped.push(path);
-        }
-    }
-    if class_dirs.len() < 2 {
-        return Err(folder_error(
-            dir,
-            format!(
-                "an image folder needs one subfolder per class, at least two; found {}",
-                class_dirs.len()
-            ),
-        ));
-    }
-    if class_dirs.len() > 256 {
-        return Err(folder_error(
-            dir,
-            format!(
-                "{} class folders: at most 256 classes are supported",
-                class_dirs.len()
-            ),
-        ));
-    }
-
-    // Decode everything, class by class, in name order.
-    let mut size = options.image_size.map(|[h, w]| (h, w));
-    if size.is_some_and(|(h, w)| h == 0 || w == 0) {
-        return Err(folder_error(dir, "the image size must be at least 1x1"));
-    }
-    let resize_all = size.is_some();
-    let mut classes: Vec<Vec<Vec<u8>>> = Vec::with_capacity(class_dirs.len());
-    let mut class_paths: Vec<Vec<PathBuf>> = Vec::with_capacity(class_dirs.len());
-    for class_dir in &class_dirs {
-        let mut images = Vec::new();
-        let mut paths = Vec::new();
-        for path in sorted_entries(class_dir)? {
-            if path.is_dir() || !has_image_extension(&path) {
-                skipped.push(path);
-                continue;
-            }
-            let (h, w, pixels) = decode_gray(&path)?;
-            let target = *size.get_or_insert((h, w));
-            if (h, w) != target && !resize_all {
-                return Err(DataError::ImageFile {
-                    path,
-                    detail: format!(
-                        "the image is {h}x{w} pixels (height x width) but the first image is \
-                         {}x{}; give an image size to resize them all",
-                        target.0, target.1
-                    ),
-                });
-            }
-            images.push(resize(pixels, (h, w), target));
-            paths.push(path);
-        }
-        if images.is_empty() {
-            return Err(folder_error(
-                class_dir,
-                format!(
-                    "the class folder holds no images (expected files ending in {})",
-                    IMAGE_EXTENSIONS.join(", ")
-                ),
-            ));
-        }
-        classes.push(images);
-        class_paths.push(paths);
-    }
-    let (rows, cols) = size.expect("at least one image was read");
+    let (class_dirs, mut skipped) = class_folders(dir)?;
+    let decoded = decode_classes(dir, &class_dirs, options.image_size, &mut skipped)?;
+    let DecodedClasses {
+        classes,
+        paths: class_paths,
+        size: (rows, cols),
+    } = decoded;
     let class_names: Vec<String> = class_dirs
         .iter()
         .map(|p| {
@@ -351,6 +283,109 @@ pub fn load_image_folder(dir: &Path, options: &FolderOptions) -> Result<FolderDa
         },
         skipped,
         paths,
+    })
+}
+
+/// The class subfolders of `dir`, in name order, and the other entries (skipped).
+fn class_folders(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), DataError> {
+    if !dir.is_dir() {
+        return Err(folder_error(dir, "not a folder"));
+    }
+    let mut skipped = Vec::new();
+    let mut class_dirs = Vec::new();
+    for path in sorted_entries(dir)? {
+        if path.is_dir() {
+            class_dirs.push(path);
+        } else {
+            skipped.push(path);
+        }
+    }
+    if class_dirs.len() < 2 {
+        return Err(folder_error(
+            dir,
+            format!(
+                "an image folder needs one subfolder per class, at least two; found {}",
+                class_dirs.len()
+            ),
+        ));
+    }
+    if class_dirs.len() > 256 {
+        return Err(folder_error(
+            dir,
+            format!(
+                "{} class folders: at most 256 classes are supported",
+                class_dirs.len()
+            ),
+        ));
+    }
+    Ok((class_dirs, skipped))
+}
+
+/// Every class's images, decoded to gray and brought to one size, with their files.
+struct DecodedClasses {
+    /// `classes[c][i]`: image `i` of class `c`, `rows * cols` bytes.
+    classes: Vec<Vec<Vec<u8>>>,
+    /// The file of each image, in the same order.
+    paths: Vec<Vec<PathBuf>>,
+    /// `(rows, cols)` of every image.
+    size: (usize, usize),
+}
+
+/// Decodes everything, class by class, in name order: to `image_size` when given, else
+/// every image must have the first one's size. Files that are not images go to
+/// `skipped`.
+fn decode_classes(
+    dir: &Path,
+    class_dirs: &[PathBuf],
+    image_size: Option<[usize; 2]>,
+    skipped: &mut Vec<PathBuf>,
+) -> Result<DecodedClasses, DataError> {
+    let mut size = image_size.map(|[h, w]| (h, w));
+    if size.is_some_and(|(h, w)| h == 0 || w == 0) {
+        return Err(folder_error(dir, "the image size must be at least 1x1"));
+    }
+    let resize_all = size.is_some();
+    let mut classes: Vec<Vec<Vec<u8>>> = Vec::with_capacity(class_dirs.len());
+    let mut class_paths: Vec<Vec<PathBuf>> = Vec::with_capacity(class_dirs.len());
+    for class_dir in class_dirs {
+        let mut images = Vec::new();
+        let mut paths = Vec::new();
+        for path in sorted_entries(class_dir)? {
+            if path.is_dir() || !has_image_extension(&path) {
+                skipped.push(path);
+                continue;
+            }
+            let (h, w, pixels) = decode_gray(&path)?;
+            let target = *size.get_or_insert((h, w));
+            if (h, w) != target && !resize_all {
+                return Err(DataError::ImageFile {
+                    path,
+                    detail: format!(
+                        "the image is {h}x{w} pixels (height x width) but the first image is \
+                         {}x{}; give an image size to resize them all",
+                        target.0, target.1
+                    ),
+                });
+            }
+            images.push(resize(pixels, (h, w), target));
+            paths.push(path);
+        }
+        if images.is_empty() {
+            return Err(folder_error(
+                class_dir,
+                format!(
+                    "the class folder holds no images (expected files ending in {})",
+                    IMAGE_EXTENSIONS.join(", ")
+                ),
+            ));
+        }
+        classes.push(images);
+        class_paths.push(paths);
+    }
+    Ok(DecodedClasses {
+        classes,
+        paths: class_paths,
+        size: size.expect("at least one image was read"),
     })
 }
 

@@ -463,6 +463,31 @@ impl Conv2dRelu {
         })
     }
 
+    /// The gradient after the ReLU (`grad` where the layer's output `out` is positive,
+    /// else 0) into `gy`, channels last `[images * P, O]`, for a chunk of images.
+    fn relu_gradient(&self, grad: &[f32], out: &[f32], gy: &mut [f32]) {
+        let g = self.geometry;
+        let (p, o) = (g.p(), g.c_out);
+        if self.channels_first_output {
+            // Each image's [O, P] plane into [P, O]: plane rows are read in order,
+            // written at stride O.
+            let images = gy.chunks_exact_mut(p * o).zip(grad.chunks_exact(p * o));
+            for ((gy_img, g_img), y_img) in images.zip(out.chunks_exact(p * o)) {
+                let planes = g_img.chunks_exact(p).zip(y_img.chunks_exact(p));
+                for (oc, (g_row, y_row)) in planes.enumerate() {
+                    let dst = gy_img[oc..].iter_mut().step_by(o);
+                    for ((d, &gv), &y) in dst.zip(g_row).zip(y_row) {
+                        *d = if y > 0.0 { gv } else { 0.0 };
+                    }
+                }
+            }
+        } else {
+            for ((d, &gv), &y) in gy.iter_mut().zip(grad).zip(out) {
+                *d = if y > 0.0 { gv } else { 0.0 };
+            }
+        }
+    }
+
     fn batch(&self, l: &Layout) -> candle_core::Result<usize> {
         let g = &self.geometry;
         match l.dims() {
@@ -475,6 +500,22 @@ impl Conv2dRelu {
             ),
         }
     }
+}
+
+/// The per-chunk `(dW, db)` partials summed in chunk order (a fixed order, so the
+/// result does not depend on how the chunks were scheduled).
+fn sum_partials(
+    partials: &[(Vec<f32>, Vec<f32>)],
+    dw_len: usize,
+    db_len: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut dw = vec![0f32; dw_len];
+    let mut db = vec![0f32; db_len];
+    for (pw, pb) in partials {
+        dw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
+        db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
+    }
+    (dw, db)
 }
 
 impl CustomOp3 for Conv2dRelu {
@@ -581,25 +622,7 @@ impl CustomOp3 for Conv2dRelu {
                 with_scratch([k * nb * p, nb * p * o, 0], |col, gy, _| {
                     // gy [nb * P, O]: the gradient after the ReLU, channels last.
                     let span = first * p * o..(first + nb) * p * o;
-                    let (grad, out) = (&grad[span.clone()], &out[span]);
-                    if self.channels_first_output {
-                        // Each image's [O, P] plane into [P, O]: plane rows are
-                        // read in order, written at stride O.
-                        let images = gy.chunks_exact_mut(p * o).zip(grad.chunks_exact(p * o));
-                        for ((gy_img, g_img), y_img) in images.zip(out.chunks_exact(p * o)) {
-                            let planes = g_img.chunks_exact(p).zip(y_img.chunks_exact(p));
-                            for (oc, (g_row, y_row)) in planes.enumerate() {
-                                let dst = gy_img[oc..].iter_mut().step_by(o);
-                                for ((d, &gv), &y) in dst.zip(g_row).zip(y_row) {
-                                    *d = if y > 0.0 { gv } else { 0.0 };
-                                }
-                            }
-                        }
-                    } else {
-                        for ((d, &gv), &y) in gy.iter_mut().zip(grad).zip(out) {
-                            *d = if y > 0.0 { gv } else { 0.0 };
-                        }
-                    }
+                    self.relu_gradient(&grad[span.clone()], &out[span], gy);
                     for row in gy.chunks_exact(o) {
                         db.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
                     }
@@ -616,12 +639,7 @@ impl CustomOp3 for Conv2dRelu {
                 (dw, db)
             })
             .collect_into_vec(&mut partials);
-        let mut dw = vec![0f32; o * k];
-        let mut db = vec![0f32; o];
-        for (pw, pb) in &partials {
-            dw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
-            db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
-        }
+        let (dw, db) = sum_partials(&partials, o * k, o);
         if self.input_grad {
             // SAFETY: the chunks of `dx` cover its `dx_len` elements, and every chunk
             // ran (collect_into_vec above) and zeroed its part before adding into it.
