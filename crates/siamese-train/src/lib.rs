@@ -26,12 +26,13 @@ pub mod plot;
 pub mod projector;
 pub mod provenance;
 pub mod run;
+pub mod run_folder;
 pub mod tensorboard;
 pub mod trainer;
 
 pub use config::{
-    LossConfig, OptimConfig, Pairing, SamplerConfig, Schedule, SelfSupervised, TrainConfig,
-    ViewLoss, PRESETS,
+    LossConfig, OptimConfig, Pairing, SamplerConfig, Schedule, SelfSupervised, StepLoss,
+    TrainConfig, ViewLoss, PRESETS,
 };
 pub use error::TrainError;
 pub use eval::{evaluate, EvalReport, KnnGallery};
@@ -47,3 +48,8 @@ pub use siamese_metrics::{
     RetrievalMetrics, Verification,
 };
 pub use trainer::Trainer;
+
+/// The README's Rust examples, compiled and run as doctests of this crate.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
