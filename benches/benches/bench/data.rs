@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 use criterion::{criterion_group, Criterion, Throughput};
 use siamese_data::idx::{self, IdxImages};
-use siamese_data::{BalancedPairs, Batcher, ImageSet, PairSampler, RandomPairs};
+use siamese_data::{BalancedPairs, Batcher, ImageSet, Layout, PairSampler, RandomPairs};
 
 fn train_images_gz() -> (Vec<u8>, &'static str) {
     if let Some(dir) = std::env::var_os("SIAMESE_DATA_DIR") {
@@ -79,7 +79,11 @@ fn batch(c: &mut Criterion) {
     let mut group = c.benchmark_group("batcher");
     group.throughput(Throughput::Elements(64));
     group.bench_function("cpu_f32_pairs_64x1x28x28", |b| {
-        b.iter(|| batcher.pairs(&set, black_box(&pairs), None).unwrap())
+        b.iter(|| {
+            batcher
+                .labelled(&set, black_box(&pairs), Layout::Pairs, None)
+                .unwrap()
+        })
     });
     group.finish();
 }

@@ -1,5 +1,5 @@
 //! The one place where tensors are made: pixels become `f32` in `[0, 1]` shaped
-//! `[B, 1, H, W]`, and pair labels become `same [B]` (1.0 = same class).
+//! `[B, 1, H, W]`.
 //!
 //! A training step takes its batch as a [`LabelledBatch`]: the step's images in one
 //! tensor with one label per image, laid out as a [`Layout`] says, so the loss side
@@ -11,17 +11,6 @@ use crate::augment::Augmenter;
 use crate::dataset::ImageSet;
 use crate::error::DataError;
 use crate::sampler::PairBatch;
-
-/// A batch of pairs as tensors.
-#[derive(Debug, Clone)]
-pub struct PairTensors {
-    /// First images, `[B, 1, H, W]` f32 in `[0, 1]`.
-    pub left: Tensor,
-    /// Second images, `[B, 1, H, W]` f32 in `[0, 1]`.
-    pub right: Tensor,
-    /// `[B]` f32: 1.0 when the pair is from the same class, else 0.0.
-    pub same: Tensor,
-}
 
 /// How a pair batch's images are laid out in a [`LabelledBatch`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -133,10 +122,10 @@ impl Batcher {
         layout: Layout,
         augmenter: Option<&mut Augmenter>,
     ) -> Result<LabelledBatch, DataError> {
-        let sides: Vec<usize> = pairs.left.iter().chain(&pairs.right).copied().collect();
-        let rows = match layout {
-            Layout::Pairs => sides.clone(),
-            Layout::TwoViews => [sides.as_slice(), &sides].concat(),
+        let sides = pairs.left.iter().chain(&pairs.right).copied();
+        let rows: Vec<usize> = match layout {
+            Layout::Pairs => sides.collect(),
+            Layout::TwoViews => sides.clone().chain(sides).collect(),
         };
         let images = match (layout, augmenter) {
             (_, Some(augmenter)) => self.images_augmented(set, &rows, augmenter)?,
@@ -151,32 +140,6 @@ impl Batcher {
         };
         let labels = rows.iter().map(|&i| u32::from(set.labels()[i])).collect();
         Ok(LabelledBatch { images, labels })
-    }
-
-    /// Both sides of a pair batch, and its labels; each image distorted by `augmenter`
-    /// when one is given.
-    pub fn pairs(
-        &self,
-        set: &ImageSet,
-        batch: &PairBatch,
-        augmenter: Option<&mut Augmenter>,
-    ) -> Result<PairTensors, DataError> {
-        let same: Vec<f32> = batch.same.iter().map(|&s| f32::from(u8::from(s))).collect();
-        let (left, right) = match augmenter {
-            Some(a) => (
-                self.images_augmented(set, &batch.left, a)?,
-                self.images_augmented(set, &batch.right, a)?,
-            ),
-            None => (
-                self.images(set, &batch.left)?,
-                self.images(set, &batch.right)?,
-            ),
-        };
-        Ok(PairTensors {
-            left,
-            right,
-            same: Tensor::from_vec(same, batch.len(), &self.device)?,
-        })
     }
 }
 
@@ -206,17 +169,17 @@ mod tests {
             right: vec![0, 0],
             same: vec![false, true],
         };
-        let t = batcher.pairs(&set, &batch, None).unwrap();
-        assert_eq!(t.left.dims(), &[2, 1, 1, 2]);
-        let left: Vec<f32> = t.left.flatten_all().unwrap().to_vec1().unwrap();
-        assert_eq!(left, vec![0.2, 0.4, 0.0, 1.0]);
-        assert_eq!(t.same.to_vec1::<f32>().unwrap(), vec![0.0, 1.0]);
+        let t = batcher.labelled(&set, &batch, Layout::Pairs, None).unwrap();
+        assert_eq!(t.images.dims(), &[4, 1, 1, 2]);
+        let pixels: Vec<f32> = t.images.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(pixels, vec![0.2, 0.4, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0]);
+        assert_eq!(t.labels, vec![1, 0, 0, 0]);
         let err = batcher.images(&set, &[2]).unwrap_err().to_string();
         assert!(err.contains("below 2"), "{err}");
     }
 
-    /// The labelled layouts hold the same images as the two sides, in row order, with
-    /// each image's class beside it.
+    /// The labelled layouts hold each pair's first images, then its second images (and
+    /// for two views, all of them twice), with each image's class beside it.
     #[test]
     fn labelled_batches_lay_out_pairs_and_views() {
         let pixels: Vec<u8> = (0..16).map(|i| i * 16).collect();
@@ -229,12 +192,12 @@ mod tests {
         };
         let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let batch = batcher.labelled(&set, &pairs, Layout::Pairs, None).unwrap();
-        let sides = batcher.pairs(&set, &pairs, None).unwrap();
-        assert_eq!(batch.images.dims(), &[4, 1, 2, 2]);
-        assert_eq!(
-            flat(&batch.images),
-            [flat(&sides.left), flat(&sides.right)].concat()
+        let (left, right) = (
+            batcher.images(&set, &pairs.left).unwrap(),
+            batcher.images(&set, &pairs.right).unwrap(),
         );
+        assert_eq!(batch.images.dims(), &[4, 1, 2, 2]);
+        assert_eq!(flat(&batch.images), [flat(&left), flat(&right)].concat());
         assert_eq!(batch.labels, [2, 0, 2, 1]);
 
         // Two views: the same draws as augmenting the 2B images twice in a row.

@@ -6,7 +6,7 @@
 //! Everything but [`batcher`] is tensor-free: samplers produce indices and labels.
 //!
 //! ```
-//! use siamese_data::{Batcher, BalancedPairs, ImageSet, PairSampler};
+//! use siamese_data::{Batcher, BalancedPairs, ImageSet, Layout, PairSampler};
 //! use candle_core::Device;
 //!
 //! // Six 2x2 images of three classes (a real set comes from `siamese_data::load`).
@@ -19,9 +19,12 @@
 //! let pairs = sampler.sample(4);
 //! assert_eq!(pairs.positives(), 2);
 //!
-//! let batch = Batcher::new(Device::Cpu).pairs(&set, &pairs, None)?;
-//! assert_eq!(batch.left.dims(), &[4, 1, 2, 2]);
-//! assert_eq!(batch.same.dims(), &[4]);
+//! // One tensor of the pairs' first images, then their second images, and each
+//! // image's class: what a training step's loss needs.
+//! let batch = Batcher::new(Device::Cpu).labelled(&set, &pairs, Layout::Pairs, None)?;
+//! assert_eq!(batch.images.dims(), &[8, 1, 2, 2]);
+//! let same = (0..4).filter(|&i| batch.labels[i] == batch.labels[i + 4]).count();
+//! assert_eq!(same, 2);
 //! # Ok::<(), siamese_data::DataError>(())
 //! ```
 //!
@@ -52,7 +55,7 @@ pub mod sampler;
 pub mod source;
 
 pub use augment::{AugmentConfig, Augmenter};
-pub use batcher::{unit_pixel, Batcher, LabelledBatch, Layout, PairTensors};
+pub use batcher::{unit_pixel, Batcher, LabelledBatch, Layout};
 pub use data_source::{DataSource, LoadedData};
 pub use dataset::{Dataset, DatasetSpec, ImageSet, Part, PartSpec, Split, KNOWN_DATASETS};
 pub use error::DataError;
