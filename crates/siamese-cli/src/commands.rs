@@ -577,7 +577,7 @@ fn write_embeddings(path: &Path, values: &[f32], dim: usize, labels: &[u8]) -> R
             text.into_bytes()
         }
         Some("safetensors") => {
-            return Ok(siamese_train::run::save_embeddings(
+            return Ok(siamese_train::run_folder::save_embeddings(
                 path, values, dim, labels,
             )?);
         }

@@ -3,7 +3,7 @@
 //! pytorch-metric-learning composes them: a [`Miner`] picks the pairs of the batch, a
 //! [`Distance`] measures them, a [`PairLoss`] scores each one and a [`Reduction`] makes
 //! one number ([`MinedLoss`]). The reference program's sampled pairs are one miner
-//! among the others ([`PairedHalves`]), so the trainer has a single path.
+//! among the others ([`crate::PairedHalves`]), so the trainer has a single path.
 //!
 //! Two more losses fit the same shape: [`NtXent`] (SimCLR's loss over two views of
 //! each image) and [`WithViewTerm`], a labelled loss plus a weighted instance term

@@ -40,9 +40,9 @@ pub use labelled::LabelledEmbeddings;
 pub use optim::{Adam, AdamConfig};
 pub use provenance::Provenance;
 pub use run::{
-    final_evaluation, load_run_config, run, EvalRecord, Reporter, RunOptions, RunSummary, Silent,
-    StepRecord,
+    final_evaluation, run, EvalRecord, Reporter, RunOptions, RunSummary, Silent, StepRecord,
 };
+pub use run_folder::load_run_config;
 pub use siamese_metrics::{
     accuracy_at, knn_accuracy, knn_accuracy_leave_one_out, pair_metrics, PairMetrics,
     RetrievalMetrics, Verification,

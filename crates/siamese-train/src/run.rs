@@ -37,11 +37,11 @@ use crate::labelled::LabelledEmbeddings;
 use crate::metrics::PairMetrics;
 use crate::projector::Projection;
 use crate::provenance::Provenance;
-use crate::run_folder::{read_last, write_json, write_last, RunFolder, RunProgress};
+use crate::run_folder::{
+    files, read_last, save_embeddings, write_json, write_last, RunFolder, RunProgress,
+};
 use crate::tensorboard::EventWriter;
 use crate::trainer::Trainer;
-
-pub use crate::run_folder::{changed_fields, files, load_run_config, save_embeddings};
 
 /// How to run.
 #[derive(Debug, Clone)]

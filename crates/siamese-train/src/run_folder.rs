@@ -2,7 +2,7 @@
 //! out, opening a folder for a new or resumed run, the metrics log, the resume
 //! checkpoint's layout (`last.safetensors`, with the upgrade from its first layout) and
 //! the test embeddings file. What a training run writes and reads back lives here;
-//! [`crate::run`] decides when.
+//! [`mod@crate::run`] decides when.
 
 use std::collections::BTreeMap;
 use std::io::Write;
