@@ -1,4 +1,4 @@
-//! siamese-search: one query against a gallery of 1,000,000 embeddings of 128
+//! siamese-neighbours (what gallery search runs): one query against a gallery of 1,000,000 embeddings of 128
 //! dimensions (512 MB), exact k = 5; the target is well under a second on 2 cores.
 //! Throughput is in gallery rows scanned per second.
 
@@ -22,7 +22,7 @@ fn search(c: &mut Criterion) {
         let query = values(dim, 2);
         group.throughput(Throughput::Elements(n as u64));
         group.bench_function(format!("exact_k5_n{n}_d{dim}"), |b| {
-            b.iter(|| siamese_search::nearest(black_box(&gallery), dim, &query, 5))
+            b.iter(|| siamese_neighbours::nearest(black_box(&gallery), dim, &query, 5))
         });
     }
     group.finish();

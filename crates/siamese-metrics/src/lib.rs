@@ -28,6 +28,9 @@ pub mod retrieval;
 pub use pairs::{accuracy_at, knn_accuracy, knn_accuracy_leave_one_out, pair_metrics, PairMetrics};
 pub use pca::Pca;
 pub use retrieval::{retrieval_leave_one_out, RetrievalMetrics};
+/// Euclidean distances between rows `left[i]` and `right[i]` of embeddings (row-major,
+/// `dim` columns): the same routine as every other distance outside training.
+pub use siamese_neighbours::pair_distances;
 
 use serde::{Deserialize, Serialize};
 
@@ -117,26 +120,6 @@ pub fn verification(
         test_roc_auc: test.roc_auc,
         test_eer: test.eer,
     }
-}
-
-/// Euclidean distances between rows `left[i]` and `right[i]` of `embeddings`
-/// (row-major, `dim` columns).
-pub fn pair_distances(embeddings: &[f32], dim: usize, left: &[usize], right: &[usize]) -> Vec<f32> {
-    assert_eq!(left.len(), right.len(), "one right index per left one");
-    left.iter()
-        .zip(right)
-        .map(|(&a, &b)| {
-            let (x, y) = (
-                &embeddings[a * dim..(a + 1) * dim],
-                &embeddings[b * dim..(b + 1) * dim],
-            );
-            x.iter()
-                .zip(y)
-                .map(|(p, q)| (p - q) * (p - q))
-                .sum::<f32>()
-                .sqrt()
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! predicted "same" when its distance is at most the threshold.
 
 use serde::{Deserialize, Serialize};
+use siamese_neighbours::{nearest_to_each, nearest_to_each_row, Neighbour};
 
 /// Verification metrics of a set of pairs.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -149,36 +150,26 @@ fn knn(
         .copied()
         .max()
         .map_or(0, |m| m as usize + 1);
-    let mut right = 0usize;
-    let mut nearest: Vec<(f32, u8)> = Vec::with_capacity(k + 1);
-    let mut votes = vec![0usize; classes];
-    for (i, (q, &truth)) in test.chunks_exact(dim).zip(test_labels).enumerate() {
-        nearest.clear();
-        for (j, (x, &label)) in train.chunks_exact(dim).zip(train_labels).enumerate() {
-            if leave_one_out && i == j {
-                continue;
-            }
-            let d: f32 = q.iter().zip(x).map(|(a, b)| (a - b) * (a - b)).sum();
-            if nearest.len() < k || d < nearest[nearest.len() - 1].0 {
-                let at = nearest.partition_point(|&(e, _)| e <= d);
-                nearest.insert(at, (d, label));
-                nearest.truncate(k);
-            }
-        }
-        votes.iter_mut().for_each(|v| *v = 0);
-        for &(_, l) in &nearest {
-            votes[l as usize] += 1;
+    // Each query's vote: the k nearest (its own row left out when the sets are one),
+    // ties between classes going to the class with the nearest member.
+    let vote = |q: usize, nearest: &[Neighbour]| {
+        let mut votes = vec![0usize; classes];
+        for n in nearest {
+            votes[train_labels[n.index] as usize] += 1;
         }
         let top = votes.iter().copied().max().unwrap_or(0);
         let predicted = nearest
             .iter()
-            .find(|&&(_, l)| votes[l as usize] == top)
-            .map(|&(_, l)| l);
-        if predicted == Some(truth) {
-            right += 1;
-        }
-    }
-    right as f64 / test_labels.len().max(1) as f64
+            .map(|n| train_labels[n.index])
+            .find(|&l| votes[l as usize] == top);
+        predicted == Some(test_labels[q])
+    };
+    let right: Vec<bool> = if leave_one_out {
+        nearest_to_each_row(train, dim, |_| k, vote)
+    } else {
+        nearest_to_each(train, test, dim, k, vote)
+    };
+    right.iter().filter(|&&r| r).count() as f64 / test_labels.len().max(1) as f64
 }
 
 #[cfg(test)]

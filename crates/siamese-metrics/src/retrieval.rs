@@ -13,8 +13,8 @@
 //! retrieve and is left out of all three. Neighbours are ranked by Euclidean distance,
 //! ties broken by position in the set, so the numbers do not depend on thread count.
 
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use siamese_neighbours::{nearest_to_each_row, Neighbour};
 
 /// The three retrieval metrics of a set of embeddings.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -50,13 +50,12 @@ pub fn retrieval_leave_one_out(embeddings: &[f32], labels: &[u8], dim: usize) ->
     }
     let mut class_size = [0usize; 256];
     labels.iter().for_each(|&l| class_size[l as usize] += 1);
-    let per_query: Vec<Option<(f64, f64, f64)>> = (0..labels.len())
-        .into_par_iter()
-        .map_init(Vec::new, |ranked: &mut Vec<(f32, u32)>, q| {
-            let r = class_size[labels[q] as usize] - 1;
-            (r > 0).then(|| query(embeddings, labels, dim, q, r, ranked))
-        })
-        .collect();
+    // A query's R is the number of other items of its class; a class of one is left out.
+    let others = |q: usize| class_size[labels[q] as usize] - 1;
+    let per_query: Vec<Option<(f64, f64, f64)>> =
+        nearest_to_each_row(embeddings, dim, others, |q, ranked| {
+            (others(q) > 0).then(|| query(labels, q, ranked))
+        });
     let counted: Vec<(f64, f64, f64)> = per_query.into_iter().flatten().collect();
     if counted.is_empty() {
         return nan;
@@ -71,44 +70,20 @@ pub fn retrieval_leave_one_out(embeddings: &[f32], labels: &[u8], dim: usize) ->
     }
 }
 
-/// (precision@1, R-precision, AP@R) of query `q`, whose class has `r` other items.
-fn query(
-    embeddings: &[f32],
-    labels: &[u8],
-    dim: usize,
-    q: usize,
-    r: usize,
-    ranked: &mut Vec<(f32, u32)>,
-) -> (f64, f64, f64) {
-    let x = &embeddings[q * dim..(q + 1) * dim];
-    ranked.clear();
-    ranked.extend(
-        embeddings
-            .chunks_exact(dim)
-            .enumerate()
-            .filter(|&(j, _)| j != q)
-            .map(|(j, y)| {
-                let d: f32 = x.iter().zip(y).map(|(a, b)| (a - b) * (a - b)).sum();
-                (d, j as u32)
-            }),
-    );
-    let order = |a: &(f32, u32), b: &(f32, u32)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
-    // Only the R nearest matter: select them, then sort just those.
-    if r < ranked.len() {
-        ranked.select_nth_unstable_by(r - 1, order);
-        ranked.truncate(r);
-    }
-    ranked.sort_unstable_by(order);
+/// (precision@1, R-precision, AP@R) of query `q` from its R nearest others, nearest
+/// first.
+fn query(labels: &[u8], q: usize, ranked: &[Neighbour]) -> (f64, f64, f64) {
     let own = labels[q];
     let (mut hits, mut precision_sum) = (0usize, 0.0);
-    for (rank, &(_, j)) in ranked.iter().enumerate() {
-        if labels[j as usize] == own {
+    for (rank, n) in ranked.iter().enumerate() {
+        if labels[n.index] == own {
             hits += 1;
             precision_sum += hits as f64 / (rank + 1) as f64;
         }
     }
-    let first = f64::from(u8::from(labels[ranked[0].1 as usize] == own));
-    (first, hits as f64 / r as f64, precision_sum / r as f64)
+    let r = ranked.len() as f64;
+    let first = f64::from(u8::from(labels[ranked[0].index] == own));
+    (first, hits as f64 / r, precision_sum / r)
 }
 
 #[cfg(test)]

@@ -37,9 +37,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use rayon::prelude::*;
 use safetensors::tensor::{Dtype, TensorView};
-use serde::Serialize;
 
 /// Format name in the metadata, so another safetensors file is refused by name.
 pub const FORMAT: &str = "siamese-gallery";
@@ -51,9 +49,6 @@ pub const MAX_VALUES: usize = 1 << 30;
 pub const MAX_DIM: usize = 65_536;
 /// Most neighbours one query may ask for.
 pub const MAX_K: usize = 10_000;
-/// Rows per block of the scan: a block of 128-D rows is 2 MiB, within the L2 caches
-/// of this project's machines, and there are enough blocks for every thread.
-const BLOCK_ROWS: usize = 4096;
 
 /// Metadata keys.
 pub mod keys {
@@ -96,14 +91,11 @@ pub enum SearchError {
     },
 }
 
-/// A query's neighbour.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Hit {
-    /// Row of the gallery.
-    pub index: usize,
-    /// Euclidean distance to the query.
-    pub distance: f32,
-}
+/// Exact nearest rows of plain embeddings, as [`Gallery::search`] finds them (without
+/// its checks).
+pub use siamese_neighbours::nearest;
+/// A query's neighbour: its row in the gallery and its Euclidean distance.
+pub use siamese_neighbours::Neighbour as Hit;
 
 /// Embeddings with their labels, class names, paths and model.
 #[derive(Debug, Clone, PartialEq)]
@@ -348,137 +340,9 @@ impl Gallery {
     }
 }
 
-/// Squared Euclidean distance, in eight lanes the compiler turns into SIMD.
-fn squared_distance(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (a_rest, b_rest) = (a8.remainder(), b8.remainder());
-    for (x, y) in a8.zip(b8) {
-        for i in 0..8 {
-            let d = x[i] - y[i];
-            lanes[i] += d * d;
-        }
-    }
-    let mut sum: f32 = lanes.iter().sum();
-    for (x, y) in a_rest.iter().zip(b_rest) {
-        sum += (x - y) * (x - y);
-    }
-    sum
-}
-
-/// Orders hits by distance, then row.
-fn closer(a: &Hit, b: &Hit) -> std::cmp::Ordering {
-    a.distance
-        .total_cmp(&b.distance)
-        .then(a.index.cmp(&b.index))
-}
-
-/// Keeps the `k` best hits of `rows` (starting at row `first`) in `best`, sorted.
-fn scan_block(rows: &[f32], first: usize, dim: usize, query: &[f32], k: usize) -> Vec<Hit> {
-    let mut best: Vec<Hit> = Vec::with_capacity(k + 1);
-    for (i, row) in rows.chunks_exact(dim).enumerate() {
-        let hit = Hit {
-            index: first + i,
-            distance: squared_distance(row, query),
-        };
-        if best.len() == k && closer(&hit, &best[k - 1]).is_ge() {
-            continue;
-        }
-        let at = best.partition_point(|h| closer(h, &hit).is_lt());
-        best.insert(at, hit);
-        best.truncate(k);
-    }
-    best
-}
-
-/// The `k` rows of `embeddings` (`dim` columns) nearest to `query`, nearest first, by
-/// Euclidean distance; equal distances in row order. Exact, over every row.
-pub fn nearest(embeddings: &[f32], dim: usize, query: &[f32], k: usize) -> Vec<Hit> {
-    let mut hits: Vec<Hit> = embeddings
-        .par_chunks(BLOCK_ROWS * dim)
-        .enumerate()
-        .flat_map_iter(|(b, rows)| scan_block(rows, b * BLOCK_ROWS, dim, query, k))
-        .collect();
-    hits.sort_by(closer);
-    hits.truncate(k);
-    for h in &mut hits {
-        h.distance = h.distance.sqrt();
-    }
-    hits
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
-
-    /// The definition: every distance, sorted by (distance, row), the first k.
-    fn naive(embeddings: &[f32], dim: usize, query: &[f32], k: usize) -> Vec<(usize, f64)> {
-        let mut all: Vec<(usize, f64)> = embeddings
-            .chunks_exact(dim)
-            .enumerate()
-            .map(|(i, row)| {
-                let d: f64 = row
-                    .iter()
-                    .zip(query)
-                    .map(|(a, b)| (f64::from(*a) - f64::from(*b)).powi(2))
-                    .sum();
-                (i, d.sqrt())
-            })
-            .collect();
-        all.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
-        all.truncate(k);
-        all
-    }
-
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut x = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(40))]
-        /// Exact search equals the naive loop, across block boundaries and dimensions
-        /// that are not multiples of the SIMD lanes.
-        #[test]
-        fn search_equals_the_naive_loop(n in 1usize..9000, dim in 1usize..20, k in 1usize..12, seed in 0u64..1000) {
-            let e = values(n * dim, seed);
-            let q = values(dim, seed + 7);
-            let got = nearest(&e, dim, &q, k);
-            let want = naive(&e, dim, &q, k);
-            prop_assert_eq!(got.len(), want.len());
-            for (g, w) in got.iter().zip(&want) {
-                prop_assert_eq!(g.index, w.0);
-                prop_assert!((f64::from(g.distance) - w.1).abs() < 1e-4 * (1.0 + w.1));
-            }
-        }
-    }
-
-    #[test]
-    fn a_gallery_row_finds_itself_first_at_distance_0_and_ties_go_by_row() {
-        let e = values(5000 * 16, 3);
-        let row = 4321;
-        let q = e[row * 16..(row + 1) * 16].to_vec();
-        let hits = nearest(&e, 16, &q, 3);
-        assert_eq!((hits[0].index, hits[0].distance), (row, 0.0));
-        // Duplicated rows tie: the lower index comes first, whatever the blocks.
-        let mut dup = e.clone();
-        dup.extend_from_slice(&q);
-        let hits = nearest(&dup, 16, &q, 2);
-        assert_eq!(
-            hits.iter().map(|h| h.index).collect::<Vec<_>>(),
-            [row, 5000]
-        );
-    }
 
     fn gallery() -> Gallery {
         Gallery::new(

@@ -11,8 +11,7 @@
 //! a `<script type="application/json">` block with `<`, `>` and `&` escaped, and the
 //! page puts it on screen with `textContent`, never as HTML.
 
-use candle_core::{Device, Tensor};
-use siamese_loss::{Distance, Euclidean};
+use siamese_neighbours::nearest_to_each_row;
 
 use crate::error::TrainError;
 use crate::labelled::LabelledEmbeddings;
@@ -21,8 +20,6 @@ use crate::labelled::LabelledEmbeddings;
 pub const NEIGHBOURS: usize = 5;
 /// Principal components offered as axes when the embedding has more than two.
 pub const COMPONENTS: usize = 4;
-/// Rows of the distance matrix computed at once (a 1,000 x 10,000 block is 40 MB).
-const DISTANCE_BLOCK: usize = 1000;
 
 /// What the page shows.
 pub struct Exploration<'a> {
@@ -36,40 +33,15 @@ pub struct Exploration<'a> {
 }
 
 /// The `k` nearest other rows of every row, by Euclidean distance in the full
-/// embedding space: `(indices, distances)`, `n * k` each, nearest first, ties by row.
-pub fn all_neighbours(
-    embeddings: &[f32],
-    dim: usize,
-    k: usize,
-) -> Result<(Vec<u32>, Vec<f32>), TrainError> {
-    let n = embeddings.len() / dim.max(1);
-    let k = k.min(n.saturating_sub(1));
-    let all = Tensor::from_slice(embeddings, (n, dim), &Device::Cpu)?;
-    let (mut indices, mut distances) = (Vec::with_capacity(n * k), Vec::with_capacity(n * k));
-    // One candidate list for every row, refilled rather than reallocated.
-    let mut order: Vec<usize> = Vec::with_capacity(n);
-    for start in (0..n).step_by(DISTANCE_BLOCK) {
-        let len = DISTANCE_BLOCK.min(n - start);
-        let block = Euclidean::default()
-            .matrix(&all.narrow(0, start, len)?, &all)?
-            .to_vec2::<f32>()?;
-        for (r, row) in block.iter().enumerate() {
-            let me = start + r;
-            order.clear();
-            order.extend((0..n).filter(|&j| j != me));
-            let cmp = |a: &usize, b: &usize| row[*a].total_cmp(&row[*b]).then(a.cmp(b));
-            if k < order.len() {
-                order.select_nth_unstable_by(k, cmp);
-                order.truncate(k);
-            }
-            order.sort_by(cmp);
-            for &j in &order {
-                indices.push(j as u32);
-                distances.push(row[j]);
-            }
-        }
-    }
-    Ok((indices, distances))
+/// embedding space: `(indices, distances)`, `n * k` each (fewer when there are not `k`
+/// other rows), nearest first, ties by row.
+pub fn all_neighbours(embeddings: &[f32], dim: usize, k: usize) -> (Vec<u32>, Vec<f32>) {
+    let lists = nearest_to_each_row(embeddings, dim.max(1), |_| k, |_, hits| hits.to_vec());
+    lists
+        .iter()
+        .flatten()
+        .map(|h| (h.index as u32, h.distance))
+        .unzip()
 }
 
 /// JSON safe to place inside a `<script>` element: no `<`, `>` or `&` left to end it.
@@ -125,7 +97,7 @@ pub fn explorer_html(e: &Exploration) -> Result<String, TrainError> {
         let names = (1..=c).map(|i| format!("PC {i}")).collect();
         (pca.project(e.set.embeddings), names)
     };
-    let (neighbours, distances) = all_neighbours(e.set.embeddings, e.set.dim, NEIGHBOURS)?;
+    let (neighbours, distances) = all_neighbours(e.set.embeddings, e.set.dim, NEIGHBOURS);
     let round = |v: f32| (f64::from(v) * 1e5).round() / 1e5;
     let sprite = match e.set.images {
         Some((pixels, h, w)) => {
@@ -180,7 +152,7 @@ mod tests {
     #[test]
     fn neighbours_are_the_nearest_others_in_order() {
         let points = [0.0f32, 1.0, 3.0, 7.0, 7.5];
-        let (idx, dist) = all_neighbours(&points, 1, 2).unwrap();
+        let (idx, dist) = all_neighbours(&points, 1, 2);
         assert_eq!(idx, [1, 2, 0, 2, 1, 0, 4, 2, 3, 2]);
         let want = [1.0, 3.0, 1.0, 2.0, 2.0, 3.0, 0.5, 4.0, 0.5, 4.5];
         for (d, w) in dist.iter().zip(want) {
