@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use siamese_data::{
-    read_image, Batcher, DataSource, Dataset, DatasetSpec, FolderOptions, FolderSplit,
-    HeldOutClasses, LoadOptions, Preprocessing,
+    read_image, Batcher, DataDescription, Dataset, FolderOptions, FolderSplit, LoadOptions,
+    Preprocessing,
 };
 use siamese_model::checkpoint;
 use siamese_model::Embedder;
@@ -63,8 +63,16 @@ struct Loaded {
 }
 
 /// The image-folder options: `base` (a run's or a checkpoint's), else the defaults
-/// with `seed`, overridden by whatever the command line says.
-fn folder_options(source: &SourceArgs, base: Option<FolderOptions>, seed: u64) -> FolderOptions {
+/// with `seed`, overridden by whatever the command line says; none when there is no
+/// base and the command line gives none (the data set need not be an image folder).
+fn folder_options(
+    source: &SourceArgs,
+    base: Option<FolderOptions>,
+    seed: u64,
+) -> Option<FolderOptions> {
+    if base.is_none() && !source.has_folder_options() {
+        return None;
+    }
     let mut options = base.unwrap_or(FolderOptions {
         seed,
         ..FolderOptions::default()
@@ -83,22 +91,16 @@ fn folder_options(source: &SourceArgs, base: Option<FolderOptions>, seed: u64) -
             validation: source.val_classes,
         };
     }
-    options
+    Some(options)
 }
 
-/// Loads what `--data` names (siamese-data's [`DataSource`]: a known name, a folder of
-/// IDX files, or an image folder with `folder` options), warning about skipped files.
-fn load_data(name_or_dir: &str, folder: &FolderOptions) -> Result<Loaded> {
-    let source = DataSource::resolve(name_or_dir)?;
-    let loaded = source.load(&LoadOptions::from_env(), folder);
-    let loaded = match &source {
-        DataSource::ImageFolder(_) => {
-            loaded.with_context(|| format!("loading the image folder {name_or_dir}"))?
-        }
-        DataSource::Known(_) => loaded.with_context(|| format!("loading {name_or_dir}"))?,
-        // The error names the folder and what was tried in it.
-        DataSource::IdxFolder(_) => loaded?,
-    };
+/// Loads what a description names (siamese-data resolves the name, splits an image
+/// folder and holds classes out), warning about skipped files; `seed` seeds an image
+/// folder's split when the description has no options of its own.
+fn load_data(description: &DataDescription, seed: u64) -> Result<Loaded> {
+    let loaded = description
+        .load(&LoadOptions::from_env(), seed)
+        .with_context(|| format!("loading {}", description.source))?;
     for skipped in &loaded.skipped {
         eprintln!(
             "warning: skipped {} (not a PNG, PGM or JPEG file)",
@@ -122,10 +124,7 @@ fn train_config(a: &TrainArgs, base: Option<TrainConfig>) -> Result<TrainConfig>
     c.sampler = sampler_config(a, c.sampler);
     c.pairing = pairing_config(a, c.pairing)?;
     if let Some(held_out) = &a.source.holdout_classes {
-        // Known data sets are checked now, before minutes of loading.
-        if let Ok(spec) = DatasetSpec::by_name(&c.data) {
-            held_out.check(spec.num_classes(), &spec.name)?;
-        }
+        // Checked against a known data set by validate(), before minutes of loading.
         c.holdout_classes = Some(held_out.clone());
     }
     if a.positive_fraction.is_some() && !matches!(c.sampler, SamplerConfig::Balanced { .. }) {
@@ -297,30 +296,18 @@ fn train(a: TrainArgs) -> Result<()> {
         }
     };
     let mut config = config;
-    let folder = folder_options(&a.source, config.image_folder, config.seed);
-    let loaded = load_data(&config.data, &folder)?;
-    match loaded.folder {
+    let mut description = config.data_description();
+    description.image_folder = folder_options(&a.source, config.image_folder, config.seed);
+    let loaded = load_data(&description, config.seed)?;
+    if let (Some(options), false) = (loaded.folder, resume) {
         // The tower takes the images' size; the run keeps the resolved split.
-        Some(options) if !resume => {
-            config.image_folder = Some(options);
-            config.model.input_height = loaded.data.spec.rows;
-            config.model.input_width = loaded.data.spec.cols;
-            config.validate()?;
-        }
-        Some(_) => {}
-        None if a.source.has_folder_options() => bail!(
-            "--image-size, --test-classes, --val-classes, --test-images and --val-images \
-             apply to image folders; {} is not one",
-            config.data
-        ),
-        None => {}
+        config.image_folder = Some(options);
+        config.model.input_height = loaded.data.spec.rows;
+        config.model.input_width = loaded.data.spec.cols;
+        config.validate()?;
     }
     let test_paths = loaded.paths.map(|[_, _, test]| test).unwrap_or_default();
-    let data = apply_holdout(
-        loaded.data,
-        config.holdout_classes.as_ref(),
-        loaded.folder.is_some(),
-    )?;
+    let data = loaded.data;
     eprintln!(
         "data: {} from {}; run folder: {}",
         data.spec.name,
@@ -389,9 +376,14 @@ pub(crate) fn data_and_paths_for(
             }
         }
     }
-    let loaded = load_data(&name, &folder_options(source, saved, 0))?;
+    let description = DataDescription {
+        image_folder: folder_options(source, saved, 0),
+        holdout_classes: held_out,
+        ..DataDescription::named(name.as_str())
+    };
+    let loaded = load_data(&description, 0)?;
     let (h, w) = (ckpt.config.input_height, ckpt.config.input_width);
-    let data = apply_holdout(loaded.data, held_out.as_ref(), loaded.folder.is_some())?;
+    let data = loaded.data;
     if (data.spec.rows, data.spec.cols) != (h, w) {
         bail!(
             "{name} has {}x{} images, the model expects {h}x{w} (height x width)",
@@ -400,25 +392,6 @@ pub(crate) fn data_and_paths_for(
         );
     }
     Ok((data, loaded.paths))
-}
-
-/// The held-out-class protocol on an IDX data set; image folders hold out classes with
-/// their own split, so both together are refused.
-fn apply_holdout(
-    data: Dataset,
-    held_out: Option<&HeldOutClasses>,
-    image_folder: bool,
-) -> Result<Dataset> {
-    match held_out {
-        None => Ok(data),
-        Some(_) if image_folder => bail!(
-            "--holdout-classes applies to mnist and fashion-mnist; an image folder holds out \
-             whole classes with --test-classes and --val-classes"
-        ),
-        Some(h) => data
-            .hold_out(h)
-            .with_context(|| format!("holding out classes {h}")),
-    }
 }
 
 /// One line saying which classes each split holds, by name, when training does not
@@ -687,12 +660,13 @@ fn plot(a: PlotArgs) -> Result<()> {
 
 fn data(a: DataArgs) -> Result<()> {
     let name = a.source.data.clone().unwrap_or_else(|| "mnist".into());
-    let loaded = load_data(&name, &folder_options(&a.source, None, 0))?;
-    let data = apply_holdout(
-        loaded.data,
-        a.source.holdout_classes.as_ref(),
-        loaded.folder.is_some(),
-    )?;
+    let description = DataDescription {
+        image_folder: folder_options(&a.source, None, 0),
+        holdout_classes: a.source.holdout_classes.clone(),
+        ..DataDescription::named(name)
+    };
+    let loaded = load_data(&description, 0)?;
+    let data = loaded.data;
     let origin = loaded.origin;
     match a.action {
         DataAction::Fetch => println!(

@@ -1,13 +1,16 @@
 //! What a `--data` argument names, resolved once in the library: a known data set by
 //! name, a folder holding a known data set's IDX files, or an image folder. Every
-//! command (train, eval, embed, index, explore) loads through [`DataSource`], so they
-//! agree on what a name means and say the same thing when it means nothing.
+//! command (train, eval, embed, index, explore) loads through a [`DataDescription`]
+//! (the name, an image folder's size and split, the classes held out of training),
+//! so they agree on what a name means, split and hold out classes the same way, and
+//! say the same thing when a description means nothing.
 
 use std::path::{Path, PathBuf};
 
 use crate::dataset::{Dataset, DatasetSpec, KNOWN_DATASETS};
 use crate::error::DataError;
 use crate::folder::{is_image_folder, load_image_folder, FolderOptions};
+use crate::holdout::HeldOutClasses;
 use crate::source::{load, LoadOptions};
 
 /// Where a data set comes from.
@@ -119,6 +122,87 @@ impl DataSource {
     }
 }
 
+/// A data set as a run describes it: what `--data` named, how an image folder is sized
+/// and split, and which classes training does not see. [`DataDescription::load`]
+/// resolves the name, loads, splits and holds classes out in one place, for training
+/// and for every command that evaluates a trained model.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DataDescription {
+    /// `mnist`, `fashion-mnist`, a folder of IDX files, or an image folder.
+    pub source: String,
+    /// How an image folder is sized and split (unset: the defaults, with the seed given
+    /// to [`DataDescription::load`]). An IDX data set with these set is refused, not
+    /// silently loaded without them.
+    pub image_folder: Option<FolderOptions>,
+    /// Classes held out of training ([`crate::holdout`]): validation and test keep only
+    /// these. IDX data sets only: an image folder holds out whole classes through its
+    /// split.
+    pub holdout_classes: Option<HeldOutClasses>,
+}
+
+impl DataDescription {
+    /// The data set `source` names, with no options.
+    pub fn named(source: impl Into<String>) -> Self {
+        Self {
+            source: source.into(),
+            ..Self::default()
+        }
+    }
+
+    /// What can be checked before minutes of loading: held-out classes exist in a
+    /// known data set and leave two on each side, and are not asked of a data set that
+    /// also has image-folder options.
+    pub fn check(&self) -> Result<(), DataError> {
+        if let Some(held_out) = &self.holdout_classes {
+            if self.image_folder.is_some() {
+                return Err(self.holdout_of_image_folder());
+            }
+            if let Ok(spec) = DatasetSpec::by_name(&self.source) {
+                held_out.check(spec.num_classes(), &spec.name)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn holdout_of_image_folder(&self) -> DataError {
+        DataError::Description(format!(
+            "{}: held-out classes apply to mnist and fashion-mnist; an image folder holds \
+             out whole classes with its split (test and validation classes)",
+            self.source
+        ))
+    }
+
+    /// Resolves, loads, splits and holds out: the data set the description means.
+    /// `options` says where known data sets are looked for; `default_seed` seeds an
+    /// image folder's split when the description has no options of its own. The
+    /// result's `folder` holds the options actually used, every default resolved, for
+    /// the run to record.
+    pub fn load(&self, options: &LoadOptions, default_seed: u64) -> Result<LoadedData, DataError> {
+        self.check()?;
+        let source = DataSource::resolve(&self.source)?;
+        let is_folder = matches!(source, DataSource::ImageFolder(_));
+        if self.image_folder.is_some() && !is_folder {
+            return Err(DataError::Description(format!(
+                "{}: image size and test / validation splits apply to image folders; this \
+                 is not one",
+                self.source
+            )));
+        }
+        if self.holdout_classes.is_some() && is_folder {
+            return Err(self.holdout_of_image_folder());
+        }
+        let folder = self.image_folder.unwrap_or(FolderOptions {
+            seed: default_seed,
+            ..FolderOptions::default()
+        });
+        let mut loaded = source.load(options, &folder)?;
+        if let Some(held_out) = &self.holdout_classes {
+            loaded.dataset = loaded.dataset.hold_out(held_out)?;
+        }
+        Ok(loaded)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,5 +266,44 @@ mod tests {
             err.contains("as mnist:") && err.contains("as fashion-mnist:"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_description_refuses_what_does_not_go_together_before_loading() {
+        let dir = tempfile::tempdir().unwrap();
+        let class = dir.path().join("cats");
+        std::fs::create_dir(&class).unwrap();
+        std::fs::write(class.join("a.png"), b"not read here").unwrap();
+        let folder = dir.path().to_str().unwrap().to_string();
+        let options = LoadOptions::default();
+        let held_out: HeldOutClasses = "0,1".parse().unwrap();
+
+        // Held-out classes of an image folder, with or without its options.
+        let mut d = DataDescription::named(&folder);
+        d.holdout_classes = Some(held_out.clone());
+        let err = d.load(&options, 0).unwrap_err().to_string();
+        assert!(err.contains("held-out classes apply to mnist"), "{err}");
+        d.image_folder = Some(FolderOptions::default());
+        let err = d.check().unwrap_err().to_string();
+        assert!(
+            err.contains("an image folder holds out whole classes"),
+            "{err}"
+        );
+
+        // Image-folder options for a folder that is not an image folder.
+        let idx = tempfile::tempdir().unwrap();
+        let mut d = DataDescription::named(idx.path().to_str().unwrap());
+        d.image_folder = Some(FolderOptions::default());
+        let err = d.load(&options, 0).unwrap_err().to_string();
+        assert!(
+            err.contains("apply to image folders; this is not one"),
+            "{err}"
+        );
+
+        // Classes a known data set does not have, refused by check() without loading.
+        let mut d = DataDescription::named("mnist");
+        d.holdout_classes = Some("3,12".parse().unwrap());
+        let err = d.check().unwrap_err().to_string();
+        assert!(err.contains("class 12, which mnist does not have"), "{err}");
     }
 }

@@ -154,6 +154,10 @@ pub enum DataError {
     /// A sampler cannot be built or restored from what it was given.
     #[error("pair sampler: {0}")]
     Sampler(String),
+    /// A data description asks for two things that do not go together (held-out
+    /// classes of an image folder, image-folder options for an IDX data set).
+    #[error("{0}")]
+    Description(String),
     /// A tensor could not be built.
     #[error("building tensors: {0}")]
     Tensor(#[from] candle_core::Error),

@@ -56,7 +56,7 @@ pub mod source;
 
 pub use augment::{AugmentConfig, Augmenter};
 pub use batcher::{unit_pixel, Batcher, LabelledBatch, Layout};
-pub use data_source::{DataSource, LoadedData};
+pub use data_source::{DataDescription, DataSource, LoadedData};
 pub use dataset::{Dataset, DatasetSpec, ImageSet, Part, PartSpec, Split, KNOWN_DATASETS};
 pub use error::DataError;
 pub use folder::{

@@ -4,8 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 use siamese_data::{
-    AugmentConfig, BalancedPairs, FolderOptions, HeldOutClasses, Layout, PairSampler,
-    PerClassPairs, RandomPairs,
+    AugmentConfig, BalancedPairs, DataDescription, FolderOptions, HeldOutClasses, Layout,
+    PairSampler, PerClassPairs, RandomPairs,
 };
 use siamese_loss::{
     AllPairs, BatchHard, BatchLoss, Chopra2005, Euclidean, Hadsell2006, MinedLoss, Miner,
@@ -275,6 +275,18 @@ impl SelfSupervised {
 pub const PRESETS: [&str; 3] = ["reference", "default", "open-set"];
 
 impl TrainConfig {
+    /// The data this run trains on, as siamese-data loads it: the name, the image
+    /// folder's options and the held-out classes, applied by
+    /// [`DataDescription::load`] (seeded with the run's seed when the image folder has
+    /// no options recorded yet).
+    pub fn data_description(&self) -> DataDescription {
+        DataDescription {
+            source: self.data.clone(),
+            image_folder: self.image_folder,
+            holdout_classes: self.holdout_classes.clone(),
+        }
+    }
+
     /// The reference program exactly: random pairs, Chopra q = 5, a 2-D embedding,
     /// Adam lr 0.01, batch 64, 20,000 steps, dropout 0.4, batch norm.
     pub fn reference() -> Self {
@@ -477,13 +489,10 @@ impl TrainConfig {
             }
             _ => {}
         }
-        if self.holdout_classes.is_some() && self.image_folder.is_some() {
-            return Err(TrainError::Config(
-                "held-out classes apply to mnist and fashion-mnist; an image folder holds \
-                 out whole classes with its own split (test_classes, val_classes)"
-                    .into(),
-            ));
-        }
+        // Held-out classes of an image folder, or classes a known set does not have.
+        self.data_description()
+            .check()
+            .map_err(|e| TrainError::Config(e.to_string()))?;
         if self.validation_pairs < 2 || self.checkpoint_every == 0 || self.log_every == 0 {
             return Err(TrainError::Config(
                 "validation_pairs >= 2, checkpoint_every and log_every > 0 are required".into(),
