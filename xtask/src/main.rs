@@ -14,7 +14,10 @@
 //!   `embed_images_per_s` as JSON) after each round, so both are measured alternately
 //!   under the same load, and reports the ratio of each round and their median.
 //! - `ci`: what `.ci/run` runs: format check, clippy with warnings denied, the test
-//!   suite, then `data-check` and `train-check`.
+//!   suite, siamese-data built without its default features, unused dependencies
+//!   (`cargo machete`), `vendor-check`, then `data-check` and `train-check`.
+//! - `vendor-check`: `vendor/candle-core` equals candle-core 0.11.1 from crates.io plus
+//!   `vendor/candle-core.patch`, and candle's own gradient tests pass on it.
 //! - `data-check`: loads MNIST and Fashion-MNIST from `SIAMESE_DATA_DIR` (never the
 //!   network) through `siamese data info --json` and checks the split sizes; the loader
 //!   itself verifies counts per class and the SHA-256 of every file.
@@ -32,8 +35,10 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context, Result};
 
+mod vendor;
+
 const USAGE: &str = "usage: cargo xtask <train [ARGS] | bench [--plain] [--rounds N] \
-                     [--torch COMMAND] | ci | data-check | train-check>";
+                     [--torch COMMAND] | ci | data-check | train-check | vendor-check>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -49,6 +54,7 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("data-check") => siamese_binary(true).and_then(|bin| data_check(&bin)),
         Some("train-check") => siamese_binary(true).and_then(|bin| train_check(&bin)),
+        Some("vendor-check") => vendor::vendor_check(),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
@@ -291,6 +297,21 @@ fn ci() -> Result<()> {
     ])?;
     // The README's test command.
     cargo(&["test", "--workspace"])?;
+    // A library user can take samplers and the batcher without the Hub, Parquet and
+    // image decoders.
+    cargo(&[
+        "clippy",
+        "-p",
+        "siamese-data",
+        "--no-default-features",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    // Every declared dependency is used (`.ci/run` installs cargo-machete).
+    cargo(&["machete"])?;
+    vendor::vendor_check()?;
     if std::env::var_os("SIAMESE_DATA_DIR").is_some() {
         let bin = siamese_binary(false)?;
         data_check(&bin)?;

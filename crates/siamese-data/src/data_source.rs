@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 
 use crate::dataset::{Dataset, DatasetSpec, KNOWN_DATASETS};
 use crate::error::DataError;
-use crate::folder::{is_image_folder, load_image_folder, FolderOptions};
+#[cfg(feature = "image-folder")]
+use crate::folder::load_image_folder;
+use crate::folder::{is_image_folder, FolderOptions};
 use crate::holdout::HeldOutClasses;
 use crate::source::{load, LoadOptions};
 
@@ -79,6 +81,17 @@ impl DataSource {
         folder: &FolderOptions,
     ) -> Result<LoadedData, DataError> {
         let (dataset, origin) = match self {
+            #[cfg(not(feature = "image-folder"))]
+            Self::ImageFolder(dir) => {
+                let _ = folder;
+                return Err(DataError::Folder {
+                    path: dir.clone(),
+                    detail: "an image folder, and siamese-data was built without its \
+                             `image-folder` feature"
+                        .into(),
+                });
+            }
+            #[cfg(feature = "image-folder")]
             Self::ImageFolder(dir) => {
                 let loaded = load_image_folder(dir, folder)?;
                 return Ok(LoadedData {

@@ -22,8 +22,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::dataset::{Dataset, DatasetSpec, ImageSet};
+use crate::dataset::Dataset;
+#[cfg(feature = "image-folder")]
+use crate::dataset::{DatasetSpec, ImageSet};
+#[cfg(feature = "image-folder")]
 use crate::error::DataError;
+#[cfg(feature = "image-folder")]
 use crate::rng::Rng;
 
 /// File extensions read as images (compared in lower case).
@@ -123,12 +127,14 @@ fn has_image_extension(path: &Path) -> bool {
         .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
+#[cfg(feature = "image-folder")]
 fn is_hidden(path: &Path) -> bool {
     path.file_name()
         .and_then(|n| n.to_str())
         .is_some_and(|n| n.starts_with('.'))
 }
 
+#[cfg(feature = "image-folder")]
 fn folder_error(path: &Path, detail: impl Into<String>) -> DataError {
     DataError::Folder {
         path: path.to_path_buf(),
@@ -136,6 +142,7 @@ fn folder_error(path: &Path, detail: impl Into<String>) -> DataError {
     }
 }
 
+#[cfg(feature = "image-folder")]
 /// Sorted entries of `dir`, hidden ones left out.
 fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
     let io = |source| DataError::Io {
@@ -153,11 +160,13 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
     Ok(paths)
 }
 
+#[cfg(feature = "image-folder")]
 /// The largest image side this tool decodes, in pixels: a larger file (a decompression
 /// bomb, or a photograph far beyond any model's input) is refused from its header,
 /// before its pixels are allocated.
 pub const MAX_IMAGE_SIDE: u32 = 16_384;
 
+#[cfg(feature = "image-folder")]
 /// Decodes one image file to 8-bit grayscale: `(height, width, pixels)`.
 fn decode_gray(path: &Path) -> Result<(usize, usize, Vec<u8>), DataError> {
     let bad = |detail: String| DataError::ImageFile {
@@ -192,6 +201,7 @@ fn decode_gray(path: &Path) -> Result<(usize, usize, Vec<u8>), DataError> {
     Ok((h as usize, w as usize, gray.into_raw()))
 }
 
+#[cfg(feature = "image-folder")]
 fn resize(pixels: Vec<u8>, from: (usize, usize), to: (usize, usize)) -> Vec<u8> {
     if from == to {
         return pixels;
@@ -207,6 +217,7 @@ fn resize(pixels: Vec<u8>, from: (usize, usize), to: (usize, usize)) -> Vec<u8> 
     .into_raw()
 }
 
+#[cfg(feature = "image-folder")]
 /// Reads one image file as a model trained with `preprocessing` expects it:
 /// `height * width` grayscale bytes (the batcher scales them to [0, 1]).
 pub fn read_image(path: &Path, preprocessing: &Preprocessing) -> Result<Vec<u8>, DataError> {
@@ -224,6 +235,7 @@ pub fn read_image(path: &Path, preprocessing: &Preprocessing) -> Result<Vec<u8>,
     Ok(resize(pixels, (h, w), target))
 }
 
+#[cfg(feature = "image-folder")]
 /// Loads the image folder `dir` (one subfolder per class) and splits it.
 pub fn load_image_folder(dir: &Path, options: &FolderOptions) -> Result<FolderData, DataError> {
     let (class_dirs, mut skipped) = class_folders(dir)?;
@@ -286,6 +298,7 @@ pub fn load_image_folder(dir: &Path, options: &FolderOptions) -> Result<FolderDa
     })
 }
 
+#[cfg(feature = "image-folder")]
 /// The class subfolders of `dir`, in name order, and the other entries (skipped).
 fn class_folders(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), DataError> {
     if !dir.is_dir() {
@@ -321,6 +334,7 @@ fn class_folders(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), DataError> 
     Ok((class_dirs, skipped))
 }
 
+#[cfg(feature = "image-folder")]
 /// Every class's images, decoded to gray and brought to one size, with their files.
 struct DecodedClasses {
     /// `classes[c][i]`: image `i` of class `c`, `rows * cols` bytes.
@@ -331,6 +345,7 @@ struct DecodedClasses {
     size: (usize, usize),
 }
 
+#[cfg(feature = "image-folder")]
 /// Decodes everything, class by class, in name order: to `image_size` when given, else
 /// every image must have the first one's size. Files that are not images go to
 /// `skipped`.
@@ -389,9 +404,11 @@ fn decode_classes(
     })
 }
 
+#[cfg(feature = "image-folder")]
 /// `(class, image)` members of train, validation and test, and the split resolved.
 type Parts = [Vec<(usize, usize)>; 3];
 
+#[cfg(feature = "image-folder")]
 fn split(
     dir: &Path,
     classes: &[Vec<Vec<u8>>],

@@ -48,6 +48,7 @@ pub mod error;
 pub mod folder;
 mod fsutil;
 pub mod holdout;
+#[cfg(feature = "hub")]
 pub mod hub;
 pub mod idx;
 pub mod rng;
@@ -59,10 +60,9 @@ pub use batcher::{unit_pixel, Batcher, LabelledBatch, Layout};
 pub use data_source::{DataDescription, DataSource, LoadedData};
 pub use dataset::{Dataset, DatasetSpec, ImageSet, Part, PartSpec, Split, KNOWN_DATASETS};
 pub use error::DataError;
-pub use folder::{
-    is_image_folder, load_image_folder, read_image, FolderData, FolderOptions, FolderSplit,
-    Preprocessing,
-};
+pub use folder::{is_image_folder, FolderData, FolderOptions, FolderSplit, Preprocessing};
+#[cfg(feature = "image-folder")]
+pub use folder::{load_image_folder, read_image};
 pub use fsutil::write_atomic;
 pub use holdout::HeldOutClasses;
 pub use rng::Rng;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::dataset::{verify_part, Dataset, DatasetSpec, ImageSet, Part};
 use crate::error::DataError;
+#[cfg(feature = "hub")]
 use crate::hub;
 use crate::idx;
 
@@ -164,16 +165,28 @@ pub fn load(spec: &DatasetSpec, options: &LoadOptions) -> Result<(Dataset, Origi
             &looked_in,
         ));
     }
-    let folder = cache.join(&spec.dir_name);
-    match hub::fetch_to_cache(spec, options, cache, &folder) {
-        Ok(data) => Ok((data, Origin::Downloaded(folder))),
-        // An unreachable Hub is reported with the offline instructions; a failed or
-        // corrupt download is reported as such, since providing files is not the fix.
-        Err(DataError::HubUnreachable { endpoint, detail }) => Err(not_available(
-            format!("cannot reach {endpoint}: {detail}"),
-            &looked_in,
-        )),
-        Err(e) => Err(e),
+    #[cfg(not(feature = "hub"))]
+    return Err(not_available(
+        format!(
+            "siamese-data was built without its `hub` feature, so nothing is downloaded \
+             into {}",
+            cache.display()
+        ),
+        &looked_in,
+    ));
+    #[cfg(feature = "hub")]
+    {
+        let folder = cache.join(&spec.dir_name);
+        match hub::fetch_to_cache(spec, options, cache, &folder) {
+            Ok(data) => Ok((data, Origin::Downloaded(folder))),
+            // An unreachable Hub is reported with the offline instructions; a failed or
+            // corrupt download is reported as such, since providing files is not the fix.
+            Err(DataError::HubUnreachable { endpoint, detail }) => Err(not_available(
+                format!("cannot reach {endpoint}: {detail}"),
+                &looked_in,
+            )),
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -2,6 +2,8 @@
 //! and resizing, deterministic splits by class and by image, and every refusal with
 //! the file or folder named.
 
+#![cfg(feature = "image-folder")]
+
 use std::path::Path;
 
 use image::{GrayImage, Luma, Rgb, RgbImage};
