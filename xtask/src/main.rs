@@ -309,8 +309,17 @@ fn ci() -> Result<()> {
         "-D",
         "warnings",
     ])?;
-    // Every declared dependency is used (`.ci/run` installs cargo-machete).
-    cargo(&["machete"])?;
+    // Every declared dependency is used (`.ci/run` installs cargo-machete). Run as its
+    // own binary on this folder: as `cargo machete` under `cargo xtask` it took the
+    // word `machete` for the folder to scan.
+    eprintln!("+ cargo-machete .");
+    let status = Command::new("cargo-machete")
+        .arg(".")
+        .status()
+        .context("running cargo-machete (install it: cargo install --locked cargo-machete)")?;
+    if !status.success() {
+        bail!("cargo-machete found unused dependencies ({status})");
+    }
     vendor::vendor_check()?;
     if std::env::var_os("SIAMESE_DATA_DIR").is_some() {
         let bin = siamese_binary(false)?;

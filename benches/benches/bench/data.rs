@@ -50,8 +50,8 @@ fn decode(c: &mut Criterion) {
     group.finish();
 }
 
-fn labels() -> Vec<u8> {
-    (0..55_000u32).map(|i| (i * 7 % 10) as u8).collect()
+fn labels() -> Vec<u32> {
+    (0..55_000u32).map(|i| i * 7 % 10).collect()
 }
 
 fn sample(c: &mut Criterion) {

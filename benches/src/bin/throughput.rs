@@ -45,7 +45,7 @@ fn synthetic_set(n: usize) -> ImageSet {
     let pixels = (0..n * 784)
         .map(|i| ((i * 2_654_435_761) >> 13) as u8)
         .collect();
-    let labels = (0..n).map(|i| (i % 10) as u8).collect();
+    let labels = (0..n).map(|i| (i % 10) as u32).collect();
     ImageSet::new(28, 28, 10, pixels, labels, "synthetic".as_ref()).expect("consistent sizes")
 }
 

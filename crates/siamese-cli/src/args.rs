@@ -108,19 +108,21 @@ pub struct SearchArgs {
 /// Where the data come from.
 #[derive(Debug, Args, Clone)]
 pub struct SourceArgs {
-    /// `mnist`, `fashion-mnist`, a folder holding the four IDX files, or an image
-    /// folder with one subfolder of PNG, PGM or JPEG images per class.
+    /// `mnist`, `fashion-mnist`, `omniglot`, a folder holding the four IDX files, or an
+    /// image folder with one subfolder of PNG, PGM or JPEG images per class.
     #[arg(long, value_name = "NAME|DIR")]
     pub data: Option<String>,
     /// Image folders: resize every image to HxW (default: the first image's size,
-    /// which all must then have).
+    /// which all must then have). Omniglot: reduce its 105x105 drawings to HxW
+    /// (default 28x28).
     #[arg(long, value_name = "HxW", value_parser = parse_size)]
     pub image_size: Option<[usize; 2]>,
     /// Image folders: hold out N whole classes for test (split by class, the default;
     /// default N: an eighth of the classes, at least 2).
     #[arg(long, value_name = "N", conflicts_with_all = ["test_images", "val_images"])]
     pub test_classes: Option<usize>,
-    /// Image folders: hold out N whole classes for validation.
+    /// Image folders: hold out N whole classes for validation. Omniglot: N background
+    /// characters kept out of training for validation (default 100).
     #[arg(long, value_name = "N", conflicts_with_all = ["test_images", "val_images"])]
     pub val_classes: Option<usize>,
     /// Image folders: split by image instead, N images of every class for test.
@@ -129,6 +131,10 @@ pub struct SourceArgs {
     /// Image folders: N images of every class for validation (split by image).
     #[arg(long, value_name = "N")]
     pub val_images: Option<usize>,
+    /// Omniglot: add each training character turned by 90, 180 and 270 degrees as
+    /// three new classes (the usual Omniglot augmentation: 964 characters become 3,856).
+    #[arg(long)]
+    pub rotate_classes: bool,
     /// mnist and fashion-mnist: keep these classes out of training (`5-9`, `5,7,9`);
     /// validation and test then hold only them (the held-out-class protocol).
     #[arg(long, value_name = "CLASSES", value_parser = parse_held_out)]

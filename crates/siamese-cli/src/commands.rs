@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use siamese_data::{
-    read_image, Batcher, DataDescription, Dataset, FolderOptions, FolderSplit, LoadOptions,
-    Preprocessing,
+    read_image, Batcher, DataDescription, DataSource, Dataset, FolderOptions, FolderSplit,
+    HeldOutClasses, LoadOptions, OmniglotOptions, Preprocessing, MAX_CLASSES,
 };
 use siamese_model::checkpoint;
 use siamese_model::Embedder;
@@ -60,6 +60,8 @@ struct Loaded {
     folder: Option<FolderOptions>,
     /// For an image folder, the file of each image of train, validation and test.
     paths: Option<[Vec<PathBuf>; 3]>,
+    /// For Omniglot, its options with every default resolved.
+    omniglot: Option<OmniglotOptions>,
 }
 
 /// The image-folder options: `base` (a run's or a checkpoint's), else the defaults
@@ -94,6 +96,63 @@ fn folder_options(
     Some(options)
 }
 
+/// Omniglot's options: `base` (a run's or a checkpoint's), else the defaults with
+/// `seed`, with what the command line says on top.
+fn omniglot_options(
+    source: &SourceArgs,
+    base: Option<OmniglotOptions>,
+    seed: u64,
+) -> OmniglotOptions {
+    let mut options = base.unwrap_or(OmniglotOptions {
+        seed,
+        ..OmniglotOptions::default()
+    });
+    if let Some(size) = source.image_size {
+        options.image_size = size;
+    }
+    if let Some(n) = source.val_classes {
+        options.validation_classes = n;
+    }
+    options.rotate_classes |= source.rotate_classes;
+    options
+}
+
+/// What `name` describes with the command line's options on top of `base` (a run's or
+/// a checkpoint's): an image folder's options, or Omniglot's; options that do not
+/// apply to the data set are refused rather than ignored.
+fn describe(
+    source: &SourceArgs,
+    name: &str,
+    base: (Option<FolderOptions>, Option<OmniglotOptions>),
+    holdout_classes: Option<HeldOutClasses>,
+    seed: u64,
+) -> Result<DataDescription> {
+    let omniglot = matches!(DataSource::resolve(name), Ok(DataSource::Omniglot));
+    if omniglot {
+        if source.test_classes.is_some()
+            || source.test_images.is_some()
+            || source.val_images.is_some()
+        {
+            bail!(
+                "--test-classes, --test-images and --val-images apply to image folders; \
+                 omniglot tests on its evaluation alphabets"
+            );
+        }
+    } else if source.rotate_classes {
+        bail!("--rotate-classes applies to omniglot");
+    }
+    Ok(DataDescription {
+        source: name.to_string(),
+        image_folder: if omniglot {
+            None
+        } else {
+            folder_options(source, base.0, seed)
+        },
+        holdout_classes,
+        omniglot: omniglot.then(|| omniglot_options(source, base.1, seed)),
+    })
+}
+
 /// Loads what a description names (siamese-data resolves the name, splits an image
 /// folder and holds classes out), warning about skipped files; `seed` seeds an image
 /// folder's split when the description has no options of its own.
@@ -112,6 +171,7 @@ fn load_data(description: &DataDescription, seed: u64) -> Result<Loaded> {
         origin: loaded.origin,
         folder: loaded.folder,
         paths: loaded.paths,
+        omniglot: loaded.omniglot,
     })
 }
 
@@ -296,12 +356,18 @@ fn train(a: TrainArgs) -> Result<()> {
         }
     };
     let mut config = config;
-    let mut description = config.data_description();
-    description.image_folder = folder_options(&a.source, config.image_folder, config.seed);
+    let description = describe(
+        &a.source,
+        &config.data,
+        (config.image_folder, config.omniglot),
+        config.holdout_classes.clone(),
+        config.seed,
+    )?;
     let loaded = load_data(&description, config.seed)?;
-    if let (Some(options), false) = (loaded.folder, resume) {
-        // The tower takes the images' size; the run keeps the resolved split.
-        config.image_folder = Some(options);
+    if !resume && (loaded.folder.is_some() || loaded.omniglot.is_some()) {
+        // The tower takes the images' size; the run keeps the resolved options.
+        config.image_folder = loaded.folder;
+        config.omniglot = loaded.omniglot;
         config.model.input_height = loaded.data.spec.rows;
         config.model.input_width = loaded.data.spec.cols;
         config.validate()?;
@@ -376,11 +442,7 @@ pub(crate) fn data_and_paths_for(
             }
         }
     }
-    let description = DataDescription {
-        image_folder: folder_options(source, saved, 0),
-        holdout_classes: held_out,
-        ..DataDescription::named(name.as_str())
-    };
+    let description = describe(source, &name, (saved, provenance.omniglot), held_out, 0)?;
     let loaded = load_data(&description, 0)?;
     let (h, w) = (ckpt.config.input_height, ckpt.config.input_width);
     let data = loaded.data;
@@ -397,8 +459,12 @@ pub(crate) fn data_and_paths_for(
 /// One line saying which classes each split holds, by name, when training does not
 /// see every test class.
 fn describe_protocol(data: &Dataset) -> String {
+    // A line stays readable with thousands of classes: the first few by name, then
+    // how many more.
+    const NAMED: usize = 8;
     let names = |set: &siamese_data::ImageSet| {
-        set.class_counts()
+        let present: Vec<String> = set
+            .class_counts()
             .iter()
             .enumerate()
             .filter(|&(_, &n)| n > 0)
@@ -409,8 +475,16 @@ fn describe_protocol(data: &Dataset) -> String {
                     .cloned()
                     .unwrap_or_else(|| c.to_string())
             })
-            .collect::<Vec<_>>()
-            .join(", ")
+            .collect();
+        if present.len() <= NAMED {
+            return present.join(", ");
+        }
+        format!(
+            "{} classes ({}, ... and {} more)",
+            present.len(),
+            present[..NAMED].join(", "),
+            present.len() - NAMED
+        )
     };
     if data.unseen_test_classes().is_empty() {
         return format!(
@@ -536,7 +610,7 @@ fn embed(a: EmbedArgs) -> Result<()> {
     Ok(())
 }
 
-fn write_embeddings(path: &Path, values: &[f32], dim: usize, labels: &[u8]) -> Result<()> {
+fn write_embeddings(path: &Path, values: &[f32], dim: usize, labels: &[u32]) -> Result<()> {
     let bytes = match path.extension().and_then(|e| e.to_str()) {
         Some("csv") => {
             let mut text = String::from("label");
@@ -619,7 +693,7 @@ pub(crate) fn embed_files(
 
 /// An embeddings file (`embeddings [n, dim]`, optional `labels [n]`): values, `dim`
 /// and labels (all 0 when it has none).
-pub(crate) fn read_embeddings(path: &Path) -> Result<(Vec<f32>, usize, Vec<u8>)> {
+pub(crate) fn read_embeddings(path: &Path) -> Result<(Vec<f32>, usize, Vec<u32>)> {
     let tensors = candle_core::safetensors::load(path, &Device::Cpu)
         .with_context(|| format!("reading {}", path.display()))?;
     let embeddings = tensors
@@ -628,8 +702,33 @@ pub(crate) fn read_embeddings(path: &Path) -> Result<(Vec<f32>, usize, Vec<u8>)>
     let (n, dim) = embeddings
         .dims2()
         .with_context(|| format!("{}: `embeddings` must be [n, dim]", path.display()))?;
-    let labels: Vec<u8> = match tensors.get("labels") {
-        Some(l) => l.to_dtype(candle_core::DType::U8)?.to_vec1()?,
+    let labels: Vec<u32> = match tensors.get("labels") {
+        Some(l) => {
+            // Class indices: integers below MAX_CLASSES (older files hold u8, newer
+            // u32). A float or negative label is not a class, and a huge one would
+            // make every per-class table huge.
+            let wide = match l.dtype() {
+                candle_core::DType::U8 | candle_core::DType::U32 | candle_core::DType::I64 => l
+                    .to_dtype(candle_core::DType::I64)?
+                    .flatten_all()?
+                    .to_vec1::<i64>()?,
+                other => bail!(
+                    "{}: `labels` must hold integer class indices, found {other:?}",
+                    path.display()
+                ),
+            };
+            match wide
+                .iter()
+                .find(|&&v| !(0..MAX_CLASSES as i64).contains(&v))
+            {
+                Some(v) => bail!(
+                    "{}: label {v} is not a class index (0 to {})",
+                    path.display(),
+                    MAX_CLASSES - 1
+                ),
+                None => wide.iter().map(|&v| v as u32).collect(),
+            }
+        }
         None => vec![0; n],
     };
     if labels.len() != n {
@@ -660,11 +759,13 @@ fn plot(a: PlotArgs) -> Result<()> {
 
 fn data(a: DataArgs) -> Result<()> {
     let name = a.source.data.clone().unwrap_or_else(|| "mnist".into());
-    let description = DataDescription {
-        image_folder: folder_options(&a.source, None, 0),
-        holdout_classes: a.source.holdout_classes.clone(),
-        ..DataDescription::named(name)
-    };
+    let description = describe(
+        &a.source,
+        &name,
+        (None, None),
+        a.source.holdout_classes.clone(),
+        0,
+    )?;
     let loaded = load_data(&description, 0)?;
     let data = loaded.data;
     let origin = loaded.origin;

@@ -94,7 +94,7 @@ pub(crate) fn index(a: IndexArgs) -> Result<()> {
     let gallery = Gallery::new(
         tower.embedding_dim(),
         values,
-        set.labels().iter().map(|&l| u32::from(l)).collect(),
+        set.labels().to_vec(),
         data.spec.class_names.clone(),
         paths,
         ckpt.fingerprint()?,

@@ -138,7 +138,7 @@ impl Batcher {
                 ))
             }
         };
-        let labels = rows.iter().map(|&i| u32::from(set.labels()[i])).collect();
+        let labels = rows.iter().map(|&i| set.labels()[i]).collect();
         Ok(LabelledBatch { images, labels })
     }
 }

@@ -13,6 +13,7 @@ use crate::error::DataError;
 use crate::folder::load_image_folder;
 use crate::folder::{is_image_folder, FolderOptions};
 use crate::holdout::HeldOutClasses;
+use crate::omniglot::{self, load_omniglot, OmniglotOptions};
 use crate::source::{load, LoadOptions};
 
 /// Where a data set comes from.
@@ -25,6 +26,8 @@ pub enum DataSource {
     IdxFolder(PathBuf),
     /// A folder with one subfolder of images per class.
     ImageFolder(PathBuf),
+    /// Omniglot, from its two npz files in `SIAMESE_DATA_DIR/omniglot` or the cache.
+    Omniglot,
 }
 
 /// A loaded data set and what the user should be told about it.
@@ -40,6 +43,8 @@ pub struct LoadedData {
     pub paths: Option<[Vec<PathBuf>; 3]>,
     /// For an image folder, the files that were not read (no image extension).
     pub skipped: Vec<PathBuf>,
+    /// For Omniglot, its options with every default resolved.
+    pub omniglot: Option<OmniglotOptions>,
 }
 
 impl DataSource {
@@ -53,6 +58,9 @@ impl DataSource {
         }
         if path.is_dir() {
             return Ok(Self::IdxFolder(path.to_path_buf()));
+        }
+        if text.eq_ignore_ascii_case(omniglot::NAME) {
+            return Ok(Self::Omniglot);
         }
         let looks_like_path =
             text.contains(std::path::MAIN_SEPARATOR) || text.contains('/') || text.starts_with('.');
@@ -100,6 +108,19 @@ impl DataSource {
                     folder: Some(loaded.options),
                     paths: Some(loaded.paths),
                     skipped: loaded.skipped,
+                    omniglot: None,
+                });
+            }
+            Self::Omniglot => {
+                let folder = find_omniglot(options)?;
+                let omniglot = OmniglotOptions::default();
+                return Ok(LoadedData {
+                    dataset: load_omniglot(&folder, &omniglot)?,
+                    origin: format!("folder {}", folder.display()),
+                    folder: None,
+                    paths: None,
+                    skipped: Vec::new(),
+                    omniglot: Some(omniglot),
                 });
             }
             Self::Known(spec) => load(spec, options)?,
@@ -131,8 +152,48 @@ impl DataSource {
             folder: None,
             paths: None,
             skipped: Vec::new(),
+            omniglot: None,
         })
     }
+}
+
+/// The folder holding Omniglot's two files: `SIAMESE_DATA_DIR/omniglot`, else the
+/// cache's `omniglot`. There is no download: without a copy, the error names the
+/// folders looked in and the files to put there.
+pub fn find_omniglot(options: &LoadOptions) -> Result<PathBuf, DataError> {
+    let candidates: Vec<PathBuf> = [&options.folder, &options.data_dir, &options.cache_dir]
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            if d.join(omniglot::BACKGROUND_FILE).exists() {
+                d.clone()
+            } else {
+                d.join(omniglot::NAME)
+            }
+        })
+        .collect();
+    if let Some(found) = candidates
+        .iter()
+        .find(|d| d.join(omniglot::BACKGROUND_FILE).is_file())
+    {
+        return Ok(found.clone());
+    }
+    let looked_in: Vec<String> = candidates.iter().map(|d| d.display().to_string()).collect();
+    Err(DataError::NotAvailable {
+        dataset: omniglot::NAME.into(),
+        reason: "no copy found (it is not downloaded: put the files in place)".into(),
+        help: format!(
+            "looked in {}; put {} and {} (the npz conversion of brendenlake/omniglot's \
+             images_background.zip and images_evaluation.zip) in $SIAMESE_DATA_DIR/omniglot/",
+            if looked_in.is_empty() {
+                "no folder (neither SIAMESE_DATA_DIR nor a cache folder is set)".to_string()
+            } else {
+                looked_in.join(", ")
+            },
+            omniglot::BACKGROUND_FILE,
+            omniglot::EVALUATION_FILE
+        ),
+    })
 }
 
 /// A data set as a run describes it: what `--data` named, how an image folder is sized
@@ -151,6 +212,9 @@ pub struct DataDescription {
     /// these. IDX data sets only: an image folder holds out whole classes through its
     /// split.
     pub holdout_classes: Option<HeldOutClasses>,
+    /// How Omniglot is sized and split (unset: the defaults, with the seed given to
+    /// [`DataDescription::load`]). Any other data set with these set is refused.
+    pub omniglot: Option<OmniglotOptions>,
 }
 
 impl DataDescription {
@@ -194,6 +258,16 @@ impl DataDescription {
         self.check()?;
         let source = DataSource::resolve(&self.source)?;
         let is_folder = matches!(source, DataSource::ImageFolder(_));
+        if let DataSource::Omniglot = source {
+            return self.load_omniglot(options, default_seed);
+        }
+        if self.omniglot.is_some() {
+            return Err(DataError::Description(format!(
+                "{}: Omniglot's options (rotated classes, validation characters) apply to \
+                 omniglot only",
+                self.source
+            )));
+        }
         if self.image_folder.is_some() && !is_folder {
             return Err(DataError::Description(format!(
                 "{}: image size and test / validation splits apply to image folders; this \
@@ -213,6 +287,35 @@ impl DataDescription {
             loaded.dataset = loaded.dataset.hold_out(held_out)?;
         }
         Ok(loaded)
+    }
+
+    /// Omniglot: its own split (background characters to train on, evaluation ones
+    /// to test), so neither held-out classes nor image-folder options apply.
+    fn load_omniglot(
+        &self,
+        options: &LoadOptions,
+        default_seed: u64,
+    ) -> Result<LoadedData, DataError> {
+        if self.holdout_classes.is_some() || self.image_folder.is_some() {
+            return Err(DataError::Description(
+                "omniglot has its own unseen-class split (it tests on the evaluation \
+                 alphabets): held-out classes and image-folder splits do not apply"
+                    .into(),
+            ));
+        }
+        let omniglot = self.omniglot.unwrap_or(OmniglotOptions {
+            seed: default_seed,
+            ..OmniglotOptions::default()
+        });
+        let folder = find_omniglot(options)?;
+        Ok(LoadedData {
+            dataset: load_omniglot(&folder, &omniglot)?,
+            origin: format!("folder {}", folder.display()),
+            folder: None,
+            paths: None,
+            skipped: Vec::new(),
+            omniglot: Some(omniglot),
+        })
     }
 }
 

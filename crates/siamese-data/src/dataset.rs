@@ -14,15 +14,21 @@ use sha2::{Digest, Sha256};
 use crate::error::DataError;
 use crate::idx::{self, IdxImages};
 
-/// A set of u8 grayscale images with a class label each.
+/// A set of u8 grayscale images with a class label each. Labels are `u32`: face and
+/// character sets have thousands of classes (Omniglot with rotations 3,856, CASIA-WebFace
+/// 10,575), up to [`MAX_CLASSES`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageSet {
     rows: usize,
     cols: usize,
     num_classes: usize,
     pixels: Vec<u8>,
-    labels: Vec<u8>,
+    labels: Vec<u32>,
 }
+
+/// Most classes a data set may have (16 M): far beyond any face or character set, and
+/// small enough that a per-class table (counts, indices) never allocates without bound.
+pub const MAX_CLASSES: usize = 1 << 24;
 
 impl ImageSet {
     /// Builds a set, checking that sizes agree and that every label is below
@@ -32,9 +38,16 @@ impl ImageSet {
         cols: usize,
         num_classes: usize,
         pixels: Vec<u8>,
-        labels: Vec<u8>,
+        labels: Vec<u32>,
         origin: &Path,
     ) -> Result<Self, DataError> {
+        if num_classes > MAX_CLASSES {
+            return Err(DataError::Unexpected {
+                what: origin.display().to_string(),
+                expected: format!("at most {MAX_CLASSES} classes"),
+                found: num_classes.to_string(),
+            });
+        }
         if rows * cols * labels.len() != pixels.len() {
             return Err(DataError::Unexpected {
                 what: origin.display().to_string(),
@@ -109,7 +122,7 @@ impl ImageSet {
     }
 
     /// All labels.
-    pub fn labels(&self) -> &[u8] {
+    pub fn labels(&self) -> &[u32] {
         &self.labels
     }
 
@@ -133,7 +146,7 @@ impl ImageSet {
 
     /// A set of the same image size and classes holding these images (the caller keeps
     /// `pixels` at `labels.len()` images and the labels in range).
-    pub(crate) fn with_content(&self, pixels: Vec<u8>, labels: Vec<u8>) -> ImageSet {
+    pub(crate) fn with_content(&self, pixels: Vec<u8>, labels: Vec<u32>) -> ImageSet {
         ImageSet {
             rows: self.rows,
             cols: self.cols,
@@ -515,7 +528,7 @@ pub fn verify_part(
         images.cols,
         spec.num_classes(),
         images.pixels,
-        labels,
+        labels.into_iter().map(u32::from).collect(),
         labels_path,
     )?;
     if let Some(expected) = &part_spec.class_counts {
@@ -535,7 +548,7 @@ pub fn verify_part(
 mod tests {
     use super::*;
 
-    fn tiny(labels: Vec<u8>) -> ImageSet {
+    fn tiny(labels: Vec<u32>) -> ImageSet {
         let pixels = (0..labels.len() * 4).map(|i| i as u8).collect();
         ImageSet::new(2, 2, 3, pixels, labels, Path::new("tiny")).unwrap()
     }

@@ -55,7 +55,7 @@ pub enum DataError {
         /// Position of the label.
         index: usize,
         /// The label found.
-        label: u8,
+        label: u32,
         /// Number of classes of the data set.
         num_classes: usize,
     },

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dataset::Dataset;
 #[cfg(feature = "image-folder")]
-use crate::dataset::{DatasetSpec, ImageSet};
+use crate::dataset::{DatasetSpec, ImageSet, MAX_CLASSES};
 #[cfg(feature = "image-folder")]
 use crate::error::DataError;
 #[cfg(feature = "image-folder")]
@@ -168,7 +168,7 @@ pub const MAX_IMAGE_SIDE: u32 = 16_384;
 
 #[cfg(feature = "image-folder")]
 /// Decodes one image file to 8-bit grayscale: `(height, width, pixels)`.
-fn decode_gray(path: &Path) -> Result<(usize, usize, Vec<u8>), DataError> {
+pub(crate) fn decode_gray(path: &Path) -> Result<(usize, usize, Vec<u8>), DataError> {
     let bad = |detail: String| DataError::ImageFile {
         path: path.to_path_buf(),
         detail,
@@ -272,7 +272,7 @@ pub fn load_image_folder(dir: &Path, options: &FolderOptions) -> Result<FolderDa
         let mut labels = Vec::with_capacity(members.len());
         for (class, image) in members {
             pixels.extend_from_slice(&classes[class][image]);
-            labels.push(class as u8);
+            labels.push(class as u32);
         }
         ImageSet::new(rows, cols, n, pixels, labels, dir)
     });
@@ -322,11 +322,11 @@ fn class_folders(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), DataError> 
             ),
         ));
     }
-    if class_dirs.len() > 256 {
+    if class_dirs.len() > MAX_CLASSES {
         return Err(folder_error(
             dir,
             format!(
-                "{} class folders: at most 256 classes are supported",
+                "{} class folders: at most {MAX_CLASSES} classes are supported",
                 class_dirs.len()
             ),
         ));

@@ -18,22 +18,22 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::dataset::{Dataset, ImageSet};
+use crate::dataset::{Dataset, ImageSet, MAX_CLASSES};
 use crate::error::DataError;
 
 /// A set of class labels held out of training, sorted and without repeats.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "Vec<u8>", into = "Vec<u8>")]
-pub struct HeldOutClasses(Vec<u8>);
+#[serde(try_from = "Vec<u32>", into = "Vec<u32>")]
+pub struct HeldOutClasses(Vec<u32>);
 
 impl HeldOutClasses {
     /// The classes, ascending.
-    pub fn classes(&self) -> &[u8] {
+    pub fn classes(&self) -> &[u32] {
         &self.0
     }
 
     /// Whether `label` is held out.
-    pub fn contains(&self, label: u8) -> bool {
+    pub fn contains(&self, label: u32) -> bool {
         self.0.binary_search(&label).is_ok()
     }
 
@@ -68,10 +68,15 @@ impl HeldOutClasses {
     }
 }
 
-impl TryFrom<Vec<u8>> for HeldOutClasses {
+impl TryFrom<Vec<u32>> for HeldOutClasses {
     type Error = String;
 
-    fn try_from(mut classes: Vec<u8>) -> Result<Self, String> {
+    fn try_from(mut classes: Vec<u32>) -> Result<Self, String> {
+        if let Some(c) = classes.iter().find(|&&c| c as usize >= MAX_CLASSES) {
+            return Err(format!(
+                "class {c} is past the largest possible ({MAX_CLASSES})"
+            ));
+        }
         classes.sort_unstable();
         classes.dedup();
         if classes.is_empty() {
@@ -81,8 +86,8 @@ impl TryFrom<Vec<u8>> for HeldOutClasses {
     }
 }
 
-impl From<HeldOutClasses> for Vec<u8> {
-    fn from(h: HeldOutClasses) -> Vec<u8> {
+impl From<HeldOutClasses> for Vec<u32> {
+    fn from(h: HeldOutClasses) -> Vec<u32> {
         h.0
     }
 }
@@ -93,9 +98,13 @@ impl FromStr for HeldOutClasses {
     /// Parses `5-9`, `5,7,9` or a mix (`0-2,8`).
     fn from_str(text: &str) -> Result<Self, String> {
         let class = |s: &str| {
-            s.trim().parse::<u8>().map_err(|_| {
-                format!("{text:?}: expected class numbers like 5-9 or 5,7,9, found {s:?}")
-            })
+            s.trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|&c| (c as usize) < MAX_CLASSES)
+                .ok_or_else(|| {
+                    format!("{text:?}: expected class numbers like 5-9 or 5,7,9, found {s:?}")
+                })
         };
         let mut classes = Vec::new();
         for item in text.split(',') {
@@ -139,7 +148,7 @@ impl fmt::Display for HeldOutClasses {
 
 impl ImageSet {
     /// The images whose label `keep` accepts, in their order (labels unchanged).
-    pub fn filter_classes(&self, keep: impl Fn(u8) -> bool) -> ImageSet {
+    pub fn filter_classes(&self, keep: impl Fn(u32) -> bool) -> ImageSet {
         let n = self.image_len();
         let mut pixels = Vec::new();
         let mut labels = Vec::new();
@@ -179,12 +188,12 @@ impl Dataset {
     }
 
     /// The classes of the test split that training never saw.
-    pub fn unseen_test_classes(&self) -> Vec<u8> {
+    pub fn unseen_test_classes(&self) -> Vec<u32> {
         let seen = self.train.class_counts();
         let test = self.test.class_counts();
         (0..test.len())
             .filter(|&c| test[c] > 0 && seen.get(c).is_none_or(|&n| n == 0))
-            .map(|c| c as u8)
+            .map(|c| c as u32)
             .collect()
     }
 }
@@ -204,7 +213,7 @@ mod tests {
         let h: HeldOutClasses = "0-2,8".parse().unwrap();
         assert_eq!(h.to_string(), "0-2,8");
         assert_eq!("3,4".parse::<HeldOutClasses>().unwrap().to_string(), "3,4");
-        for bad in ["", "x", "9-5", "5-", "1,,2", "300"] {
+        for bad in ["", "x", "9-5", "5-", "1,,2", "99999999", "0-99999999"] {
             assert!(bad.parse::<HeldOutClasses>().is_err(), "{bad:?} accepted");
         }
     }
@@ -231,8 +240,8 @@ mod tests {
         assert!(serde_json::from_str::<HeldOutClasses>("[]").is_err());
     }
 
-    fn set(labels: Vec<u8>) -> ImageSet {
-        let pixels = labels.iter().map(|&l| l * 10).collect();
+    fn set(labels: Vec<u32>) -> ImageSet {
+        let pixels = labels.iter().map(|&l| (l * 10) as u8).collect();
         ImageSet::new(1, 1, 4, pixels, labels, Path::new("t")).unwrap()
     }
 
@@ -252,7 +261,7 @@ mod tests {
         // Each pixel still belongs to its label.
         for s in [&d.train, &d.validation, &d.test] {
             for i in 0..s.len() {
-                assert_eq!(s.image(i), &[s.labels()[i] * 10]);
+                assert_eq!(s.image(i), &[(s.labels()[i] * 10) as u8]);
             }
         }
         assert_eq!(d.unseen_test_classes(), vec![2, 3]);

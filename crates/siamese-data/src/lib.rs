@@ -44,6 +44,7 @@ pub mod augment;
 pub mod batcher;
 pub mod data_source;
 pub mod dataset;
+pub mod episode;
 pub mod error;
 pub mod folder;
 mod fsutil;
@@ -51,20 +52,26 @@ pub mod holdout;
 #[cfg(feature = "hub")]
 pub mod hub;
 pub mod idx;
+pub mod npz;
+pub mod omniglot;
 pub mod rng;
 pub mod sampler;
 pub mod source;
 
 pub use augment::{AugmentConfig, Augmenter};
 pub use batcher::{unit_pixel, Batcher, LabelledBatch, Layout};
-pub use data_source::{DataDescription, DataSource, LoadedData};
-pub use dataset::{Dataset, DatasetSpec, ImageSet, Part, PartSpec, Split, KNOWN_DATASETS};
+pub use data_source::{find_omniglot, DataDescription, DataSource, LoadedData};
+pub use dataset::{
+    Dataset, DatasetSpec, ImageSet, Part, PartSpec, Split, KNOWN_DATASETS, MAX_CLASSES,
+};
+pub use episode::{Episode, EpisodeSampler};
 pub use error::DataError;
 pub use folder::{is_image_folder, FolderData, FolderOptions, FolderSplit, Preprocessing};
 #[cfg(feature = "image-folder")]
 pub use folder::{load_image_folder, read_image};
 pub use fsutil::write_atomic;
 pub use holdout::HeldOutClasses;
+pub use omniglot::{load_omniglot, OmniglotOptions};
 pub use rng::Rng;
 pub use sampler::{
     evaluation_pairs, BalancedPairs, PairBatch, PairSampler, PerClassPairs, RandomPairs,

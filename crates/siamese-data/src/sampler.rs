@@ -88,7 +88,7 @@ macro_rules! rng_is_the_state {
     };
 }
 
-fn restore_rng(kind: &str, state: &StateDict) -> Result<Rng, StateError> {
+pub(crate) fn restore_rng(kind: &str, state: &StateDict) -> Result<Rng, StateError> {
     let saved: String = state.json("kind")?;
     if saved != kind {
         return Err(state.invalid(
@@ -100,7 +100,13 @@ fn restore_rng(kind: &str, state: &StateDict) -> Result<Rng, StateError> {
 }
 
 /// The indices of each class's images; a label not below `num_classes` is an error.
-fn indices_by_class(labels: &[u8], num_classes: usize) -> Result<Vec<Vec<u32>>, DataError> {
+fn indices_by_class(labels: &[u32], num_classes: usize) -> Result<Vec<Vec<u32>>, DataError> {
+    if num_classes > crate::dataset::MAX_CLASSES {
+        return Err(DataError::Sampler(format!(
+            "{num_classes} classes: at most {} are supported",
+            crate::dataset::MAX_CLASSES
+        )));
+    }
     let mut by_class = vec![Vec::new(); num_classes];
     for (i, &l) in labels.iter().enumerate() {
         let class = by_class.get_mut(l as usize).ok_or_else(|| {
@@ -117,7 +123,7 @@ fn indices_by_class(labels: &[u8], num_classes: usize) -> Result<Vec<Vec<u32>>, 
 /// the labels agree. On MNIST about 10% of pairs are positive.
 #[derive(Debug, Clone)]
 pub struct RandomPairs {
-    labels: Vec<u8>,
+    labels: Vec<u32>,
     rng: Rng,
 }
 
@@ -126,7 +132,7 @@ impl RandomPairs {
     pub const KIND: &'static str = "random";
 
     /// A sampler over the images with these labels.
-    pub fn new(labels: &[u8], seed: u64) -> Result<Self, DataError> {
+    pub fn new(labels: &[u32], seed: u64) -> Result<Self, DataError> {
         if labels.is_empty() {
             return Err(DataError::Sampler("no images to draw pairs from".into()));
         }
@@ -159,9 +165,9 @@ impl PairSampler for RandomPairs {
 /// class, the class chosen uniformly among the others.
 #[derive(Debug, Clone)]
 pub struct BalancedPairs {
-    labels: Vec<u8>,
+    labels: Vec<u32>,
     by_class: Vec<Vec<u32>>,
-    nonempty_classes: Vec<u8>,
+    nonempty_classes: Vec<u32>,
     positive_candidates: Vec<u32>,
     positive_fraction: f64,
     rng: Rng,
@@ -175,7 +181,7 @@ impl BalancedPairs {
 
     /// A sampler over the images with these labels (each `< num_classes`).
     pub fn new(
-        labels: &[u8],
+        labels: &[u32],
         num_classes: usize,
         positive_fraction: f64,
         seed: u64,
@@ -186,9 +192,9 @@ impl BalancedPairs {
             )));
         }
         let by_class = indices_by_class(labels, num_classes)?;
-        let nonempty_classes: Vec<u8> = (0..num_classes)
+        let nonempty_classes: Vec<u32> = (0..num_classes)
             .filter(|&c| !by_class[c].is_empty())
-            .map(|c| c as u8)
+            .map(|c| c as u32)
             .collect();
         let positive_candidates: Vec<u32> = by_class
             .iter()
@@ -290,7 +296,7 @@ impl PerClassPairs {
     /// A sampler over the images with these labels (each `< num_classes`), in groups
     /// of `images_per_class` (even, at least 2) images of one class.
     pub fn new(
-        labels: &[u8],
+        labels: &[u32],
         num_classes: usize,
         images_per_class: usize,
         seed: u64,
@@ -374,7 +380,7 @@ impl PairSampler for PerClassPairs {
 /// (`n / 2` rounded to even), drawn from these labels with `seed`. The generator is
 /// this crate's own, so the pairs are identical on every machine.
 pub fn evaluation_pairs(
-    labels: &[u8],
+    labels: &[u32],
     num_classes: usize,
     n: usize,
     seed: u64,
@@ -387,15 +393,15 @@ mod tests {
     use super::*;
 
     /// Labels with MNIST-like class shares: class c has 100 + 10c images.
-    fn labels() -> Vec<u8> {
-        (0..10u8)
+    fn labels() -> Vec<u32> {
+        (0..10u32)
             .flat_map(|c| std::iter::repeat_n(c, 100 + 10 * c as usize))
             .collect()
     }
 
     /// Labels agree with `same`; with `distinct`, no positive pairs an image with itself
     /// (the reference program's independent draws may).
-    fn check_pairs(labels: &[u8], batch: &PairBatch, distinct: bool) {
+    fn check_pairs(labels: &[u32], batch: &PairBatch, distinct: bool) {
         for i in 0..batch.len() {
             let (a, b) = (batch.left[i], batch.right[i]);
             assert_eq!(batch.same[i], labels[a] == labels[b]);
@@ -458,9 +464,9 @@ mod tests {
     fn per_class_batches_use_every_class_alike_and_small_classes_without_self_pairs() {
         // Class 0 has 3 images, fewer than K = 8: its groups repeat images, never
         // within one pair.
-        let mut labels = vec![0u8; 3];
-        labels.extend(std::iter::repeat_n(1u8, 50));
-        labels.extend(std::iter::repeat_n(2u8, 50));
+        let mut labels = vec![0u32; 3];
+        labels.extend(std::iter::repeat_n(1u32, 50));
+        labels.extend(std::iter::repeat_n(2u32, 50));
         let mut sampler = PerClassPairs::new(&labels, 3, 8, 9).unwrap();
         let mut groups_per_class = [0usize; 3];
         for _ in 0..300 {

@@ -8,7 +8,8 @@ use std::path::Path;
 
 use image::{GrayImage, Luma, Rgb, RgbImage};
 use siamese_data::{
-    load_image_folder, read_image, DataError, FolderOptions, FolderSplit, Preprocessing,
+    load_image_folder, read_image, BalancedPairs, DataError, FolderOptions, FolderSplit,
+    PairSampler, Preprocessing,
 };
 
 /// A gray image whose pixels encode (class, index), so tests can tell images apart.
@@ -57,7 +58,7 @@ fn split_by_class_keeps_test_identities_out_of_training() {
         (20, 10, 10)
     );
     let classes = |set: &siamese_data::ImageSet| {
-        let mut c: Vec<u8> = set.labels().to_vec();
+        let mut c: Vec<u32> = set.labels().to_vec();
         c.dedup();
         c
     };
@@ -91,7 +92,7 @@ fn split_by_class_keeps_test_identities_out_of_training() {
         seed: 9,
         ..classes_split(2, 2)
     };
-    let splits: Vec<Vec<u8>> = (0..6)
+    let splits: Vec<Vec<u32>> = (0..6)
         .map(|seed| {
             let o = FolderOptions { seed, ..other_seed };
             classes(&load_image_folder(dir.path(), &o).unwrap().dataset.test)
@@ -249,4 +250,68 @@ fn bad_folders_are_refused_with_the_place_named() {
 
     // Not a folder.
     assert_refused(&dir.path().join("nope"), &options, "nope", "not a folder");
+}
+
+/// Ten thousand classes (face sets have thousands of people): the folder loads with
+/// labels past 255, the split keeps whole classes apart, and the samplers draw from all
+/// of them.
+#[test]
+fn ten_thousand_classes_load_split_and_sample() {
+    const CLASSES: usize = 10_000;
+    let dir = tempfile::tempdir().unwrap();
+    for c in 0..CLASSES {
+        let class = dir.path().join(format!("c{c:05}"));
+        std::fs::create_dir(&class).unwrap();
+        for i in 0..2u8 {
+            // A 2x2 PGM whose pixels tell the class and the drawing apart.
+            let mut pgm = b"P5 2 2 255\n".to_vec();
+            pgm.extend_from_slice(&[(c % 251) as u8, (c / 251) as u8, i, 7]);
+            std::fs::write(class.join(format!("{i}.pgm")), pgm).unwrap();
+        }
+    }
+    let options = FolderOptions {
+        seed: 3,
+        ..classes_split(500, 500)
+    };
+    let loaded = load_image_folder(dir.path(), &options).unwrap();
+    let data = loaded.dataset;
+    assert_eq!(data.spec.num_classes(), CLASSES);
+    assert_eq!(
+        (data.train.len(), data.validation.len(), data.test.len()),
+        (2 * 9_000, 2 * 500, 2 * 500)
+    );
+    let max = |s: &siamese_data::ImageSet| s.labels().iter().copied().max().unwrap();
+    assert!(max(&data.train).max(max(&data.test)) > 9_000);
+    // Whole classes per split: no class in two of them.
+    let classes_of = |s: &siamese_data::ImageSet| {
+        let mut c: Vec<u32> = s.labels().to_vec();
+        c.dedup();
+        c.into_iter().collect::<std::collections::BTreeSet<_>>()
+    };
+    let (train, test) = (classes_of(&data.train), classes_of(&data.test));
+    assert_eq!((train.len(), test.len()), (9_000, 500));
+    assert!(train.is_disjoint(&test));
+    // Every image's pixels are its own class's.
+    let image = data.test.image(0);
+    let label = data.test.labels()[0] as usize;
+    assert_eq!(
+        (image[0], image[1]),
+        ((label % 251) as u8, (label / 251) as u8)
+    );
+
+    // Positive pairs come from every part of the label range.
+    let mut sampler = BalancedPairs::new(data.train.labels(), CLASSES, 0.5, 1).unwrap();
+    let batch = sampler.sample(4_000);
+    let labels = data.train.labels();
+    let mut seen = std::collections::BTreeSet::new();
+    for ((&a, &b), &same) in batch.left.iter().zip(&batch.right).zip(&batch.same) {
+        assert_eq!(same, labels[a] == labels[b]);
+        seen.insert(labels[a]);
+    }
+    assert_eq!(batch.positives(), 2_000);
+    assert!(
+        seen.iter().any(|&l| l > 8_000) && seen.len() > 2_000,
+        "{}",
+        seen.len()
+    );
 }

@@ -251,7 +251,8 @@ fn downloads_decodes_verifies_and_caches() {
         (12, 3, 6)
     );
     assert_eq!(data.train.image(5), &train.images.pixels[5 * 16..6 * 16]);
-    assert_eq!(data.validation.labels(), &train.labels[12..]);
+    let want: Vec<u32> = train.labels[12..].iter().map(|&l| u32::from(l)).collect();
+    assert_eq!(data.validation.labels(), &want[..]);
     assert_eq!(data.test.pixels(), &test.images.pixels[..]);
 
     // The conversion was cached as IDX: a second load, offline, reads it back.

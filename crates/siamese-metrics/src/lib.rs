@@ -21,10 +21,12 @@
 //! assert_eq!(r.map_at_r, 1.0);
 //! ```
 
+pub mod oneshot;
 pub mod pairs;
 pub mod pca;
 pub mod retrieval;
 
+pub use oneshot::{episode_accuracy, mean_ci95, modified_hausdorff, EpisodeScore};
 pub use pairs::{accuracy_at, knn_accuracy, knn_accuracy_leave_one_out, pair_metrics, PairMetrics};
 pub use pca::Pca;
 pub use retrieval::{retrieval_leave_one_out, RetrievalMetrics};
@@ -39,7 +41,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ClassPairAuc {
     /// The two classes, lower first.
-    pub classes: [u8; 2],
+    pub classes: [u32; 2],
     /// ROC AUC over those pairs.
     pub roc_auc: f64,
     /// Same-class pairs of either class, and pairs across the two.
@@ -49,12 +51,12 @@ pub struct ClassPairAuc {
 /// [`ClassPairAuc`] for every two classes that have pairs across them among these
 /// (`distances[i]` of a pair whose images have labels `first[i]` and `second[i]`), in
 /// class order; a class pair without a same-class pair of either class is left out.
-pub fn class_pair_auc(distances: &[f32], first: &[u8], second: &[u8]) -> Vec<ClassPairAuc> {
+pub fn class_pair_auc(distances: &[f32], first: &[u32], second: &[u32]) -> Vec<ClassPairAuc> {
     assert!(
         distances.len() == first.len() && first.len() == second.len(),
         "one pair of labels per distance"
     );
-    let mut across: Vec<[u8; 2]> = first
+    let mut across: Vec<[u32; 2]> = first
         .iter()
         .zip(second)
         .filter(|(a, b)| a != b)

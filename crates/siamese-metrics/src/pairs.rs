@@ -115,9 +115,9 @@ pub fn pair_metrics(distances: &[f32], same: &[bool]) -> PairMetrics {
 /// the class with the nearest member.
 pub fn knn_accuracy(
     train: &[f32],
-    train_labels: &[u8],
+    train_labels: &[u32],
     test: &[f32],
-    test_labels: &[u8],
+    test_labels: &[u32],
     dim: usize,
     k: usize,
 ) -> f64 {
@@ -128,16 +128,16 @@ pub fn knn_accuracy(
 /// out): the measure for a test split whose classes training never saw (an image
 /// folder split by class), where a gallery of training embeddings would hold none of
 /// the right answers.
-pub fn knn_accuracy_leave_one_out(embeddings: &[f32], labels: &[u8], dim: usize, k: usize) -> f64 {
+pub fn knn_accuracy_leave_one_out(embeddings: &[f32], labels: &[u32], dim: usize, k: usize) -> f64 {
     knn(embeddings, labels, embeddings, labels, dim, k, true)
 }
 
 /// `leave_one_out`: `test` is `train`, and a query skips its own row.
 fn knn(
     train: &[f32],
-    train_labels: &[u8],
+    train_labels: &[u32],
     test: &[f32],
-    test_labels: &[u8],
+    test_labels: &[u32],
     dim: usize,
     k: usize,
     leave_one_out: bool,
@@ -145,23 +145,14 @@ fn knn(
     assert!(k > 0 && dim > 0);
     assert_eq!(train.len(), train_labels.len() * dim);
     assert_eq!(test.len(), test_labels.len() * dim);
-    let classes = train_labels
-        .iter()
-        .copied()
-        .max()
-        .map_or(0, |m| m as usize + 1);
     // Each query's vote: the k nearest (its own row left out when the sets are one),
-    // ties between classes going to the class with the nearest member.
+    // ties between classes going to the class with the nearest member. Votes are
+    // counted over the k neighbours alone, so any number of classes costs nothing.
     let vote = |q: usize, nearest: &[Neighbour]| {
-        let mut votes = vec![0usize; classes];
-        for n in nearest {
-            votes[train_labels[n.index] as usize] += 1;
-        }
-        let top = votes.iter().copied().max().unwrap_or(0);
-        let predicted = nearest
-            .iter()
-            .map(|n| train_labels[n.index])
-            .find(|&l| votes[l as usize] == top);
+        let label = |n: &Neighbour| train_labels[n.index];
+        let votes = |l: u32| nearest.iter().filter(|n| label(n) == l).count();
+        let top = nearest.iter().map(|n| votes(label(n))).max().unwrap_or(0);
+        let predicted = nearest.iter().map(label).find(|&l| votes(l) == top);
         predicted == Some(test_labels[q])
     };
     let right: Vec<bool> = if leave_one_out {

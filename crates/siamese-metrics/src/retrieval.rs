@@ -13,6 +13,8 @@
 //! retrieve and is left out of all three. Neighbours are ranked by Euclidean distance,
 //! ties broken by position in the set, so the numbers do not depend on thread count.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 use siamese_neighbours::{nearest_to_each_row, Neighbour};
 
@@ -32,7 +34,7 @@ pub struct RetrievalMetrics {
 /// Retrieval metrics of `embeddings` (row-major, `dim` columns, one label per row),
 /// each row a query against all the others. NaN when a value is not finite or no query
 /// has another item of its class.
-pub fn retrieval_leave_one_out(embeddings: &[f32], labels: &[u8], dim: usize) -> RetrievalMetrics {
+pub fn retrieval_leave_one_out(embeddings: &[f32], labels: &[u32], dim: usize) -> RetrievalMetrics {
     assert!(dim > 0, "embeddings need a dimension");
     assert_eq!(
         embeddings.len(),
@@ -48,10 +50,14 @@ pub fn retrieval_leave_one_out(embeddings: &[f32], labels: &[u8], dim: usize) ->
     if embeddings.iter().any(|v| !v.is_finite()) {
         return nan;
     }
-    let mut class_size = [0usize; 256];
-    labels.iter().for_each(|&l| class_size[l as usize] += 1);
+    // Class sizes by label; labels are indices below the data set's class count, but a
+    // caller's labels are not trusted for an allocation: a map holds only those present.
+    let mut class_size: HashMap<u32, usize> = HashMap::new();
+    labels
+        .iter()
+        .for_each(|&l| *class_size.entry(l).or_default() += 1);
     // A query's R is the number of other items of its class; a class of one is left out.
-    let others = |q: usize| class_size[labels[q] as usize] - 1;
+    let others = |q: usize| class_size[&labels[q]] - 1;
     let per_query: Vec<Option<(f64, f64, f64)>> =
         nearest_to_each_row(embeddings, dim, others, |q, ranked| {
             (others(q) > 0).then(|| query(labels, q, ranked))
@@ -72,7 +78,7 @@ pub fn retrieval_leave_one_out(embeddings: &[f32], labels: &[u8], dim: usize) ->
 
 /// (precision@1, R-precision, AP@R) of query `q` from its R nearest others, nearest
 /// first.
-fn query(labels: &[u8], q: usize, ranked: &[Neighbour]) -> (f64, f64, f64) {
+fn query(labels: &[u32], q: usize, ranked: &[Neighbour]) -> (f64, f64, f64) {
     let own = labels[q];
     let (mut hits, mut precision_sum) = (0usize, 0.0);
     for (rank, n) in ranked.iter().enumerate() {
@@ -92,7 +98,7 @@ mod tests {
     use proptest::prelude::*;
 
     /// The definitions, spelled out: a full sort of every other item per query.
-    fn naive(embeddings: &[f32], labels: &[u8], dim: usize) -> (f64, f64, f64) {
+    fn naive(embeddings: &[f32], labels: &[u32], dim: usize) -> (f64, f64, f64) {
         let n = labels.len();
         let (mut p1, mut rp, mut map, mut count) = (0.0, 0.0, 0.0, 0.0);
         for q in 0..n {
@@ -160,6 +166,23 @@ mod tests {
         );
     }
 
+    /// Labels past any small table: 3,000 classes of two points each, labels spread to
+    /// 3,000,000; retrieval and kNN still find each point's partner.
+    #[test]
+    fn thousands_of_classes_with_large_labels() {
+        let (e, l): (Vec<f32>, Vec<u32>) = (0..6_000u32)
+            .map(|i| {
+                (
+                    (i / 2) as f32 * 10.0 + (i % 2) as f32 * 0.1,
+                    (i / 2) * 1_000,
+                )
+            })
+            .unzip();
+        let m = retrieval_leave_one_out(&e, &l, 1);
+        assert_eq!((m.queries, m.map_at_r), (6_000, 1.0));
+        assert_eq!(crate::knn_accuracy_leave_one_out(&e, &l, 1, 1), 1.0);
+    }
+
     #[test]
     fn broken_numbers_give_nan() {
         let m = retrieval_leave_one_out(&[0.0, f32::NAN, 1.0, 2.0], &[0, 0, 1, 1], 1);
@@ -174,7 +197,7 @@ mod tests {
             points in proptest::collection::vec((0u8..4, -3i8..3, -3i8..3), 2..40)
         ) {
             // Small integer coordinates: many exact ties, broken by position in both.
-            let labels: Vec<u8> = points.iter().map(|p| p.0).collect();
+            let labels: Vec<u32> = points.iter().map(|p| u32::from(p.0)).collect();
             let e: Vec<f32> = points.iter().flat_map(|p| [f32::from(p.1), f32::from(p.2)]).collect();
             let m = retrieval_leave_one_out(&e, &labels, 2);
             if m.queries == 0 {

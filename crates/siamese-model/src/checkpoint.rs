@@ -44,6 +44,8 @@ pub mod keys {
     pub const IMAGE_FOLDER: &str = "image_folder";
     /// The held-out classes (JSON list).
     pub const HOLDOUT_CLASSES: &str = "holdout_classes";
+    /// Omniglot's image size and split (JSON `OmniglotOptions`).
+    pub const OMNIGLOT: &str = "omniglot";
 }
 
 /// A checkpoint read and validated.

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use siamese_data::{
     AugmentConfig, BalancedPairs, DataDescription, FolderOptions, HeldOutClasses, Layout,
-    PairSampler, PerClassPairs, RandomPairs,
+    OmniglotOptions, PairSampler, PerClassPairs, RandomPairs,
 };
 use siamese_loss::{
     AllPairs, BatchHard, BatchLoss, Chopra2005, Euclidean, Hadsell2006, MinedLoss, Miner,
@@ -65,7 +65,7 @@ impl SamplerConfig {
     /// The sampler it describes, over these labels.
     pub fn build(
         &self,
-        labels: &[u8],
+        labels: &[u32],
         num_classes: usize,
         seed: u64,
     ) -> Result<Box<dyn PairSampler>, TrainError> {
@@ -196,6 +196,9 @@ pub struct TrainConfig {
     /// ([`siamese_data::holdout`]): validation and test then hold only these.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holdout_classes: Option<HeldOutClasses>,
+    /// How Omniglot is sized and split (absent for every other data set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub omniglot: Option<OmniglotOptions>,
     /// The tower.
     pub model: TowerConfig,
     /// The loss.
@@ -284,6 +287,7 @@ impl TrainConfig {
             source: self.data.clone(),
             image_folder: self.image_folder,
             holdout_classes: self.holdout_classes.clone(),
+            omniglot: self.omniglot,
         }
     }
 
@@ -295,6 +299,7 @@ impl TrainConfig {
             data: "mnist".into(),
             image_folder: None,
             holdout_classes: None,
+            omniglot: None,
             model: TowerConfig::default(),
             loss: LossConfig::Chopra { q: 5.0 },
             sampler: SamplerConfig::Random,

@@ -49,7 +49,7 @@ pub struct EvalReport {
     /// Test classes that training never saw (held out, or an image folder's test
     /// classes); empty for the closed-set protocol.
     #[serde(default)]
-    pub unseen_test_classes: Vec<u8>,
+    pub unseen_test_classes: Vec<u32>,
     /// Retrieval among the test embeddings, each one a query against the others: the
     /// share whose nearest neighbour has their class.
     #[serde(default)]
@@ -81,7 +81,7 @@ pub struct EvalReport {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClassPairReport {
     /// The two classes, by label.
-    pub classes: [u8; 2],
+    pub classes: [u32; 2],
     /// The model's ROC AUC on their test pairs.
     pub roc_auc: f64,
     /// Raw pixels' ROC AUC on the same pairs.
@@ -102,8 +102,8 @@ fn class_pairs(
     pixels: &[f32],
 ) -> Vec<ClassPairReport> {
     let labels = data.test.labels();
-    let first: Vec<u8> = pairs.left.iter().map(|&i| labels[i]).collect();
-    let second: Vec<u8> = pairs.right.iter().map(|&i| labels[i]).collect();
+    let first: Vec<u32> = pairs.left.iter().map(|&i| labels[i]).collect();
+    let second: Vec<u32> = pairs.right.iter().map(|&i| labels[i]).collect();
     let by_pixels = class_pair_auc(pixels, &first, &second);
     class_pair_auc(model, &first, &second)
         .into_iter()

@@ -13,7 +13,7 @@ pub struct LabelledEmbeddings<'a> {
     /// Values per row.
     pub dim: usize,
     /// One label per row.
-    pub labels: &'a [u8],
+    pub labels: &'a [u32],
     /// Class names by label (a label without a name is shown as its number).
     pub class_names: &'a [String],
     /// One path per row, or none.

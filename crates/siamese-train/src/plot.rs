@@ -3,6 +3,7 @@
 //! components, and the title says so. Text uses the DejaVu Sans font compiled in, so
 //! plotting needs no system fonts.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Once;
 
@@ -12,6 +13,10 @@ use plotters::style::{register_font, FontStyle};
 use crate::error::TrainError;
 
 /// Ten colours that stay distinct (Tableau 10).
+/// Most classes named in the legend; with more, none are (a legend of hundreds of
+/// entries would hide the plot).
+const LEGEND_CLASSES: usize = 20;
+
 const PALETTE: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
@@ -62,7 +67,7 @@ pub fn plot_embeddings(
     path: &Path,
     embeddings: &[f32],
     dim: usize,
-    labels: &[u8],
+    labels: &[u32],
     class_names: &[String],
     title: &str,
 ) -> Result<(), TrainError> {
@@ -100,34 +105,41 @@ pub fn plot_embeddings(
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(|e| plot_err(e.to_string()))?;
-    let classes = class_names
-        .len()
-        .max(labels.iter().map(|&l| l as usize + 1).max().unwrap_or(0));
-    for class in 0..classes {
-        let color = PALETTE[class % PALETTE.len()];
-        let name = class_names
-            .get(class)
-            .cloned()
-            .unwrap_or_else(|| class.to_string());
-        let mine = points
-            .iter()
-            .zip(labels)
-            .filter(|(_, &l)| l as usize == class)
-            .map(|(&p, _)| p);
-        chart
-            .draw_series(mine.map(|p| Circle::new(p, 2, color.mix(0.6).filled())))
-            .map_err(|e| plot_err(e.to_string()))?
-            .label(name)
-            .legend(move |(x, y)| Circle::new((x, y), 5, color.filled()));
+    // One series per class present; beyond LEGEND_CLASSES the legend would cover the
+    // plot (Omniglot has 659 test classes), so later classes are drawn unnamed.
+    let mut by_class: BTreeMap<u32, Vec<(f64, f64)>> = BTreeMap::new();
+    for (&p, &l) in points.iter().zip(labels) {
+        by_class.entry(l).or_default().push(p);
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 16))
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(|e| plot_err(e.to_string()))?;
+    let named = by_class.len() <= LEGEND_CLASSES;
+    for (&class, mine) in &by_class {
+        let color = PALETTE[class as usize % PALETTE.len()];
+        let series = chart
+            .draw_series(
+                mine.iter()
+                    .map(|&p| Circle::new(p, 2, color.mix(0.6).filled())),
+            )
+            .map_err(|e| plot_err(e.to_string()))?;
+        if named {
+            let name = class_names
+                .get(class as usize)
+                .cloned()
+                .unwrap_or_else(|| class.to_string());
+            series
+                .label(name)
+                .legend(move |(x, y)| Circle::new((x, y), 5, color.filled()));
+        }
+    }
+    if named {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 16))
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(|e| plot_err(e.to_string()))?;
+    }
     root.present().map_err(|e| plot_err(e.to_string()))?;
     Ok(())
 }

@@ -122,7 +122,7 @@ pub fn write_projector(dir: &Path, p: &Projection) -> Result<(), TrainError> {
         let class = p
             .set
             .class_names
-            .get(usize::from(label))
+            .get(label as usize)
             .map(|s| cell(s))
             .unwrap_or_else(|| label.to_string());
         let _ = write!(metadata, "{label}\t{class}\t{i}");

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use siamese_data::{FolderOptions, HeldOutClasses, Preprocessing};
+use siamese_data::{FolderOptions, HeldOutClasses, OmniglotOptions, Preprocessing};
 use siamese_model::checkpoint::{self, keys, Checkpoint};
 
 use crate::config::TrainConfig;
@@ -27,6 +27,8 @@ pub struct Provenance {
     pub image_folder: Option<FolderOptions>,
     /// The classes held out of training (the unseen-class protocol).
     pub holdout_classes: Option<HeldOutClasses>,
+    /// Omniglot's size and split.
+    pub omniglot: Option<OmniglotOptions>,
     /// The verification threshold on the embedding distance (finite, >= 0).
     pub threshold: Option<f64>,
     /// The training step the weights are from.
@@ -47,6 +49,7 @@ impl Provenance {
             }),
             image_folder: config.image_folder,
             holdout_classes: config.holdout_classes.clone(),
+            omniglot: config.omniglot,
             threshold: None,
             step: None,
         }
@@ -76,6 +79,7 @@ impl Provenance {
             image_folder: json(meta, keys::IMAGE_FOLDER).map_err(|e| bad(keys::IMAGE_FOLDER, e))?,
             holdout_classes: json(meta, keys::HOLDOUT_CLASSES)
                 .map_err(|e| bad(keys::HOLDOUT_CLASSES, e))?,
+            omniglot: json(meta, keys::OMNIGLOT).map_err(|e| bad(keys::OMNIGLOT, e))?,
             threshold: meta
                 .get(keys::THRESHOLD)
                 .map(|t| checkpoint::threshold_value(t))
@@ -95,7 +99,7 @@ impl Provenance {
         fn json<T: Serialize>(value: &T) -> String {
             serde_json::to_string(value).expect("provenance fields serialise")
         }
-        let entries: [(&str, Option<String>); 6] = [
+        let entries: [(&str, Option<String>); 7] = [
             (keys::DATA, self.data.clone()),
             (keys::PREPROCESSING, self.preprocessing.as_ref().map(json)),
             (keys::IMAGE_FOLDER, self.image_folder.as_ref().map(json)),
@@ -103,6 +107,7 @@ impl Provenance {
                 keys::HOLDOUT_CLASSES,
                 self.holdout_classes.as_ref().map(json),
             ),
+            (keys::OMNIGLOT, self.omniglot.as_ref().map(json)),
             (keys::THRESHOLD, self.threshold.map(|t| t.to_string())),
             (keys::STEP, self.step.map(|s| s.to_string())),
         ];

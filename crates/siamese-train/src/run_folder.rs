@@ -183,12 +183,12 @@ impl MetricsLog {
 }
 
 /// Writes embeddings (`values`, `labels.len()` rows of `dim`) as a safetensors file
-/// with tensors `embeddings [n, dim]` (f32) and `labels [n]` (u8), atomically.
+/// with tensors `embeddings [n, dim]` (f32) and `labels [n]` (u32), atomically.
 pub fn save_embeddings(
     path: &Path,
     values: &[f32],
     dim: usize,
-    labels: &[u8],
+    labels: &[u32],
 ) -> Result<(), TrainError> {
     let n = labels.len();
     let tensors = vec![

@@ -51,14 +51,14 @@ fn the_explorer_works_in_a_real_browser() {
     let mut labels = Vec::with_capacity(n);
     let mut pixels = Vec::with_capacity(n * side * side);
     for i in 0..n {
-        let class = (i % 3) as u8;
+        let class = (i % 3) as u32;
         let jitter = |k: usize| ((i * 7919 + k * 104729) % 1000) as f32 / 1000.0;
         let (x, y) = if i == 0 {
             (-6.0, -6.0)
         } else {
             (
-                f32::from(class) * 3.0 + jitter(0),
-                f32::from(class) * 2.0 + jitter(1),
+                class as f32 * 3.0 + jitter(0),
+                class as f32 * 2.0 + jitter(1),
             )
         };
         embeddings.extend([x, y]);

@@ -24,7 +24,7 @@ use siamese_train::{AdamConfig, Trainer};
 /// over a pseudo-random background.
 fn images() -> ImageSet {
     let (side, n) = (28, 96);
-    let labels: Vec<u8> = (0..n).map(|i| (i % 4) as u8).collect();
+    let labels: Vec<u32> = (0..n).map(|i| (i % 4) as u32).collect();
     let pixels: Vec<u8> = (0..n * side * side)
         .map(|i| {
             let (img, px) = (i / (side * side), i % (side * side));

@@ -24,7 +24,7 @@ fn tensorboard_reads_the_projector_files() {
     let dir = tempfile::tempdir().unwrap();
     let (n, dim, side) = (30usize, 3usize, 6usize);
     let embeddings: Vec<f32> = (0..n * dim).map(|i| i as f32 / 7.0 - 2.0).collect();
-    let labels: Vec<u8> = (0..n).map(|i| (i % 3) as u8).collect();
+    let labels: Vec<u32> = (0..n).map(|i| (i % 3) as u32).collect();
     let names = vec![
         "zero".to_string(),
         "<b>one</b>".to_string(),

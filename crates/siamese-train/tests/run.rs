@@ -33,7 +33,7 @@ fn synthetic(n: usize, seed: u64) -> ImageSet {
                 pixels.push((base + rng.below(60)) as u8);
             }
         }
-        labels.push(c as u8);
+        labels.push(c as u32);
     }
     ImageSet::new(SIDE, SIDE, CLASSES, pixels, labels, Path::new("synthetic")).unwrap()
 }
@@ -54,6 +54,7 @@ fn config() -> TrainConfig {
         data: "synthetic".into(),
         image_folder: None,
         holdout_classes: None,
+        omniglot: None,
         model: TowerConfig {
             input_height: SIDE,
             input_width: SIDE,

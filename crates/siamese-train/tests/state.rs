@@ -16,7 +16,7 @@ use siamese_train::{AdamConfig, Trainer};
 /// Pairs each image with the next one, from a cursor that walks the set: its whole
 /// state is the cursor.
 struct Walk {
-    labels: Vec<u8>,
+    labels: Vec<u32>,
     cursor: usize,
 }
 
@@ -50,7 +50,7 @@ impl Stateful for Walk {
 
 fn images() -> ImageSet {
     let (side, n) = (8, 64);
-    let labels: Vec<u8> = (0..n).map(|i| (i % 4) as u8).collect();
+    let labels: Vec<u32> = (0..n).map(|i| (i % 4) as u32).collect();
     let pixels: Vec<u8> = (0..n * side * side)
         .map(|i| {
             let (img, px) = (i / (side * side), i % (side * side));
