@@ -30,7 +30,9 @@ const EXAMPLES: &str = "Examples:
   siamese index --model runs/ref/model.safetensors --split test --out gallery.safetensors
   siamese search --gallery gallery.safetensors --model runs/ref/model.safetensors -k 5 q.png
   siamese plot --embeddings runs/ref/test_embeddings.safetensors --out plot.png
-  siamese data info --data mnist";
+  siamese data info --data mnist
+  siamese train --data omniglot --rotate-classes --out runs/omniglot
+  siamese lake-runs --model runs/omniglot/model.safetensors";
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
@@ -54,6 +56,24 @@ pub enum Command {
     Index(IndexArgs),
     /// Find the gallery items nearest to query images.
     Search(SearchArgs),
+    /// Score Lake's 20-way one-shot Omniglot runs: his modified Hausdorff baseline, raw
+    /// pixels, and a model when given.
+    LakeRuns(LakeRunsArgs),
+}
+
+/// `siamese lake-runs`.
+#[derive(Debug, Args)]
+pub struct LakeRunsArgs {
+    /// The runs folder (`run01` ... `run20`); default: `one-shot-runs` beside Omniglot's
+    /// files in SIAMESE_DATA_DIR.
+    #[arg(long, value_name = "DIR")]
+    pub runs: Option<PathBuf>,
+    /// A checkpoint to score too (its image size is used for the pixel baseline).
+    #[arg(long, value_name = "FILE")]
+    pub model: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `siamese explore`.

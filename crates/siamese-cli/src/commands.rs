@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use siamese_data::{
-    read_image, Batcher, DataDescription, DataSource, Dataset, FolderOptions, FolderSplit,
-    HeldOutClasses, LoadOptions, OmniglotOptions, Preprocessing, MAX_CLASSES,
+    find_omniglot, read_image, Batcher, DataDescription, DataSource, Dataset, FolderOptions,
+    FolderSplit, HeldOutClasses, LoadOptions, OmniglotOptions, Preprocessing, MAX_CLASSES,
 };
 use siamese_model::checkpoint;
 use siamese_model::Embedder;
@@ -17,9 +17,11 @@ use siamese_train::{
     TrainConfig,
 };
 
+use siamese_data::omniglot::runs::{load_runs, OneShotRun};
+
 use crate::args::{
-    Cli, Command, DataAction, DataArgs, EmbedArgs, EvalArgs, LossName, PairingName, PairsName,
-    PlotArgs, SourceArgs, SplitName, TrainArgs, VerifyArgs,
+    Cli, Command, DataAction, DataArgs, EmbedArgs, EvalArgs, LakeRunsArgs, LossName, PairingName,
+    PairsName, PlotArgs, SourceArgs, SplitName, TrainArgs, VerifyArgs,
 };
 use crate::report::Printer;
 
@@ -35,6 +37,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Explore(a) => crate::gallery::explore(a),
         Command::Index(a) => crate::gallery::index(a),
         Command::Search(a) => crate::gallery::search(a),
+        Command::LakeRuns(a) => lake_runs(a),
     }
 }
 
@@ -374,6 +377,7 @@ fn train(a: TrainArgs) -> Result<()> {
     }
     let test_paths = loaded.paths.map(|[_, _, test]| test).unwrap_or_default();
     let data = loaded.data;
+    let one_shot_runs = one_shot_runs_for(&config.data, [data.spec.rows, data.spec.cols])?;
     eprintln!(
         "data: {} from {}; run folder: {}",
         data.spec.name,
@@ -385,6 +389,7 @@ fn train(a: TrainArgs) -> Result<()> {
         resume,
         device: device()?,
         test_paths: test_paths.iter().map(|p| p.display().to_string()).collect(),
+        one_shot_runs,
         ..RunOptions::default()
     };
     let mut printer = Printer::new();
@@ -413,17 +418,107 @@ fn data_for(source: &SourceArgs, ckpt: &checkpoint::Checkpoint) -> Result<Datase
     Ok(data_and_paths_for(source, ckpt)?.0)
 }
 
+/// The data set a command means: `--data`, else the model's, else MNIST.
+fn data_name(source: &SourceArgs, provenance: &Provenance) -> String {
+    source
+        .data
+        .clone()
+        .or_else(|| provenance.data.clone())
+        .unwrap_or_else(|| "mnist".into())
+}
+
+/// The folder of Lake's one-shot runs: beside Omniglot's files.
+fn default_runs_folder() -> Result<PathBuf> {
+    Ok(find_omniglot(&LoadOptions::from_env())?.join("one-shot-runs"))
+}
+
+/// Lake's one-shot runs at `size`, for Omniglot when its runs folder is there; none for
+/// other data sets.
+fn one_shot_runs_for(name: &str, size: [usize; 2]) -> Result<Option<Vec<OneShotRun>>> {
+    if !matches!(DataSource::resolve(name), Ok(DataSource::Omniglot)) {
+        return Ok(None);
+    }
+    let folder = default_runs_folder()?;
+    if !folder.is_dir() {
+        eprintln!(
+            "note: {} is not there: Lake's one-shot runs are not scored",
+            folder.display()
+        );
+        return Ok(None);
+    }
+    let runs = load_runs(&folder, size)
+        .with_context(|| format!("reading Lake's one-shot runs in {}", folder.display()))?;
+    Ok(Some(runs))
+}
+
+/// `siamese lake-runs`: Lake's modified Hausdorff baseline, raw pixels and a model on his
+/// 20-way one-shot runs, run by run.
+fn lake_runs(a: LakeRunsArgs) -> Result<()> {
+    let folder = match &a.runs {
+        Some(f) => f.clone(),
+        None => default_runs_folder()?,
+    };
+    let model = a.model.as_deref().map(load_model).transpose()?;
+    let size = model.as_ref().map_or([28, 28], |(_, c)| {
+        [c.config.input_height, c.config.input_width]
+    });
+    let runs = load_runs(&folder, size)
+        .with_context(|| format!("reading Lake's one-shot runs in {}", folder.display()))?;
+    let mhd = siamese_train::oneshot::modified_hausdorff_runs(&runs);
+    let scored = match &model {
+        Some((tower, _)) => Some(siamese_train::oneshot::lake_runs(
+            tower,
+            &runs,
+            &Batcher::new(device()?),
+            size,
+        )?),
+        None => None,
+    };
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    if a.json {
+        let out = serde_json::json!({
+            "runs": runs.len(),
+            "modified_hausdorff": { "accuracy": mean(&mhd), "per_run": mhd },
+            "model": scored,
+        });
+        println!("{out}");
+        return Ok(());
+    }
+    for (i, run) in runs.iter().enumerate() {
+        let model = scored
+            .as_ref()
+            .map(|s| format!(", model {:.1}%", 100.0 * s.per_run[i]))
+            .unwrap_or_default();
+        println!(
+            "{}: modified Hausdorff {:.1}%{model}",
+            run.name,
+            100.0 * mhd[i]
+        );
+    }
+    println!(
+        "mean over {} runs: modified Hausdorff {:.2}% (Lake et al. report 61.2%)",
+        runs.len(),
+        100.0 * mean(&mhd)
+    );
+    if let Some(s) = scored {
+        println!(
+            "model {:.2}%, raw pixels at {}x{} {:.2}%",
+            100.0 * s.accuracy,
+            size[0],
+            size[1],
+            100.0 * s.pixel_accuracy
+        );
+    }
+    Ok(())
+}
+
 /// [`data_for`], with the image files of each split for an image folder.
 pub(crate) fn data_and_paths_for(
     source: &SourceArgs,
     ckpt: &checkpoint::Checkpoint,
 ) -> Result<(Dataset, Option<[Vec<PathBuf>; 3]>)> {
     let provenance = Provenance::from_checkpoint(ckpt)?;
-    let name = source
-        .data
-        .clone()
-        .or(provenance.data)
-        .unwrap_or_else(|| "mnist".into());
+    let name = data_name(source, &provenance);
     let saved = provenance.image_folder;
     // The protocol is the checkpoint's: classes the model trained on cannot be called
     // unseen, so a different --holdout-classes is refused, not applied.
@@ -548,6 +643,26 @@ fn print_report(r: &siamese_train::EvalReport, json: bool) {
     };
     baseline("baseline:   raw pixels,", &r.pixel_baseline);
     baseline("baseline:   PCA,       ", &r.pca_baseline);
+    for o in &r.one_shot {
+        println!(
+            "one-shot:   {}-way {}-shot {:.2}% +- {:.2} over {} episodes (raw pixels {:.2}% +- {:.2})",
+            o.ways,
+            o.shots,
+            100.0 * o.accuracy,
+            100.0 * o.ci95,
+            o.episodes,
+            100.0 * o.pixel_accuracy,
+            100.0 * o.pixel_ci95
+        );
+    }
+    if let Some(l) = &r.lake_runs {
+        println!(
+            "Lake's runs: 20-way one-shot {:.2}% over {} runs (raw pixels {:.2}%; Koch's Siamese net 92.0%, people 95.5%)",
+            100.0 * l.accuracy,
+            l.runs,
+            100.0 * l.pixel_accuracy
+        );
+    }
     if !r.class_pairs.is_empty() {
         let beaten = r
             .class_pairs
@@ -578,7 +693,9 @@ fn eval(a: EvalArgs) -> Result<()> {
         tower.set_embed_from(layer)?;
     }
     let data = data_for(&a.source, &ckpt)?;
-    let (report, _) = evaluate(&tower, &data, &Batcher::new(device()?))?;
+    let name = data_name(&a.source, &Provenance::from_checkpoint(&ckpt)?);
+    let runs = one_shot_runs_for(&name, [data.spec.rows, data.spec.cols])?;
+    let (report, _) = evaluate(&tower, &data, &Batcher::new(device()?), runs.as_deref())?;
     print_report(&report, a.json);
     Ok(())
 }

@@ -372,14 +372,19 @@ mod tests {
     }
 }
 
-/// Lake's 20-way one-shot runs (`one-shot-runs/runNN/`): the standard benchmark.
-#[cfg(feature = "image-folder")]
+/// Lake's 20-way one-shot runs (`one-shot-runs/runNN/`): the standard benchmark. Reading
+/// them needs the `image-folder` feature (they are PNG files).
 pub mod runs {
+    #[cfg(feature = "image-folder")]
     use std::collections::BTreeMap;
+    #[cfg(feature = "image-folder")]
     use std::path::{Path, PathBuf};
 
+    #[cfg(feature = "image-folder")]
     use super::{area_resize, NATIVE_SIDE};
+    #[cfg(feature = "image-folder")]
     use crate::error::DataError;
+    #[cfg(feature = "image-folder")]
     use crate::folder::decode_gray;
 
     /// The file naming each run's answers.
@@ -404,6 +409,7 @@ pub mod runs {
         pub answers: Vec<usize>,
     }
 
+    #[cfg(feature = "image-folder")]
     /// Reads every `runNN` folder of `root` (sorted), resizing to `size`. A folder
     /// with a missing, unreadable or misnamed image, a labels file naming an image
     /// that is not there, a query listed twice, or no runs at all is an error naming
@@ -439,6 +445,7 @@ pub mod runs {
             .collect()
     }
 
+    #[cfg(feature = "image-folder")]
     fn load_run(root: &Path, dir: &Path, size: [usize; 2]) -> Result<OneShotRun, DataError> {
         let labels_path = dir.join(LABELS_FILE);
         let text = std::fs::read_to_string(&labels_path).map_err(|error| DataError::Io {

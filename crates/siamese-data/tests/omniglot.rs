@@ -191,3 +191,94 @@ fn the_real_set_when_present() {
     let share = bright as f64 / data.test.pixels().len() as f64;
     assert!((0.02..0.3).contains(&share), "{share}");
 }
+
+#[cfg(feature = "image-folder")]
+mod lake_runs {
+    use std::path::Path;
+
+    use image::{GrayImage, Luma};
+    use siamese_data::omniglot::runs::load_runs;
+
+    /// A 105x105 drawing: white paper, a black bar at row `4k`.
+    fn drawing(path: &Path, k: u32) {
+        let img = GrayImage::from_fn(105, 105, |_, y| Luma([if y / 4 == k { 0 } else { 255 }]));
+        img.save(path).unwrap();
+    }
+
+    /// One run of three characters (queries in reverse order of the supports).
+    fn write_run(root: &Path, name: &str) {
+        let dir = root.join(name);
+        std::fs::create_dir_all(dir.join("training")).unwrap();
+        std::fs::create_dir_all(dir.join("test")).unwrap();
+        let mut labels = String::new();
+        for k in 1..=3u32 {
+            drawing(&dir.join(format!("training/class0{k}.png")), k);
+            drawing(&dir.join(format!("test/item0{k}.png")), 4 - k);
+            labels.push_str(&format!(
+                "{name}/test/item0{k}.png {name}/training/class0{}.png\n",
+                4 - k
+            ));
+        }
+        std::fs::write(dir.join("class_labels.txt"), labels).unwrap();
+    }
+
+    #[test]
+    fn runs_read_with_their_answers() {
+        let root = tempfile::tempdir().unwrap();
+        write_run(root.path(), "run01");
+        write_run(root.path(), "run02");
+        std::fs::write(root.path().join("README"), "not a run").unwrap();
+        let runs = load_runs(root.path(), [28, 28]).unwrap();
+        assert_eq!(runs.len(), 2);
+        let run = &runs[0];
+        assert_eq!(run.name, "run01");
+        assert_eq!((run.support.len(), run.query.len()), (3, 3));
+        // item01 shows character 3, whose support image is the third.
+        assert_eq!(run.answers, [2, 1, 0]);
+        // Ink is bright, at both sizes: character 1's bar is rows 4-7 of 105.
+        assert_eq!(run.support_native[0][5 * 105], 255);
+        assert_eq!(run.support_native[0][20 * 105], 0);
+        assert!(run.support[0][28 + 3] > 100, "{:?}", &run.support[0][..60]);
+        assert_eq!(run.query[0], run.support[2]);
+    }
+
+    #[test]
+    fn broken_runs_are_refused_with_the_file_named() {
+        let err = |root: &Path| load_runs(root, [28, 28]).unwrap_err().to_string();
+        let root = tempfile::tempdir().unwrap();
+        assert!(err(root.path()).contains("holds no runNN folders"));
+        write_run(root.path(), "run01");
+        let labels = root.path().join("run01/class_labels.txt");
+        let good = std::fs::read_to_string(&labels).unwrap();
+
+        std::fs::write(&labels, good.replace("class01.png", "class09.png")).unwrap();
+        let e = err(root.path());
+        assert!(
+            e.contains("class_labels.txt") && e.contains("class09.png, which is not there"),
+            "{e}"
+        );
+
+        let first = good.lines().next().unwrap();
+        std::fs::write(&labels, format!("{good}{first}\n")).unwrap();
+        assert!(err(root.path()).contains("is listed twice"));
+
+        std::fs::write(&labels, "run01/test/item01.png\n").unwrap();
+        assert!(err(root.path()).contains("line 1: expected `query.png support.png`"));
+
+        std::fs::write(&labels, &good).unwrap();
+        std::fs::remove_file(root.path().join("run01/test/item02.png")).unwrap();
+        assert!(err(root.path()).contains("item02.png, which is not there"));
+
+        drawing(&root.path().join("run01/test/item02.png"), 1);
+        std::fs::write(
+            root.path().join("run01/training/class01.png"),
+            b"\x89PNG broken",
+        )
+        .unwrap();
+        let e = err(root.path());
+        assert!(
+            e.contains("class01.png") && e.contains("not a readable image"),
+            "{e}"
+        );
+    }
+}

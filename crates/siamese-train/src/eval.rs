@@ -16,6 +16,8 @@ use siamese_metrics::{
 };
 
 use crate::error::TrainError;
+use crate::oneshot::{episode_reports, lake_runs, LakeRunsReport, OneShotReport};
+use siamese_data::omniglot::runs::OneShotRun;
 
 /// Pairs drawn from each of the validation and test splits.
 pub const PROTOCOL_PAIRS: usize = 10_000;
@@ -75,6 +77,14 @@ pub struct EvalReport {
     /// embedding has dimensions.
     #[serde(default)]
     pub pca_baseline: Option<Verification>,
+    /// For unseen test classes: N-way K-shot accuracy over seeded episodes of the test
+    /// classes, the model's beside raw pixels' (the settings the classes allow).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub one_shot: Vec<OneShotReport>,
+    /// Lake's 20-way one-shot runs, when the data set is Omniglot and its runs folder
+    /// is there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lake_runs: Option<LakeRunsReport>,
 }
 
 /// Two unseen test classes told apart by the model and by raw pixels.
@@ -245,11 +255,13 @@ fn baselines(
     (pixel, pixel_distances, pca)
 }
 
-/// Runs the whole protocol. Returns the report and the test embeddings.
+/// Runs the whole protocol, and Lake's one-shot runs when given. Returns the report and
+/// the test embeddings.
 pub fn evaluate<E: Embedder>(
     tower: &E,
     data: &Dataset,
     batcher: &Batcher,
+    runs: Option<&[OneShotRun]>,
 ) -> Result<(EvalReport, Vec<f32>), TrainError> {
     let dim = tower.embedding_dim();
     let pairs = ProtocolPairs::draw(data)?;
@@ -280,6 +292,15 @@ pub fn evaluate<E: Embedder>(
         } else {
             class_pairs(data, &pairs.test, &test_distances, &pixel_distances)
         };
+    let one_shot = if unseen_test_classes.is_empty() {
+        Vec::new()
+    } else {
+        episode_reports(&test, dim, &data.test)
+    };
+    let size = [data.test.rows(), data.test.cols()];
+    let lake_runs = runs
+        .map(|runs| lake_runs(tower, runs, batcher, size))
+        .transpose()?;
     let report = EvalReport {
         validation: model.validation,
         threshold: model.threshold,
@@ -295,6 +316,8 @@ pub fn evaluate<E: Embedder>(
         class_pairs: unseen_pairs,
         pixel_baseline: Some(pixel),
         pca_baseline: pca,
+        one_shot,
+        lake_runs,
     };
     Ok((report, test))
 }

@@ -19,6 +19,7 @@ pub mod error;
 pub mod eval;
 pub mod explore;
 pub mod labelled;
+pub mod oneshot;
 /// The evaluation metrics, from the `siamese-metrics` crate (usable without this one).
 pub use siamese_metrics as metrics;
 pub mod optim;

@@ -58,6 +58,8 @@ pub struct RunOptions {
     /// The file of each test image, when they came from files (an image folder): the
     /// projector's metadata lists them. Empty otherwise.
     pub test_paths: Vec<String>,
+    /// Lake's one-shot runs, scored in the final evaluation (Omniglot).
+    pub one_shot_runs: Option<Vec<siamese_data::omniglot::runs::OneShotRun>>,
 }
 
 impl Default for RunOptions {
@@ -68,6 +70,7 @@ impl Default for RunOptions {
             final_eval: true,
             device: Device::Cpu,
             test_paths: Vec::new(),
+            one_shot_runs: None,
         }
     }
 }
@@ -165,12 +168,7 @@ pub fn run(
     }
     let report = if options.final_eval {
         reporter.note("evaluating the best model on the test protocol");
-        Some(final_evaluation(
-            &run.folder.dir,
-            data,
-            &options.device,
-            &options.test_paths,
-        )?)
+        Some(final_evaluation(&run.folder.dir, data, options)?)
     } else {
         None
     };
@@ -459,12 +457,17 @@ impl<'a> Run<'a> {
 pub fn final_evaluation(
     dir: &Path,
     data: &Dataset,
-    device: &Device,
-    test_paths: &[String],
+    options: &RunOptions,
 ) -> Result<EvalReport, TrainError> {
+    let (device, test_paths) = (&options.device, &options.test_paths);
     let model_path = dir.join(files::MODEL);
     let (tower, varmap, ckpt) = checkpoint::load_tower(&model_path, device, 0)?;
-    let (report, test_embeddings) = evaluate(&tower, data, &Batcher::new(device.clone()))?;
+    let (report, test_embeddings) = evaluate(
+        &tower,
+        data,
+        &Batcher::new(device.clone()),
+        options.one_shot_runs.as_deref(),
+    )?;
     write_json(&dir.join(files::METRICS), &report)?;
     let mut meta = ckpt.metadata.clone();
     Provenance {

@@ -1,0 +1,174 @@
+//! `--data omniglot` end to end on small files the test writes (two npz files and a
+//! runs folder in a private SIAMESE_DATA_DIR): training on the background characters,
+//! a report with one-shot episodes and Lake's runs beside raw pixels, `siamese eval`
+//! agreeing with it, `siamese lake-runs`, and the refusals.
+
+mod common;
+
+use std::path::Path;
+
+use common::{assert_one_line_error, check, command, write_gray_png};
+use siamese_data::npz::{encode_npz, Array, Dtype};
+
+const SIDE: usize = 105;
+
+/// Character `c`: a bar at row `6c % 100` and a column at `(11c) % 100`; drawing `d`
+/// shifts both by `d % 3`, so drawings of a character are alike and characters differ.
+fn ink(c: usize, d: usize, y: usize, x: usize) -> bool {
+    let (r, k) = ((6 * c) % 100 + d % 3, (11 * c) % 100 + d % 3);
+    (y / 3 == r / 3 && x < 70) || (x / 3 == k / 3 && y > 30)
+}
+
+fn write_set(path: &Path, characters: usize, offset: usize) {
+    let mut images = Vec::with_capacity(characters * 20 * SIDE * SIDE);
+    for c in 0..characters {
+        for d in 0..20 {
+            for y in 0..SIDE {
+                for x in 0..SIDE {
+                    images.push(u8::from(!ink(c + offset, d, y, x)));
+                }
+            }
+        }
+    }
+    let labels: Vec<u8> = (0..characters as i64)
+        .flat_map(|c| [c; 20])
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let arrays = [
+        (
+            "images",
+            Array {
+                dtype: Dtype::Bool,
+                shape: vec![characters, 20, SIDE, SIDE],
+                data: images,
+            },
+        ),
+        (
+            "labels",
+            Array {
+                dtype: Dtype::I64,
+                shape: vec![characters, 20],
+                data: labels,
+            },
+        ),
+    ];
+    let refs: Vec<(&str, &Array)> = arrays.iter().map(|(n, a)| (*n, a)).collect();
+    std::fs::write(path, encode_npz(&refs)).unwrap();
+}
+
+/// A runs folder of two runs over evaluation characters 0-4 (offset as in the npz).
+fn write_runs(root: &Path, offset: usize) {
+    for run in ["run01", "run02"] {
+        let dir = root.join(run);
+        std::fs::create_dir_all(dir.join("training")).unwrap();
+        std::fs::create_dir_all(dir.join("test")).unwrap();
+        let mut labels = String::new();
+        for c in 0..5 {
+            let page = |d: usize| -> Vec<u8> {
+                (0..SIDE * SIDE)
+                    .map(|i| {
+                        if ink(c + offset, d, i / SIDE, i % SIDE) {
+                            0
+                        } else {
+                            255
+                        }
+                    })
+                    .collect()
+            };
+            let (s, q) = (
+                format!("training/class0{c}.png"),
+                format!("test/item0{c}.png"),
+            );
+            write_gray_png(&dir.join(&s), SIDE as u32, SIDE as u32, &page(0));
+            write_gray_png(&dir.join(&q), SIDE as u32, SIDE as u32, &page(7));
+            labels.push_str(&format!("{run}/{q} {run}/{s}\n"));
+        }
+        std::fs::write(dir.join("class_labels.txt"), labels).unwrap();
+    }
+}
+
+#[test]
+fn omniglot_trains_and_reports_one_shot_accuracy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let omniglot = data.join("omniglot");
+    std::fs::create_dir_all(&omniglot).unwrap();
+    write_set(&omniglot.join("images_background.npz"), 10, 0);
+    write_set(&omniglot.join("images_evaluation.npz"), 6, 40);
+    write_runs(&omniglot.join("one-shot-runs"), 40);
+    let run = tmp.path().join("run");
+    let sealed = |args: &[&str]| {
+        command()
+            .args(args)
+            .env("SIAMESE_DATA_DIR", &data)
+            .env("SIAMESE_CACHE_DIR", tmp.path().join("cache"))
+            .output()
+            .unwrap()
+    };
+    let out = sealed(&[
+        "train",
+        "--data",
+        "omniglot",
+        "--val-classes",
+        "3",
+        "--rotate-classes",
+        "--steps",
+        "30",
+        "--batch",
+        "16",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    let text = check(&out);
+    assert!(text.contains("one-shot:   5-way 1-shot"), "{text}");
+    assert!(text.contains("Lake's runs: 20-way one-shot"), "{text}");
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
+    let one_shot = metrics["one_shot"].as_array().unwrap();
+    // Six test characters allow 5-way episodes, not 20-way ones.
+    let settings: Vec<(u64, u64)> = one_shot
+        .iter()
+        .map(|o| (o["ways"].as_u64().unwrap(), o["shots"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(settings, [(5, 1), (5, 5)]);
+    for o in one_shot {
+        for key in ["accuracy", "pixel_accuracy"] {
+            let v = o[key].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&v), "{key} {v}");
+        }
+    }
+    assert_eq!(metrics["lake_runs"]["runs"], 2);
+    // The config records Omniglot's resolved options; the tower takes 28x28.
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["omniglot"]["validation_classes"], 3);
+    assert_eq!(config["omniglot"]["rotate_classes"], true);
+    assert_eq!(config["model"]["input_height"], 28);
+
+    // `siamese eval` rebuilds the same data from the checkpoint and agrees.
+    let model = run.join("model.safetensors");
+    let m = model.to_str().unwrap();
+    let eval: serde_json::Value =
+        serde_json::from_str(&check(&sealed(&["eval", "--model", m, "--json"]))).unwrap();
+    assert_eq!(eval, metrics);
+
+    // `siamese lake-runs`: the baseline and the model, run by run.
+    let runs: serde_json::Value =
+        serde_json::from_str(&check(&sealed(&["lake-runs", "--model", m, "--json"]))).unwrap();
+    assert_eq!(runs["runs"], 2);
+    assert_eq!(runs["model"], metrics["lake_runs"]);
+    let mhd = runs["modified_hausdorff"]["accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&mhd));
+
+    // Options that do not apply are refused, not ignored.
+    let refused = sealed(&["train", "--data", "omniglot", "--test-classes", "3"]);
+    assert_one_line_error(&refused, &["omniglot tests on its evaluation alphabets"]);
+    let refused = sealed(&["train", "--data", "omniglot", "--holdout-classes", "1,2"]);
+    assert_one_line_error(&refused, &["omniglot has its own unseen-class split"]);
+    let refused = sealed(&["train", "--data", "mnist", "--rotate-classes"]);
+    assert_one_line_error(&refused, &["--rotate-classes applies to omniglot"]);
+    // No copy: the error names the folder and the files.
+    std::fs::remove_file(omniglot.join("images_background.npz")).unwrap();
+    let missing = sealed(&["train", "--data", "omniglot", "--steps", "1"]);
+    assert_one_line_error(&missing, &["images_background.npz", "SIAMESE_DATA_DIR"]);
+}
