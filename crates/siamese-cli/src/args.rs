@@ -210,6 +210,9 @@ pub enum PairsName {
     /// P classes x K images per batch (`--images-per-class K`), for a `--pairing`
     /// among the batch's images.
     PerClass,
+    /// N-way K-shot episodes scored by the prototypical loss (`--ways`, `--shots`,
+    /// `--queries`); a step is one episode.
+    Episodes,
 }
 
 /// Which pairs of a batch the loss sees, by name.
@@ -266,6 +269,15 @@ pub struct TrainArgs {
     /// Images of each class in a batch with `--pairs per-class` (even; default 8).
     #[arg(long)]
     pub images_per_class: Option<usize>,
+    /// Classes per episode with `--pairs episodes` (default 60, as Snell et al. train).
+    #[arg(long)]
+    pub ways: Option<usize>,
+    /// Support images per class with `--pairs episodes` (default 1).
+    #[arg(long)]
+    pub shots: Option<usize>,
+    /// Query images per class with `--pairs episodes` (default 5).
+    #[arg(long)]
+    pub queries: Option<usize>,
     /// Which pairs of each batch the loss sees.
     #[arg(long, value_enum)]
     pub pairing: Option<PairingName>,

@@ -196,6 +196,14 @@ fn train_config(a: &TrainArgs, base: Option<TrainConfig>) -> Result<TrainConfig>
     if a.images_per_class.is_some() && !matches!(c.sampler, SamplerConfig::PerClass { .. }) {
         bail!("--images-per-class applies to --pairs per-class");
     }
+    let episodic = matches!(c.sampler, SamplerConfig::Episodes { .. });
+    if episodic && a.pairing.is_none() {
+        // An episode has no pairs to mine: the preset's pairing does not carry over.
+        c.pairing = Pairing::Sampled;
+    }
+    if (a.ways.is_some() || a.shots.is_some() || a.queries.is_some()) && !episodic {
+        bail!("--ways, --shots and --queries apply to --pairs episodes");
+    }
     c.validate()?;
     Ok(c)
 }
@@ -312,6 +320,31 @@ fn sampler_config(a: &TrainArgs, sampler: SamplerConfig) -> SamplerConfig {
         },
         (Some(PairsName::PerClass), _) => SamplerConfig::PerClass {
             images_per_class: a.images_per_class.unwrap_or(8),
+        },
+        (
+            Some(PairsName::Episodes),
+            SamplerConfig::Episodes {
+                ways,
+                shots,
+                queries,
+            },
+        )
+        | (
+            None,
+            SamplerConfig::Episodes {
+                ways,
+                shots,
+                queries,
+            },
+        ) => SamplerConfig::Episodes {
+            ways: a.ways.unwrap_or(ways),
+            shots: a.shots.unwrap_or(shots),
+            queries: a.queries.unwrap_or(queries),
+        },
+        (Some(PairsName::Episodes), _) => SamplerConfig::Episodes {
+            ways: a.ways.unwrap_or(60),
+            shots: a.shots.unwrap_or(1),
+            queries: a.queries.unwrap_or(5),
         },
     }
 }

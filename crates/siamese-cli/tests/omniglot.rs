@@ -160,6 +160,72 @@ fn omniglot_trains_and_reports_one_shot_accuracy() {
     let mhd = runs["modified_hausdorff"]["accuracy"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&mhd));
 
+    // Episodic training (prototypical loss) runs through the same step and resumes.
+    let episodic = tmp.path().join("episodic");
+    let e = episodic.to_str().unwrap();
+    let train = |steps: &str, resume: bool| {
+        let mut args = vec!["train", "--steps", steps];
+        if resume {
+            args.extend(["--resume", e]);
+        } else {
+            args.extend([
+                "--data",
+                "omniglot",
+                "--val-classes",
+                "3",
+                "--pairs",
+                "episodes",
+                "--ways",
+                "5",
+                "--shots",
+                "2",
+                "--queries",
+                "3",
+                "--out",
+                e,
+            ]);
+        }
+        sealed(&args)
+    };
+    check(&train("6", false));
+    check(&train("12", true));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(episodic.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["sampler"]["kind"], "episodes");
+    assert_eq!(config["sampler"]["ways"], 5);
+    let steps = std::fs::read_to_string(episodic.join("metrics.jsonl")).unwrap();
+    assert!(steps.contains("\"step\":12"), "{steps}");
+    let refused = sealed(&[
+        "train",
+        "--data",
+        "omniglot",
+        "--val-classes",
+        "3",
+        "--pairs",
+        "episodes",
+        "--ways",
+        "40",
+        "--out",
+        tmp.path().join("refused").to_str().unwrap(),
+    ]);
+    // Found once the data are loaded (after the lines describing them): a clear error,
+    // no panic, nothing trained.
+    let err = common::stderr(&refused);
+    assert!(
+        !refused.status.success() && !err.contains("panicked"),
+        "{err}"
+    );
+    assert!(
+        err.contains("40-way episodes of 1 support + 5 query images need 40 classes"),
+        "{err}"
+    );
+    let refused = sealed(&["train", "--data", "omniglot", "--ways", "5"]);
+    assert_one_line_error(
+        &refused,
+        &["--ways, --shots and --queries apply to --pairs episodes"],
+    );
+
     // Options that do not apply are refused, not ignored.
     let refused = sealed(&["train", "--data", "omniglot", "--test-classes", "3"]);
     assert_one_line_error(&refused, &["omniglot tests on its evaluation alphabets"]);

@@ -9,6 +9,7 @@ use candle_core::{Device, Tensor};
 
 use crate::augment::Augmenter;
 use crate::dataset::ImageSet;
+use crate::episode::{Draw, Episode};
 use crate::error::DataError;
 use crate::sampler::PairBatch;
 
@@ -140,6 +141,43 @@ impl Batcher {
         };
         let labels = rows.iter().map(|&i| set.labels()[i]).collect();
         Ok(LabelledBatch { images, labels })
+    }
+
+    /// The images of `episode`: its support rows, then its query rows (each class-major,
+    /// as the prototypical loss reads them), each with its class; distorted by
+    /// `augmenter` when one is given.
+    pub fn episode(
+        &self,
+        set: &ImageSet,
+        episode: &Episode,
+        augmenter: Option<&mut Augmenter>,
+    ) -> Result<LabelledBatch, DataError> {
+        let rows: Vec<usize> = episode
+            .support
+            .iter()
+            .chain(&episode.query)
+            .copied()
+            .collect();
+        let images = match augmenter {
+            Some(augmenter) => self.images_augmented(set, &rows, augmenter)?,
+            None => self.images(set, &rows)?,
+        };
+        let labels = rows.iter().map(|&i| set.labels()[i]).collect();
+        Ok(LabelledBatch { images, labels })
+    }
+
+    /// The images a training step drew: pairs laid out as `layout` says, or an episode.
+    pub fn drawn(
+        &self,
+        set: &ImageSet,
+        draw: &Draw,
+        layout: Layout,
+        augmenter: Option<&mut Augmenter>,
+    ) -> Result<LabelledBatch, DataError> {
+        match draw {
+            Draw::Pairs(pairs) => self.labelled(set, pairs, layout, augmenter),
+            Draw::Episode(episode) => self.episode(set, episode, augmenter),
+        }
     }
 }
 

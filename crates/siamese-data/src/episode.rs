@@ -11,6 +11,7 @@ use siamese_state::{StateDict, StateError, Stateful};
 
 use crate::error::DataError;
 use crate::rng::Rng;
+use crate::sampler::{PairBatch, PairSampler};
 
 /// One episode: indices into the image set, class-major (`support[c * shots + s]` and
 /// `query[c * queries + q]` are of episode class `c`), and each episode class's label.
@@ -128,6 +129,43 @@ impl EpisodeSampler {
                 .extend(drawn[self.shots..].iter().map(|&i| images[i]));
         }
         episode
+    }
+}
+
+/// What one training step draws: pairs (laid out by the trainer's [`crate::Layout`]) or
+/// an episode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Draw {
+    /// A batch of labelled pairs.
+    Pairs(PairBatch),
+    /// An N-way K-shot episode.
+    Episode(Episode),
+}
+
+/// The sampler of a training step: every [`PairSampler`] is one (it draws pairs), and
+/// so is the [`EpisodeSampler`]. The trainer holds one of these, so pairs and episodes
+/// train through the same step, checkpoints and resume.
+pub trait StepSampler: Stateful + Send {
+    /// The next step's draw; `batch_size` is the number of pairs for a pair sampler
+    /// (an episode's size is fixed by its sampler).
+    fn draw(&mut self, batch_size: usize) -> Draw;
+}
+
+impl<T: PairSampler + ?Sized> StepSampler for T {
+    fn draw(&mut self, batch_size: usize) -> Draw {
+        Draw::Pairs(self.sample(batch_size))
+    }
+}
+
+impl StepSampler for EpisodeSampler {
+    fn draw(&mut self, _batch_size: usize) -> Draw {
+        Draw::Episode(self.sample())
+    }
+}
+
+impl StepSampler for Box<dyn StepSampler> {
+    fn draw(&mut self, batch_size: usize) -> Draw {
+        (**self).draw(batch_size)
     }
 }
 

@@ -64,7 +64,7 @@ pub use data_source::{find_omniglot, DataDescription, DataSource, LoadedData};
 pub use dataset::{
     Dataset, DatasetSpec, ImageSet, Part, PartSpec, Split, KNOWN_DATASETS, MAX_CLASSES,
 };
-pub use episode::{Episode, EpisodeSampler};
+pub use episode::{Draw, Episode, EpisodeSampler, StepSampler};
 pub use error::DataError;
 pub use folder::{is_image_folder, FolderData, FolderOptions, FolderSplit, Preprocessing};
 #[cfg(feature = "image-folder")]

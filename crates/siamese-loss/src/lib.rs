@@ -37,6 +37,7 @@ pub mod error;
 pub mod loss;
 pub mod miner;
 pub mod ntxent;
+pub mod prototypical;
 
 pub use batch::{view_labels, BatchLoss, MinedLoss, NtXent, WithViewTerm};
 pub use distance::{Cosine, Distance, Euclidean, SquaredEuclidean};
@@ -44,3 +45,4 @@ pub use error::LossError;
 pub use loss::{split_means, Chopra2005, ContrastiveLoss, Hadsell2006, PairLoss, Reduction};
 pub use miner::{AllPairs, BatchHard, MinedPairs, Miner, MultiSimilarity, PairedHalves};
 pub use ntxent::nt_xent;
+pub use prototypical::Prototypical;

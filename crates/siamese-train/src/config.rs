@@ -4,12 +4,12 @@
 
 use serde::{Deserialize, Serialize};
 use siamese_data::{
-    AugmentConfig, BalancedPairs, DataDescription, FolderOptions, HeldOutClasses, Layout,
-    OmniglotOptions, PairSampler, PerClassPairs, RandomPairs,
+    AugmentConfig, BalancedPairs, DataDescription, EpisodeSampler, FolderOptions, HeldOutClasses,
+    Layout, OmniglotOptions, PerClassPairs, RandomPairs, StepSampler,
 };
 use siamese_loss::{
     AllPairs, BatchHard, BatchLoss, Chopra2005, Euclidean, Hadsell2006, MinedLoss, Miner,
-    MultiSimilarity, NtXent, PairLoss, PairedHalves, Reduction, WithViewTerm,
+    MultiSimilarity, NtXent, PairLoss, PairedHalves, Prototypical, Reduction, WithViewTerm,
 };
 use siamese_model::TowerConfig;
 
@@ -59,6 +59,17 @@ pub enum SamplerConfig {
         /// K: images of each class in a batch (even, at least 2).
         images_per_class: usize,
     },
+    /// N-way K-shot episodes ([`siamese_data::EpisodeSampler`]) scored by the
+    /// prototypical loss ([`siamese_loss::Prototypical`]): a step is one episode (the
+    /// batch size is unused).
+    Episodes {
+        /// Classes per episode.
+        ways: usize,
+        /// Support images per class.
+        shots: usize,
+        /// Query images per class.
+        queries: usize,
+    },
 }
 
 impl SamplerConfig {
@@ -68,7 +79,7 @@ impl SamplerConfig {
         labels: &[u32],
         num_classes: usize,
         seed: u64,
-    ) -> Result<Box<dyn PairSampler>, TrainError> {
+    ) -> Result<Box<dyn StepSampler>, TrainError> {
         Ok(match *self {
             SamplerConfig::Random => Box::new(RandomPairs::new(labels, seed)?),
             SamplerConfig::Balanced { positive_fraction } => Box::new(BalancedPairs::new(
@@ -83,6 +94,11 @@ impl SamplerConfig {
                 images_per_class,
                 seed,
             )?),
+            SamplerConfig::Episodes {
+                ways,
+                shots,
+                queries,
+            } => Box::new(EpisodeSampler::new(labels, ways, shots, queries, seed)?),
         })
     }
 }
@@ -275,7 +291,7 @@ impl SelfSupervised {
 }
 
 /// The names of the presets.
-pub const PRESETS: [&str; 3] = ["reference", "default", "open-set"];
+pub const PRESETS: [&str; 4] = ["reference", "default", "open-set", "omniglot"];
 
 impl TrainConfig {
     /// The data this run trains on, as siamese-data loads it: the name, the image
@@ -377,10 +393,56 @@ impl TrainConfig {
         }
     }
 
+    /// Omniglot one-shot: prototypical episodes (60-way, 1 support and 5 queries per
+    /// character, as Snell et al. train) over the background characters and their
+    /// rotations, a tower of four 64-channel 3x3 convolutions (strided where Snell's
+    /// encoder max-pools) straight to a 64-D embedding.
+    pub fn omniglot() -> Self {
+        let model = TowerConfig {
+            conv_channels: vec![64, 64, 64, 64],
+            conv_strides: vec![1, 2, 2, 2],
+            fc_widths: vec![],
+            embedding_dim: 64,
+            dropout: 0.0,
+            ..TowerConfig::default()
+        };
+        Self {
+            preset: "omniglot".into(),
+            data: "omniglot".into(),
+            omniglot: Some(OmniglotOptions {
+                rotate_classes: true,
+                ..OmniglotOptions::default()
+            }),
+            model,
+            sampler: SamplerConfig::Episodes {
+                ways: 60,
+                shots: 1,
+                queries: 5,
+            },
+            pairing: Pairing::Sampled,
+            self_supervised: None,
+            augment: None,
+            steps: 2_000,
+            ..Self::default_preset()
+        }
+    }
+
     /// The training step's loss, composed once: the pairing's miner, the Euclidean
     /// distance, the pair loss and the pairing's reduction; with a self-supervised term,
     /// that plus the weighted instance term over two views of each image.
     pub fn batch_loss(&self) -> Result<StepLoss, TrainError> {
+        if let SamplerConfig::Episodes {
+            ways,
+            shots,
+            queries,
+        } = self.sampler
+        {
+            return Ok(Box::new(Prototypical {
+                ways,
+                shots,
+                queries,
+            }));
+        }
         let labelled = MinedLoss::new(
             self.pairing.miner(),
             Euclidean::default(),
@@ -422,6 +484,7 @@ impl TrainConfig {
             "reference" => Ok(Self::reference()),
             "default" => Ok(Self::default_preset()),
             "open-set" => Ok(Self::open_set()),
+            "omniglot" => Ok(Self::omniglot()),
             _ => Err(TrainError::Config(format!(
                 "unknown preset {name:?}: expected one of {}",
                 PRESETS.join(", ")
@@ -494,6 +557,26 @@ impl TrainConfig {
             }
             _ => {}
         }
+        if let SamplerConfig::Episodes {
+            ways,
+            shots,
+            queries,
+        } = self.sampler
+        {
+            if ways < 2 || shots == 0 || queries == 0 {
+                return Err(TrainError::Config(format!(
+                    "episodes need at least 2 ways, 1 shot and 1 query, found {ways}-way \
+                     {shots}-shot with {queries} queries"
+                )));
+            }
+            if self.pairing != Pairing::Sampled || self.self_supervised.is_some() {
+                return Err(TrainError::Config(
+                    "episodes are scored by the prototypical loss: --pairing and the \
+                     self-supervised term apply to pairs"
+                        .into(),
+                ));
+            }
+        }
         // Held-out classes of an image folder, or classes a known set does not have.
         self.data_description()
             .check()
@@ -519,6 +602,15 @@ pub const MAX_VALIDATION_PAIRS: usize = 10_000_000;
 impl TrainConfig {
     /// Images embedded in one step: two per sampled pair, twice that with views.
     pub fn images_per_step(&self) -> u128 {
+        if let SamplerConfig::Episodes {
+            ways,
+            shots,
+            queries,
+        } = self.sampler
+        {
+            // An episode's rows; bounded as any batch is (check_step_size).
+            return ways as u128 * (shots as u128 + queries as u128);
+        }
         let images = 2 * self.batch_size as u128;
         if self.self_supervised.is_some() {
             2 * images

@@ -24,12 +24,12 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
-use siamese_data::{Augmenter, Batcher, Dataset, PairSampler};
+use siamese_data::{Augmenter, Batcher, Dataset, StepSampler};
 use siamese_model::checkpoint;
 use siamese_model::ConvTower;
 use siamese_state::Stateful;
 
-use crate::config::{StepLoss, TrainConfig};
+use crate::config::{SamplerConfig, StepLoss, TrainConfig};
 use crate::error::TrainError;
 use crate::eval::{embed_set, evaluate, pair_metrics_of, EvalReport, VALIDATION_PAIRS_SEED};
 use crate::explore::Exploration;
@@ -203,7 +203,7 @@ struct Run<'a> {
     data: &'a Dataset,
     options: &'a RunOptions,
     folder: RunFolder,
-    trainer: Trainer<Box<dyn PairSampler>, ConvTower, StepLoss>,
+    trainer: Trainer<Box<dyn StepSampler>, ConvTower, StepLoss>,
     varmap: VarMap,
     batcher: Batcher,
     /// Every weight and batch-norm statistic, watched for divergence after each step:
@@ -335,7 +335,11 @@ impl<'a> Run<'a> {
             );
             return Err(self.diverged(step + 1, what));
         }
-        self.pairs_since += config.batch_size;
+        // Pairs a step trains on: the sampled pairs, or an episode's images by twos.
+        self.pairs_since += match config.sampler {
+            SamplerConfig::Episodes { .. } => (config.images_per_step() / 2) as usize,
+            _ => config.batch_size,
+        };
         self.progress.step = step + 1;
         Ok(lr)
     }

@@ -1,7 +1,8 @@
 //! The training step as a pipeline of parts, each behind its seam:
 //!
-//! sample ([`PairSampler`]: which images) -> batch ([`Batcher`]: the images as one
-//! tensor, one label per image, laid out as a [`Layout`]) -> embed ([`Embedder`]: one
+//! sample ([`StepSampler`]: which images, as pairs or as an episode) -> batch
+//! ([`Batcher`]: the images as one tensor, one label per image, pairs laid out as a
+//! [`Layout`], an episode's support then query rows) -> embed ([`Embedder`]: one
 //! pass of the shared-weight tower over the whole batch) -> loss ([`BatchLoss`]: miner,
 //! distance, pair loss and reduction, composed once) -> backward -> optimiser ([`Adam`]).
 //!
@@ -10,7 +11,7 @@
 //! config) change, not a fork.
 
 use candle_core::{Tensor, Var};
-use siamese_data::{Augmenter, Batcher, ImageSet, LabelledBatch, Layout, PairSampler};
+use siamese_data::{Augmenter, Batcher, ImageSet, LabelledBatch, Layout, StepSampler};
 use siamese_loss::BatchLoss;
 use siamese_model::Embedder;
 use siamese_state::{StateDict, StateError, Stateful};
@@ -20,7 +21,7 @@ use crate::optim::{Adam, AdamConfig};
 
 /// Sampler, tower, loss and optimiser of one run.
 pub struct Trainer<S, E, L> {
-    /// Draws the training pairs.
+    /// Draws the training pairs or episodes.
     pub sampler: S,
     /// The tower, shared by every image of the batch.
     pub tower: E,
@@ -36,7 +37,7 @@ pub struct Trainer<S, E, L> {
     batcher: Batcher,
 }
 
-impl<S: PairSampler, E: Embedder, L: BatchLoss> Trainer<S, E, L> {
+impl<S: StepSampler, E: Embedder, L: BatchLoss> Trainer<S, E, L> {
     /// A trainer updating `params` (name, variable) of `tower`, with pair batches laid
     /// out as [`Layout::Pairs`] and no augmentation.
     pub fn new(
@@ -83,16 +84,17 @@ impl<S: PairSampler, E: Embedder, L: BatchLoss> Trainer<S, E, L> {
         Ok(value)
     }
 
-    /// Sample and batch: the next `batch_size` pairs' images with their labels.
+    /// Sample and batch: the next `batch_size` pairs' images (or the next episode's)
+    /// with their labels.
     pub fn batch(
         &mut self,
         set: &ImageSet,
         batch_size: usize,
     ) -> Result<LabelledBatch, TrainError> {
-        let pairs = self.sampler.sample(batch_size);
+        let draw = self.sampler.draw(batch_size);
         Ok(self
             .batcher
-            .labelled(set, &pairs, self.layout, self.augmenter.as_mut())?)
+            .drawn(set, &draw, self.layout, self.augmenter.as_mut())?)
     }
 
     /// Embed and score: the loss of `batch` in training mode, with its graph.
@@ -106,7 +108,7 @@ impl<S: PairSampler, E: Embedder, L: BatchLoss> Trainer<S, E, L> {
 /// under `adam.`, the sampler's under `sampler.` and, with augmentation, the
 /// augmenter's under `augment.`. Any embedder and sampler that implement [`Stateful`]
 /// resume this way, built-in or not.
-impl<S: PairSampler, E: Embedder + Stateful, L> Stateful for Trainer<S, E, L> {
+impl<S: StepSampler, E: Embedder + Stateful, L> Stateful for Trainer<S, E, L> {
     fn state_dict(&self) -> Result<StateDict, StateError> {
         let mut state = StateDict::new();
         state.nest("model", self.tower.state_dict()?);

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use siamese_data::{
-    evaluation_pairs, AugmentConfig, Dataset, DatasetSpec, HeldOutClasses, ImageSet, Rng,
+    evaluation_pairs, AugmentConfig, Dataset, DatasetSpec, Draw, HeldOutClasses, ImageSet, Rng,
 };
 use siamese_model::TowerConfig;
 use siamese_train::eval::{PROTOCOL_PAIRS, TEST_PAIRS_SEED, VALIDATION_PAIRS_SEED};
@@ -400,7 +400,9 @@ fn held_out_classes_never_reach_a_training_batch() {
         .unwrap();
     let mut seen = [0usize; CLASSES];
     for _ in 0..2_000 {
-        let batch = sampler.sample(config.batch_size);
+        let Draw::Pairs(batch) = sampler.draw(config.batch_size) else {
+            panic!("a pair sampler draws pairs");
+        };
         for &i in batch.left.iter().chain(&batch.right) {
             seen[data.train.labels()[i] as usize] += 1;
         }
