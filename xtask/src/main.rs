@@ -408,8 +408,60 @@ fn train_check(bin: &Path) -> Result<()> {
         }
     }
     eprintln!("train-check (held out 5-9, {HOLDOUT_CHECK_STEPS} steps): siamese eval rebuilt the protocol from the checkpoint and agrees: {written}");
+    omniglot_check(bin)
+}
+
+/// Omniglot, when the data folder holds it: Lake's modified Hausdorff baseline on his
+/// runs must give his 61.2% (the harness is right), and a short episodic run of the
+/// `omniglot` preset must report one-shot episodes and Lake's runs, beating raw pixels
+/// on them, with `siamese eval` agreeing.
+fn omniglot_check(bin: &Path) -> Result<()> {
+    let data = std::env::var_os("SIAMESE_DATA_DIR").map(PathBuf::from);
+    let Some(data) = data.filter(|d| d.join("omniglot/images_background.npz").is_file()) else {
+        eprintln!("omniglot-check: no Omniglot in SIAMESE_DATA_DIR: skipped");
+        return Ok(());
+    };
+    let runs = output_of(bin, &["lake-runs", "--json"], &[])?;
+    let runs: serde_json::Value = serde_json::from_str(runs.trim()).context("lake-runs --json")?;
+    let mhd = runs["modified_hausdorff"]["accuracy"]
+        .as_f64()
+        .context("lake-runs lacks modified_hausdorff.accuracy")?;
+    // Lake et al.: 38.8% error, i.e. 61.2% (here 245 of 400 queries: 61.25%).
+    if (mhd - 0.6125).abs() > 1e-9 {
+        bail!("modified Hausdorff on Lake's runs: {mhd}, expected 0.6125 (his 61.2%)");
+    }
+    eprintln!(
+        "omniglot-check: modified Hausdorff baseline on Lake's runs {:.2}% (Lake et al. 61.2%), from {}",
+        100.0 * mhd,
+        data.display()
+    );
+    let dir = Path::new("target/ci-omniglot-check");
+    let written = train_and_eval(
+        bin,
+        dir,
+        &[
+            "--preset",
+            "omniglot",
+            "--steps",
+            OMNIGLOT_CHECK_STEPS,
+            "--eval-every",
+            "100",
+        ],
+    )?;
+    let lake = &written["lake_runs"];
+    let (model, pixels) = (lake["accuracy"].as_f64(), lake["pixel_accuracy"].as_f64());
+    let (Some(model), Some(pixels)) = (model, pixels) else {
+        bail!("the Omniglot report lacks Lake's runs: {written}");
+    };
+    if model <= pixels || written["one_shot"].as_array().map_or(0, Vec::len) != 4 {
+        bail!("after {OMNIGLOT_CHECK_STEPS} episodes the model does not beat raw pixels on Lake's runs, or episodes are missing: {written}");
+    }
+    eprintln!("omniglot-check ({OMNIGLOT_CHECK_STEPS} episodes): Lake's runs {:.2}% (raw pixels {:.2}%); siamese eval agrees: {written}", 100.0 * model, 100.0 * pixels);
     Ok(())
 }
+
+/// Episodes of the Omniglot check: a few hundred, as the check is of the pipeline.
+const OMNIGLOT_CHECK_STEPS: &str = "300";
 
 /// Steps of the held-out-class check: enough for a checkpoint and an evaluation; what
 /// it checks is the protocol, not the quality.

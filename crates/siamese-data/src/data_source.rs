@@ -111,18 +111,7 @@ impl DataSource {
                     omniglot: None,
                 });
             }
-            Self::Omniglot => {
-                let folder = find_omniglot(options)?;
-                let omniglot = OmniglotOptions::default();
-                return Ok(LoadedData {
-                    dataset: load_omniglot(&folder, &omniglot)?,
-                    origin: format!("folder {}", folder.display()),
-                    folder: None,
-                    paths: None,
-                    skipped: Vec::new(),
-                    omniglot: Some(omniglot),
-                });
-            }
+            Self::Omniglot => return omniglot_data(options, OmniglotOptions::default()),
             Self::Known(spec) => load(spec, options)?,
             Self::IdxFolder(dir) => {
                 let mut failures = Vec::new();
@@ -155,6 +144,22 @@ impl DataSource {
             omniglot: None,
         })
     }
+}
+
+/// Omniglot found where `options` say and loaded with `omniglot`.
+fn omniglot_data(
+    options: &LoadOptions,
+    omniglot: OmniglotOptions,
+) -> Result<LoadedData, DataError> {
+    let folder = find_omniglot(options)?;
+    Ok(LoadedData {
+        dataset: load_omniglot(&folder, &omniglot)?,
+        origin: format!("folder {}", folder.display()),
+        folder: None,
+        paths: None,
+        skipped: Vec::new(),
+        omniglot: Some(omniglot),
+    })
 }
 
 /// The folder holding Omniglot's two files: `SIAMESE_DATA_DIR/omniglot`, else the
@@ -307,15 +312,7 @@ impl DataDescription {
             seed: default_seed,
             ..OmniglotOptions::default()
         });
-        let folder = find_omniglot(options)?;
-        Ok(LoadedData {
-            dataset: load_omniglot(&folder, &omniglot)?,
-            origin: format!("folder {}", folder.display()),
-            folder: None,
-            paths: None,
-            skipped: Vec::new(),
-            omniglot: Some(omniglot),
-        })
+        omniglot_data(options, omniglot)
     }
 }
 

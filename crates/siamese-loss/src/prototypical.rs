@@ -67,9 +67,11 @@ impl Prototypical {
     }
 }
 
-impl BatchLoss for Prototypical {
-    fn forward(&self, embeddings: &Tensor, labels: &[u32]) -> Result<Tensor, LossError> {
-        self.check(embeddings, labels)?;
+impl Prototypical {
+    /// Squared distances `[ways * queries, ways]` from each query row to each class's
+    /// prototype (the mean of its support rows), by broadcasting the difference: exact,
+    /// and an episode is small (60-way 5-query episodes of 64-D rows are 1.2 M floats).
+    fn query_distances(&self, embeddings: &Tensor) -> Result<Tensor, LossError> {
         let (w, s, q) = (self.ways, self.shots, self.queries);
         let dim = embeddings.dim(1)?;
         let prototypes = embeddings
@@ -77,12 +79,19 @@ impl BatchLoss for Prototypical {
             .reshape((w, s, dim))?
             .mean(1)?;
         let queries = embeddings.narrow(0, w * s, w * q)?;
-        // Squared distances [w*q, w], by broadcasting the difference (exact, and the
-        // episode is small: 60-way 5-query episodes of 64-D rows are 1.2 M floats).
-        let diff = queries
+        Ok(queries
             .unsqueeze(1)?
-            .broadcast_sub(&prototypes.unsqueeze(0)?)?;
-        let logits = diff.sqr()?.sum(D::Minus1)?.neg()?;
+            .broadcast_sub(&prototypes.unsqueeze(0)?)?
+            .sqr()?
+            .sum(D::Minus1)?)
+    }
+}
+
+impl BatchLoss for Prototypical {
+    fn forward(&self, embeddings: &Tensor, labels: &[u32]) -> Result<Tensor, LossError> {
+        self.check(embeddings, labels)?;
+        let (w, q) = (self.ways, self.queries);
+        let logits = self.query_distances(embeddings)?.neg()?;
         // log-softmax, stable: the row maximum is subtracted before exp (the identity
         // holds for any shift, so its gradient cancels).
         let max = logits.max_keepdim(D::Minus1)?.detach();
@@ -103,18 +112,9 @@ impl BatchLoss for Prototypical {
 /// The share of an episode's queries whose nearest prototype is their own class (ties
 /// to the lower class): the training accuracy of a prototypical step.
 pub fn episode_accuracy(embeddings: &Tensor, loss: &Prototypical) -> Result<f64, LossError> {
-    let (w, s, q) = (loss.ways, loss.shots, loss.queries);
-    let dim = embeddings.dim(1)?;
-    let prototypes = embeddings
-        .narrow(0, 0, w * s)?
-        .reshape((w, s, dim))?
-        .mean(1)?;
-    let queries = embeddings.narrow(0, w * s, w * q)?;
-    let d = queries
-        .unsqueeze(1)?
-        .broadcast_sub(&prototypes.unsqueeze(0)?)?
-        .sqr()?
-        .sum(D::Minus1)?
+    let (w, q) = (loss.ways, loss.queries);
+    let d = loss
+        .query_distances(embeddings)?
         .to_dtype(DType::F32)?
         .to_vec2::<f32>()?;
     let right = d
