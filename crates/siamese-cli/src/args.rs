@@ -233,8 +233,9 @@ pub enum PairingName {
 /// `siamese train`.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// Starting recipe: `reference` (the TF1 program), `default` or `open-set` (for
-    /// classes training never saw).
+    /// Starting recipe: `reference` (the TF1 program), `default`, `open-set` (for
+    /// classes training never saw), `omniglot` (one-shot characters, episodic) or
+    /// `faces` (people never seen, episodic; with `--data FOLDER`).
     #[arg(long, default_value = "default")]
     pub preset: String,
     /// A JSON `TrainConfig` to start from instead of a preset.
@@ -327,6 +328,12 @@ pub struct TrainArgs {
     /// run's own.
     #[arg(long, value_name = "DIR", conflicts_with = "config")]
     pub resume: Option<PathBuf>,
+    /// Train N times, each on another split of an image folder's classes (seeds
+    /// SEED ... SEED + N - 1, run folders OUT/split-1 ... OUT/split-N), then report the
+    /// mean and spread of the test figures and on how many splits the model beats raw
+    /// pixels (OUT/splits.json): one lucky split cannot carry the figure.
+    #[arg(long, value_name = "N", conflicts_with = "resume")]
+    pub splits: Option<u32>,
 }
 
 /// `siamese eval`.

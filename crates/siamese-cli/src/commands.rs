@@ -14,7 +14,7 @@ use siamese_model::Embedder;
 use siamese_train::eval::{embed_set, evaluate};
 use siamese_train::{
     load_run_config, run, KnnGallery, LossConfig, Pairing, Provenance, RunOptions, SamplerConfig,
-    TrainConfig,
+    SplitsSummary, Spread, TrainConfig,
 };
 
 use siamese_data::omniglot::runs::{load_runs, OneShotRun};
@@ -219,7 +219,15 @@ fn base_config(a: &TrainArgs, base: Option<TrainConfig>) -> Result<TrainConfig> 
             serde_json::from_str(&text)
                 .with_context(|| format!("{} is not a valid training config", path.display()))?
         }
-        (None, None) => TrainConfig::preset(&a.preset)?,
+        (None, None) => {
+            if a.preset == "faces" && a.source.data.is_none() {
+                bail!(
+                    "--preset faces needs --data FOLDER: one subfolder of photos per person \
+                     (AT&T faces, for one)"
+                );
+            }
+            TrainConfig::preset(&a.preset)?
+        }
     })
 }
 
@@ -372,16 +380,80 @@ fn pairing_config(a: &TrainArgs, mut pairing: Pairing) -> Result<Pairing> {
 }
 
 fn train(a: TrainArgs) -> Result<()> {
+    match a.splits {
+        Some(n) => train_splits(&a, n),
+        None => train_run(&a, 0, None).map(|_| ()),
+    }
+}
+
+/// `--splits N`: N runs on N seeded splits of an image folder's classes, then the
+/// summary over them.
+fn train_splits(a: &TrainArgs, n: u32) -> Result<()> {
+    if n < 2 {
+        bail!("--splits needs at least 2 splits, found {n}");
+    }
+    let root = a
+        .out
+        .clone()
+        .context("--splits writes one run folder per split: give --out")?;
+    let mut reports = Vec::new();
+    for i in 0..n {
+        let dir = root.join(format!("split-{}", i + 1));
+        eprintln!("split {} of {n}: {}", i + 1, dir.display());
+        let report = train_run(a, u64::from(i), Some(dir))?
+            .context("a split's run ended without its evaluation")?;
+        reports.push(report);
+    }
+    let summary = SplitsSummary::of(&reports);
+    let text = serde_json::to_string_pretty(&summary)?;
+    siamese_data::write_atomic(&root.join("splits.json"), text.as_bytes())?;
+    print_splits(&summary);
+    eprintln!("summary: {}", root.join("splits.json").display());
+    Ok(())
+}
+
+/// Prints a [`SplitsSummary`].
+fn print_splits(summary: &SplitsSummary) {
+    let pct = |s: &Spread| {
+        format!(
+            "{:.2}% +- {:.2} (min {:.2}%, max {:.2}%)",
+            100.0 * s.mean,
+            100.0 * s.std,
+            100.0 * s.min,
+            100.0 * s.max
+        )
+    };
+    println!("over {} splits:", summary.splits);
+    println!("  test EER      {}", pct(&summary.test_eer));
+    println!("  raw pixels    {}", pct(&summary.pixel_test_eer));
+    println!(
+        "  test ROC AUC  {:.4} +- {:.4} (raw pixels {:.4})",
+        summary.test_roc_auc.mean, summary.test_roc_auc.std, summary.pixel_test_roc_auc.mean
+    );
+    println!(
+        "  EER below raw pixels on {} of {} splits",
+        summary.eer_below_pixels, summary.splits
+    );
+}
+
+/// One training run (`seed_offset` added to the config's seed, which also seeds an
+/// image folder's split; `out` in place of `--out`); its report.
+fn train_run(
+    a: &TrainArgs,
+    seed_offset: u64,
+    out: Option<PathBuf>,
+) -> Result<Option<siamese_train::EvalReport>> {
     let (config, dir, resume) = match &a.resume {
         // The library refuses any change but the number of steps, naming the settings.
         Some(dir) => (
-            train_config(&a, Some(load_run_config(dir)?))?,
+            train_config(a, Some(load_run_config(dir)?))?,
             dir.clone(),
             true,
         ),
         None => {
-            let config = train_config(&a, None)?;
-            let dir = a.out.clone().unwrap_or_else(|| {
+            let mut config = train_config(a, None)?;
+            config.seed += seed_offset;
+            let dir = out.or_else(|| a.out.clone()).unwrap_or_else(|| {
                 let secs = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs())
@@ -429,11 +501,11 @@ fn train(a: TrainArgs) -> Result<()> {
     let summary = run(&config, &data, &dir, &options, &mut printer)
         .with_context(|| format!("training in {}", dir.display()))?;
     printer.finish();
-    if let Some(report) = summary.report {
-        print_report(&report, false);
+    if let Some(report) = &summary.report {
+        print_report(report, false, &data.spec.class_names);
         eprintln!("model: {}", dir.join("model.safetensors").display());
     }
-    Ok(())
+    Ok(summary.report)
 }
 
 pub(crate) fn load_model(
@@ -631,7 +703,8 @@ fn describe_protocol(data: &Dataset) -> String {
     )
 }
 
-fn print_report(r: &siamese_train::EvalReport, json: bool) {
+/// Prints the report (class pairs by `class_names`), or its JSON.
+fn print_report(r: &siamese_train::EvalReport, json: bool, class_names: &[String]) {
     if json {
         println!("{}", serde_json::to_string_pretty(r).expect("plain data"));
         return;
@@ -706,9 +779,18 @@ fn print_report(r: &siamese_train::EvalReport, json: bool) {
             .class_pairs
             .iter()
             .map(|p| {
+                let name = |c: u32| {
+                    class_names
+                        .get(c as usize)
+                        .cloned()
+                        .unwrap_or_else(|| c.to_string())
+                };
                 format!(
                     "{}-{} {:.3}/{:.3}",
-                    p.classes[0], p.classes[1], p.roc_auc, p.pixel_roc_auc
+                    name(p.classes[0]),
+                    name(p.classes[1]),
+                    p.roc_auc,
+                    p.pixel_roc_auc
                 )
             })
             .collect();
@@ -729,7 +811,7 @@ fn eval(a: EvalArgs) -> Result<()> {
     let name = data_name(&a.source, &Provenance::from_checkpoint(&ckpt)?);
     let runs = one_shot_runs_for(&name, [data.spec.rows, data.spec.cols])?;
     let (report, _) = evaluate(&tower, &data, &Batcher::new(device()?), runs.as_deref())?;
-    print_report(&report, a.json);
+    print_report(&report, a.json, &data.spec.class_names);
     Ok(())
 }
 

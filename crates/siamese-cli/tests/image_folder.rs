@@ -378,3 +378,63 @@ fn trains_on_an_image_folder_and_verifies_unseen_identities() {
         );
     }
 }
+
+/// `--splits N`: N runs on N seeded class splits, and their summary.
+#[test]
+fn splits_repeat_the_protocol_and_summarise_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("people");
+    make_identities(&data);
+    let out = tmp.path().join("splits");
+    let report = siamese(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--test-classes",
+        "3",
+        "--val-classes",
+        "3",
+        "--steps",
+        "20",
+        "--splits",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let text = check(&report);
+    assert!(text.contains("over 3 splits:"), "{text}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("splits.json")).unwrap()).unwrap();
+    assert_eq!(summary["splits"], 3);
+    // Each split's figure is its run's own, and the mean is theirs.
+    let mut unseen = Vec::new();
+    let mut eers = Vec::new();
+    for i in 1..=3 {
+        let m: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join(format!("split-{i}/metrics.json"))).unwrap(),
+        )
+        .unwrap();
+        unseen.push(m["unseen_test_classes"].clone());
+        eers.push(m["test_eer"].as_f64().unwrap());
+    }
+    let each: Vec<f64> = summary["test_eer"]["each"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(each, eers);
+    let mean = eers.iter().sum::<f64>() / 3.0;
+    assert!((summary["test_eer"]["mean"].as_f64().unwrap() - mean).abs() < 1e-12);
+    // The splits hold out other people.
+    assert!(
+        unseen[0] != unseen[1] || unseen[1] != unseen[2],
+        "{unseen:?}"
+    );
+    // Without --out there is nowhere to put the runs.
+    let refused = siamese(&["train", "--data", data.to_str().unwrap(), "--splits", "2"]);
+    common::assert_user_error(
+        &refused,
+        "--splits writes one run folder per split: give --out",
+    );
+}

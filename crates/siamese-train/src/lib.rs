@@ -28,6 +28,7 @@ pub mod projector;
 pub mod provenance;
 pub mod run;
 pub mod run_folder;
+pub mod splits;
 pub mod tensorboard;
 pub mod trainer;
 
@@ -48,6 +49,7 @@ pub use siamese_metrics::{
     accuracy_at, knn_accuracy, knn_accuracy_leave_one_out, pair_metrics, PairMetrics,
     RetrievalMetrics, Verification,
 };
+pub use splits::{SplitsSummary, Spread};
 pub use trainer::Trainer;
 
 /// The README's Rust examples, compiled and run as doctests of this crate.

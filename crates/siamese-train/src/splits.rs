@@ -1,0 +1,96 @@
+//! The unseen-class protocol repeated over several splits of the classes (`siamese
+//! train --splits N`): with five test people, one split can be lucky, so the figure
+//! reported is the mean over splits, with its spread and the number of splits on which
+//! the model beats raw pixels.
+
+use serde::{Deserialize, Serialize};
+use siamese_metrics::Verification;
+
+use crate::eval::EvalReport;
+
+/// Test figures over several splits: mean, sample standard deviation, each split's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SplitsSummary {
+    /// Splits run.
+    pub splits: usize,
+    /// The model's test equal error rate.
+    pub test_eer: Spread,
+    /// The model's test ROC AUC.
+    pub test_roc_auc: Spread,
+    /// Raw pixels' test equal error rate on the same pairs.
+    pub pixel_test_eer: Spread,
+    /// Raw pixels' test ROC AUC.
+    pub pixel_test_roc_auc: Spread,
+    /// Splits whose test EER is below raw pixels'.
+    pub eer_below_pixels: usize,
+}
+
+/// A figure over the splits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Spread {
+    /// Mean over the splits.
+    pub mean: f64,
+    /// Sample standard deviation over the splits.
+    pub std: f64,
+    /// Lowest.
+    pub min: f64,
+    /// Highest.
+    pub max: f64,
+    /// Each split's, in order.
+    pub each: Vec<f64>,
+}
+
+impl Spread {
+    /// The spread of these values (one per split).
+    pub fn of(each: Vec<f64>) -> Self {
+        let n = each.len() as f64;
+        let mean = each.iter().sum::<f64>() / n;
+        let std =
+            (each.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
+        let min = each.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = each.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        Self {
+            mean,
+            std,
+            min,
+            max,
+            each,
+        }
+    }
+}
+
+impl SplitsSummary {
+    /// The summary of these reports.
+    pub fn of(reports: &[EvalReport]) -> Self {
+        let pixel = |f: fn(&Verification) -> f64| -> Vec<f64> {
+            reports
+                .iter()
+                .map(|r| r.pixel_baseline.as_ref().map_or(f64::NAN, f))
+                .collect()
+        };
+        let (eer, pixel_eer) = (
+            reports.iter().map(|r| r.test_eer).collect::<Vec<_>>(),
+            pixel(|b| b.test_eer),
+        );
+        Self {
+            splits: reports.len(),
+            eer_below_pixels: eer.iter().zip(&pixel_eer).filter(|(m, p)| m < p).count(),
+            test_eer: Spread::of(eer),
+            test_roc_auc: Spread::of(reports.iter().map(|r| r.test_roc_auc).collect()),
+            pixel_test_eer: Spread::of(pixel_eer),
+            pixel_test_roc_auc: Spread::of(pixel(|b| b.test_roc_auc)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_is_mean_sample_deviation_and_range() {
+        let s = Spread::of(vec![0.02, 0.04, 0.06]);
+        assert!((s.mean - 0.04).abs() < 1e-12 && (s.std - 0.02).abs() < 1e-12);
+        assert_eq!((s.min, s.max, s.each.len()), (0.02, 0.06, 3));
+    }
+}
