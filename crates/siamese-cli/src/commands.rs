@@ -452,7 +452,12 @@ fn train_run(
         ),
         None => {
             let mut config = train_config(a, None)?;
+            // Each split is another seed: the model's, and the image folder's split
+            // (a preset or config may fix the latter on its own).
             config.seed += seed_offset;
+            if let Some(folder) = config.image_folder.as_mut() {
+                folder.seed += seed_offset;
+            }
             let dir = out.or_else(|| a.out.clone()).unwrap_or_else(|| {
                 let secs = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)

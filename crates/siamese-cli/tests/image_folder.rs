@@ -431,6 +431,36 @@ fn splits_repeat_the_protocol_and_summarise_it() {
         unseen[0] != unseen[1] || unseen[1] != unseen[2],
         "{unseen:?}"
     );
+    // So they do when the config fixes the folder's split seed (as the faces preset
+    // does): each split adds its offset to it.
+    let config = tmp.path().join("fixed.json");
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("split-1/config.json")).unwrap())
+            .unwrap();
+    c["image_folder"]["seed"] = 5.into();
+    std::fs::write(&config, c.to_string()).unwrap();
+    let fixed = tmp.path().join("fixed");
+    check(&siamese(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--splits",
+        "2",
+        "--out",
+        fixed.to_str().unwrap(),
+    ]));
+    let seed = |i: usize| -> serde_json::Value {
+        let c: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(fixed.join(format!("split-{i}/config.json"))).unwrap(),
+        )
+        .unwrap();
+        c["image_folder"]["seed"].clone()
+    };
+    assert_eq!((seed(1), seed(2)), (5.into(), 6.into()));
     // Without --out there is nowhere to put the runs.
     let refused = siamese(&["train", "--data", data.to_str().unwrap(), "--splits", "2"]);
     common::assert_user_error(
