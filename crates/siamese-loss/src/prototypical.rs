@@ -6,7 +6,7 @@
 //! The episode's rows come as siamese-data lays them out: `ways * shots` support rows,
 //! class-major, then `ways * queries` query rows in the same class order.
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{Tensor, D};
 
 use crate::batch::BatchLoss;
 use crate::error::LossError;
@@ -107,29 +107,6 @@ impl BatchLoss for Prototypical {
         let picked = (log_probs * one_hot)?.sum_all()?;
         Ok((picked.neg()? / (w * q) as f64)?)
     }
-}
-
-/// The share of an episode's queries whose nearest prototype is their own class (ties
-/// to the lower class): the training accuracy of a prototypical step.
-pub fn episode_accuracy(embeddings: &Tensor, loss: &Prototypical) -> Result<f64, LossError> {
-    let (w, q) = (loss.ways, loss.queries);
-    let d = loss
-        .query_distances(embeddings)?
-        .to_dtype(DType::F32)?
-        .to_vec2::<f32>()?;
-    let right = d
-        .iter()
-        .enumerate()
-        .filter(|(i, row)| {
-            let nearest = row
-                .iter()
-                .enumerate()
-                .min_by(|a, b| a.1.total_cmp(b.1).then(a.0.cmp(&b.0)))
-                .map(|(c, _)| c);
-            nearest == Some(i / q)
-        })
-        .count();
-    Ok(right as f64 / (w * q) as f64)
 }
 
 #[cfg(test)]
@@ -262,22 +239,5 @@ mod tests {
         same[6] = 0;
         let e = loss.forward(&t, &same).unwrap_err().to_string();
         assert!(e.contains("share label 0"), "{e}");
-    }
-
-    #[test]
-    fn accuracy_counts_queries_nearest_their_prototype() {
-        // Class 0 at 0, class 1 at 10; queries at 1 (class 0), 9 (class 1), 2 (class 1).
-        let rows: Vec<Vec<f64>> = [0.0, 10.0, 1.0, 9.0, 2.0, 8.0]
-            .iter()
-            .map(|&v| vec![v])
-            .collect();
-        let loss = Prototypical {
-            ways: 2,
-            shots: 1,
-            queries: 2,
-        };
-        let acc = episode_accuracy(&tensor(&rows), &loss).unwrap();
-        // Queries: rows 2, 3 are class 0 (1 right, 9 wrong), rows 4, 5 class 1 (2 wrong, 8 right).
-        assert_eq!(acc, 0.5);
     }
 }

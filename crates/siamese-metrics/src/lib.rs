@@ -26,7 +26,7 @@ pub mod pairs;
 pub mod pca;
 pub mod retrieval;
 
-pub use oneshot::{episode_accuracy, mean_ci95, modified_hausdorff, EpisodeScore};
+pub use oneshot::{episode_accuracy, mean_ci95, modified_hausdorff};
 pub use pairs::{accuracy_at, knn_accuracy, knn_accuracy_leave_one_out, pair_metrics, PairMetrics};
 pub use pca::Pca;
 pub use retrieval::{retrieval_leave_one_out, RetrievalMetrics};

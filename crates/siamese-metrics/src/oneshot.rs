@@ -4,23 +4,7 @@
 //! mean over episodes with a 95% confidence interval, and the modified Hausdorff
 //! distance (Dubuisson & Jain 1994), Lake's pixel-level baseline on Omniglot.
 
-use serde::{Deserialize, Serialize};
 use siamese_neighbours::squared_euclidean;
-
-/// The mean accuracy of a set of episodes and its 95% confidence interval.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct EpisodeScore {
-    /// Classes per episode.
-    pub ways: usize,
-    /// Support images per class.
-    pub shots: usize,
-    /// Episodes scored.
-    pub episodes: usize,
-    /// Mean accuracy over episodes.
-    pub accuracy: f64,
-    /// Half-width of the 95% confidence interval of the mean (1.96 standard errors).
-    pub ci95: f64,
-}
 
 /// Accuracy of one episode: `support` rows (class-major, `support.len() / ways` per
 /// class) give each class the mean of its embeddings; each of `query` (with its class
