@@ -195,6 +195,7 @@ fn layers(reps: usize) -> Vec<serde_json::Value> {
             geometry: g,
             input_grad: i > 0,
             channels_first_output: false,
+            relu: true,
         };
         out.push(time_layer(&name, "fused", nhwc, reps, |x, wt, b| {
             x.apply_op3(wt, b, op).expect("conv")

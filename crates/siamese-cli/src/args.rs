@@ -200,6 +200,41 @@ pub enum LossName {
     Margin,
 }
 
+/// A tower's layers, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TowerName {
+    /// The reference program's: three strided convolutions (32, 64, 128), fully
+    /// connected layers of 1024 and 512 with dropout and batch norm, then the embedding.
+    Reference,
+    /// Four 64-channel 3x3 convolutions with ReLU, strided 1, 2, 2, 2, straight to the
+    /// embedding.
+    Strided,
+    /// Snell et al.'s encoder: four blocks of a 64-channel 3x3 convolution, batch
+    /// norm, ReLU and a 2x2 max-pool, then the embedding.
+    FourBlock,
+}
+
+impl TowerName {
+    /// `model` with this tower's layers, keeping its input, embedding size and reading.
+    pub fn apply(self, model: &siamese_model::TowerConfig) -> siamese_model::TowerConfig {
+        use siamese_model::TowerConfig;
+        let (h, w, dim) = (model.input_height, model.input_width, model.embedding_dim);
+        let layers = match self {
+            TowerName::Reference => TowerConfig::default(),
+            TowerName::Strided => TowerConfig::strided_four(h, w, dim),
+            TowerName::FourBlock => TowerConfig::four_block(h, w, dim),
+        };
+        TowerConfig {
+            input_channels: model.input_channels,
+            input_height: h,
+            input_width: w,
+            embedding_dim: dim,
+            normalize: model.normalize,
+            ..layers
+        }
+    }
+}
+
 /// The pair sampler, by name.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum PairsName {
@@ -285,6 +320,10 @@ pub struct TrainArgs {
     /// Slack of `--pairing multi-similarity`, in distance units (default 0.1).
     #[arg(long)]
     pub epsilon: Option<f64>,
+    /// The tower's layers (the input size follows the data; `--dim` and `--normalize`
+    /// apply on top).
+    #[arg(long, value_enum)]
+    pub tower: Option<TowerName>,
     /// Embedding dimension.
     #[arg(long)]
     pub dim: Option<usize>,

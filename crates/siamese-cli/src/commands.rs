@@ -249,6 +249,9 @@ fn apply_plain_settings(a: &TrainArgs, c: &mut TrainConfig) {
     if let Some(v) = a.seed {
         c.seed = v;
     }
+    if let Some(tower) = a.tower {
+        c.model = tower.apply(&c.model);
+    }
     if let Some(v) = a.dim {
         c.model.embedding_dim = v;
     }

@@ -31,6 +31,14 @@ pub enum TowerLayer {
     Head,
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
+}
+
 impl TowerLayer {
     fn is_head(&self) -> bool {
         *self == TowerLayer::Head
@@ -57,6 +65,15 @@ pub struct TowerConfig {
     pub kernel_size: usize,
     /// Padding rule of every convolution.
     pub padding: Padding,
+    /// Batch norm after each convolution, over its channels (Snell et al.'s blocks:
+    /// conv, batch norm, ReLU, max-pool). Off in the reference program.
+    #[serde(skip_serializing_if = "is_false")]
+    pub conv_batch_norm: bool,
+    /// Max-pooling window (and stride) after each convolution's ReLU, rounding the
+    /// output size down as `torch.nn.MaxPool2d` does; 1 pools nothing (the reference
+    /// program, which downsamples by strided convolutions instead).
+    #[serde(skip_serializing_if = "is_one")]
+    pub conv_pool: usize,
     /// Widths of the hidden fully connected layers.
     pub fc_widths: Vec<usize>,
     /// Embedding dimension (2 in the reference program, so it can be plotted directly).
@@ -95,6 +112,8 @@ impl Default for TowerConfig {
             conv_strides: vec![1, 2, 2],
             kernel_size: 3,
             padding: Padding::TfSame,
+            conv_batch_norm: false,
+            conv_pool: 1,
             fc_widths: vec![1024, 512],
             embedding_dim: 2,
             dropout: 0.4,
@@ -104,6 +123,48 @@ impl Default for TowerConfig {
             init_std: 0.05,
             normalize: false,
             embed_from: TowerLayer::Head,
+        }
+    }
+}
+
+impl TowerConfig {
+    /// Snell et al.'s four-block encoder for prototypical networks: four blocks of a
+    /// 3x3 convolution with 64 filters (padding 1, stride 1), batch norm, ReLU and a
+    /// 2x2 max-pool, then a linear layer to `embedding_dim` (at 28x28 the blocks leave
+    /// 64 x 1 x 1). Snell's encoder ends at the last block (64-D); the linear layer here
+    /// lets the embedding have any dimension.
+    pub fn four_block(input_height: usize, input_width: usize, embedding_dim: usize) -> Self {
+        Self {
+            input_height,
+            input_width,
+            conv_channels: vec![64; 4],
+            conv_strides: vec![1; 4],
+            padding: Padding::Symmetric,
+            conv_batch_norm: true,
+            conv_pool: 2,
+            fc_widths: vec![],
+            embedding_dim,
+            dropout: 0.0,
+            batch_norm_momentum: 0.1,
+            batch_norm_eps: 1e-5,
+            ..Self::default()
+        }
+    }
+}
+
+impl TowerConfig {
+    /// Four 64-channel 3x3 convolutions with ReLU, strided 1, 2, 2, 2 where Snell's
+    /// encoder max-pools, straight to a linear embedding: no batch norm, no pooling.
+    pub fn strided_four(input_height: usize, input_width: usize, embedding_dim: usize) -> Self {
+        Self {
+            input_height,
+            input_width,
+            conv_channels: vec![64; 4],
+            conv_strides: vec![1, 2, 2, 2],
+            fc_widths: vec![],
+            embedding_dim,
+            dropout: 0.0,
+            ..Self::default()
         }
     }
 }
@@ -155,6 +216,12 @@ impl TowerConfig {
         }
     }
 
+    /// Whether each convolution is a block (batch norm and/or max-pool between it and
+    /// the next layer) rather than a convolution with its ReLU.
+    pub fn conv_blocks(&self) -> bool {
+        self.conv_batch_norm || self.conv_pool > 1
+    }
+
     /// The dimension of the embeddings the tower gives ([`Self::embed_from`]'s width).
     pub fn output_dim(&self) -> usize {
         self.layer_width(self.embed_from)
@@ -177,6 +244,7 @@ impl TowerConfig {
             ("input_width", self.input_width),
             ("kernel_size", self.kernel_size),
             ("embedding_dim", self.embedding_dim),
+            ("conv_pool", self.conv_pool),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return fail(format!("{name} must be positive"));
@@ -224,6 +292,14 @@ impl TowerConfig {
                 ));
             }
             (h, w) = (self.out_size(h, s), self.out_size(w, s));
+            if h < self.conv_pool || w < self.conv_pool {
+                return fail(format!(
+                    "conv{} output {h}x{w} is smaller than its {p}x{p} max-pool",
+                    i + 1,
+                    p = self.conv_pool
+                ));
+            }
+            (h, w) = self.pooled((h, w));
         }
         self.layer_width(self.embed_from)?;
         self.check_counts()
@@ -238,6 +314,7 @@ impl TowerConfig {
             ("input_width", self.input_width, MAX_INPUT_SIDE),
             ("input_channels", self.input_channels, MAX_CHANNELS),
             ("kernel_size", self.kernel_size, MAX_KERNEL),
+            ("conv_pool", self.conv_pool, MAX_INPUT_SIDE),
             ("embedding_dim", self.embedding_dim, MAX_WIDTH),
             (
                 "the number of convolutions",
@@ -317,11 +394,13 @@ impl TowerConfig {
 
     fn activation_count(&self) -> u128 {
         let input = (self.input_channels * self.input_height * self.input_width) as u128;
+        // A pooled block keeps its convolution's output and the pooled one.
+        let pooled = if self.conv_pool > 1 { 2 } else { 1 };
         let convs: u128 = self
             .conv_geometry()
             .iter()
             .zip(&self.conv_channels)
-            .map(|(g, &c)| c as u128 * g.2 .0 as u128 * g.2 .1 as u128)
+            .map(|(g, &c)| pooled * c as u128 * g.2 .0 as u128 * g.2 .1 as u128)
             .sum();
         let fcs: u128 = self.fc_widths.iter().map(|&f| f as u128).sum();
         input + convs + fcs + self.embedding_dim as u128
@@ -337,7 +416,15 @@ impl TowerConfig {
         }
     }
 
-    /// Padding of each convolution, `(before, after)`, and its output `(height, width)`.
+    /// The size of a convolution's output `(height, width)` after its max-pool
+    /// ([`Self::conv_pool`]): the next layer's input.
+    pub fn pooled(&self, (h, w): (usize, usize)) -> (usize, usize) {
+        let p = self.conv_pool.max(1);
+        (h / p, w / p)
+    }
+
+    /// Padding of each convolution, `(before, after)`, and its output `(height, width)`
+    /// (before its max-pool).
     pub fn conv_geometry(&self) -> Vec<(PadAmount, PadAmount, (usize, usize))> {
         let (mut h, mut w) = (self.input_height, self.input_width);
         let mut out = Vec::with_capacity(self.conv_strides.len());
@@ -353,8 +440,9 @@ impl TowerConfig {
                 }
             };
             let (ph, pw) = (pad(h), pad(w));
-            (h, w) = (self.out_size(h, s), self.out_size(w, s));
-            out.push((ph, pw, (h, w)));
+            let conv_out = (self.out_size(h, s), self.out_size(w, s));
+            out.push((ph, pw, conv_out));
+            (h, w) = self.pooled(conv_out);
         }
         out
     }
@@ -383,7 +471,7 @@ impl TowerConfig {
                 h_out,
                 w_out,
             });
-            (c_in, h_in, w_in) = (c_out, h_out, w_out);
+            (c_in, (h_in, w_in)) = (c_out, self.pooled((h_out, w_out)));
         }
         out
     }
@@ -393,7 +481,7 @@ impl TowerConfig {
         let (h, w) = self
             .conv_geometry()
             .last()
-            .map(|g| g.2)
+            .map(|g| self.pooled(g.2))
             .unwrap_or((self.input_height, self.input_width));
         let c = self
             .conv_channels
@@ -404,7 +492,8 @@ impl TowerConfig {
     }
 
     /// Every parameter's name and shape, in a fixed order, PyTorch-style:
-    /// `conv{i}.weight [out, in, k, k]`, `conv{i}.bias`, `fc{j}.weight [out, in]`,
+    /// `conv{i}.weight [out, in, k, k]`, `conv{i}.bias`, with [`Self::conv_batch_norm`]
+    /// `conv{i}.bn.{weight, bias, running_mean, running_var}`, `fc{j}.weight [out, in]`,
     /// `fc{j}.bias`, `bn{j}.{weight, bias, running_mean, running_var}`; the embedding
     /// layer is the last `fc`.
     pub fn parameter_shapes(&self) -> Vec<(String, Vec<usize>)> {
@@ -414,6 +503,11 @@ impl TowerConfig {
         for (i, &c) in self.conv_channels.iter().enumerate() {
             shapes.push((format!("conv{}.weight", i + 1), vec![c, c_in, k, k]));
             shapes.push((format!("conv{}.bias", i + 1), vec![c]));
+            if self.conv_batch_norm {
+                for stat in ["weight", "bias", "running_mean", "running_var"] {
+                    shapes.push((format!("conv{}.bn.{stat}", i + 1), vec![c]));
+                }
+            }
             c_in = c;
         }
         let mut f_in = self.flatten_size();
@@ -462,6 +556,35 @@ mod tests {
             total,
             320 + 18_496 + 73_856 + 6_423_552 + 4 * 1024 + 524_800 + 4 * 512 + 1026
         );
+    }
+
+    #[test]
+    fn four_block_geometry() {
+        // 28 -> 14 -> 7 -> 3 -> 1 (pooling rounds down), as Snell's encoder on Omniglot.
+        let c = TowerConfig::four_block(28, 28, 64);
+        c.validate().unwrap();
+        let g = c.conv_geometry();
+        let sizes: Vec<_> = g.iter().map(|g| g.2).collect();
+        assert_eq!(sizes, [(28, 28), (14, 14), (7, 7), (3, 3)]);
+        assert!(g.iter().all(|g| g.0 == (1, 1) && g.1 == (1, 1)));
+        assert_eq!(c.flatten_size(), 64);
+        let layers = c.conv_layers();
+        assert_eq!((layers[3].h_in, layers[3].w_in, layers[3].c_in), (3, 3, 64));
+        let shapes = c.parameter_shapes();
+        assert!(shapes.contains(&("conv4.bn.running_var".into(), vec![64])));
+        assert_eq!(shapes.last().unwrap(), &("fc1.bias".into(), vec![64]));
+        // Faces: 56x46 -> 28x23 -> 14x11 -> 7x5 -> 3x2.
+        let faces = TowerConfig::four_block(56, 46, 64);
+        assert_eq!(faces.flatten_size(), 64 * 3 * 2);
+        // Too small for four pools: refused in one line.
+        let err = TowerConfig::four_block(12, 12, 64).validate().unwrap_err();
+        assert!(err.to_string().contains("conv4 output 1x1"), "{err}");
+        // Off by default, and absent from the reference config's JSON (old checkpoints'
+        // configs, and their fingerprints, are unchanged).
+        let json = serde_json::to_string(&TowerConfig::default()).unwrap();
+        assert!(!json.contains("conv_pool") && !json.contains("conv_batch_norm"));
+        let bad = TowerConfig { conv_pool: 0, ..c };
+        assert!(bad.validate().is_err());
     }
 
     #[test]

@@ -35,7 +35,7 @@ pub fn reference_init(varmap: &VarMap, config: &TowerConfig, seed: u64) -> Resul
         .unwrap_or(candle_core::Device::Cpu);
     for (name, shape) in config.parameter_shapes() {
         let n: usize = shape.iter().product();
-        let value = if name.starts_with("bn") {
+        let value = if name.starts_with("bn") || name.contains(".bn.") {
             let one = name.ends_with(".weight") || name.ends_with(".running_var");
             Tensor::full(if one { 1f32 } else { 0f32 }, shape.as_slice(), &device)?
         } else if name.ends_with(".weight") {

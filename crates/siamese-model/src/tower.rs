@@ -19,6 +19,7 @@ use crate::config::{TowerConfig, TowerLayer};
 use crate::error::ModelError;
 use crate::kernels::{
     batch_statistics, conv_stack_inference, fused_path, Conv2dRelu, DropoutBatchNorm, LinearAct,
+    MaxPoolRelu,
 };
 
 /// Images per slice when a large batch is embedded in inference mode.
@@ -55,6 +56,9 @@ struct ConvLayer {
     /// the plain path ([`crate::kernels::ConvGeometry::pad_tensor`]), whose `conv` pads
     /// nothing.
     fused: Conv2dRelu,
+    /// Batch norm over the convolution's channels, before its ReLU
+    /// ([`TowerConfig::conv_batch_norm`]).
+    bn: Option<BatchNorm>,
 }
 
 impl ConvLayer {
@@ -105,27 +109,47 @@ impl ConvTower {
         let mut convs = Vec::new();
         let layers = config.conv_layers();
         let last = layers.len().saturating_sub(1);
+        let blocks = config.conv_blocks();
+        let bn_config = BatchNormConfig {
+            eps: config.batch_norm_eps,
+            momentum: config.batch_norm_momentum,
+            ..Default::default()
+        };
         for (i, geometry) in layers.into_iter().enumerate() {
             let cfg = Conv2dConfig {
                 padding: 0,
                 stride: geometry.stride,
                 ..Default::default()
             };
+            let vb_conv = vb.pp(format!("conv{}", i + 1));
             let conv = candle_nn::conv2d(
                 geometry.c_in,
                 geometry.c_out,
                 geometry.kernel,
                 cfg,
-                vb.pp(format!("conv{}", i + 1)),
+                vb_conv.clone(),
             )?;
+            let bn = if config.conv_batch_norm {
+                Some(candle_nn::batch_norm(
+                    geometry.c_out,
+                    bn_config,
+                    vb_conv.pp("bn"),
+                )?)
+            } else {
+                None
+            };
             convs.push(ConvLayer {
                 conv,
                 fused: Conv2dRelu {
                     geometry,
                     // The first layer's input is the images: no gradient needed.
                     input_grad: i > 0,
-                    channels_first_output: i == last,
+                    // Blocks pool channels last, and reorder after the last one.
+                    channels_first_output: i == last && !blocks,
+                    // In a block the ReLU comes after batch norm, with the pool.
+                    relu: !blocks,
                 },
+                bn,
             });
         }
         let mut hidden = Vec::new();
@@ -133,14 +157,9 @@ impl ConvTower {
         for (j, &f) in config.fc_widths.iter().enumerate() {
             let fc = candle_nn::linear(f_in, f, vb.pp(format!("fc{}", j + 1)))?;
             let bn = if config.batch_norm {
-                let cfg = BatchNormConfig {
-                    eps: config.batch_norm_eps,
-                    momentum: config.batch_norm_momentum,
-                    ..Default::default()
-                };
                 Some(candle_nn::batch_norm(
                     f,
-                    cfg,
+                    bn_config,
                     vb.pp(format!("bn{}", j + 1)),
                 )?)
             } else {
@@ -253,6 +272,21 @@ impl ConvTower {
     /// and the running statistics updated by candle-nn's rule
     /// (`running * (1 - momentum) + batch * momentum`, the variance unbiased).
     fn dropout_batch_norm(&self, x: &Tensor, bn: &BatchNorm) -> Result<Tensor, ModelError> {
+        let (batch, features) = x.dims2()?;
+        let mask = (self.config.dropout > 0.0).then(|| self.dropout_mask(batch * features));
+        self.batch_norm_train(x, bn, mask)
+    }
+
+    /// Training-mode batch norm of `x` `[rows, features]` after the dropout multipliers
+    /// `mask` (a hidden layer's), or of a convolution's channels-last output seen as
+    /// `[images * pixels, channels]` (spatial batch norm, no mask), as the fused kernel
+    /// [`DropoutBatchNorm`]; the running statistics are updated by candle-nn's rule.
+    fn batch_norm_train(
+        &self,
+        x: &Tensor,
+        bn: &BatchNorm,
+        mask: Option<Vec<f32>>,
+    ) -> Result<Tensor, ModelError> {
         let c = &self.config;
         let Some((gamma, beta)) = bn.weight_and_bias() else {
             return Err(ModelError::Config(
@@ -260,7 +294,6 @@ impl ConvTower {
             ));
         };
         let (batch, features) = x.dims2()?;
-        let mask = (c.dropout > 0.0).then(|| self.dropout_mask(batch * features));
         let x = x.contiguous()?;
         let (mean, var) = batch_statistics(&x, mask.as_deref())?;
         let device = x.device();
@@ -296,6 +329,14 @@ impl ConvTower {
             push(format!("conv{}.weight", i + 1), layer.conv.weight());
             if let Some(b) = layer.conv.bias() {
                 push(format!("conv{}.bias", i + 1), b);
+            }
+            if let Some(bn) = &layer.bn {
+                if let Some((w, b)) = bn.weight_and_bias() {
+                    push(format!("conv{}.bn.weight", i + 1), w);
+                    push(format!("conv{}.bn.bias", i + 1), b);
+                }
+                push(format!("conv{}.bn.running_mean", i + 1), bn.running_mean());
+                push(format!("conv{}.bn.running_var", i + 1), bn.running_var());
             }
         }
         let fcs = self.hidden.iter().map(|h| &h.fc).chain([&self.head]);
@@ -368,6 +409,18 @@ impl ConvTower {
             return Ok(Tensor::cat(&parts, 0)?);
         }
         let fused = self.fused && fused_path(images.device(), images.dtype());
+        let x = self.convolutions(images, train, fused)?.flatten_from(1)?;
+        self.fully_connected(x, train, fused, layer)
+    }
+
+    /// The convolutions (with their batch norm and pooling) of `images`, channels first.
+    fn convolutions(
+        &self,
+        images: &Tensor,
+        train: bool,
+        fused: bool,
+    ) -> Result<Tensor, ModelError> {
+        let c = &self.config;
         let mut x = if fused && !self.convs.is_empty() {
             // The fused convolutions run channels last ([`Conv2dRelu`]); the last one
             // writes channels first, the order `fc1`'s weight columns have in the
@@ -376,7 +429,7 @@ impl ConvTower {
         } else {
             images.clone()
         };
-        if fused && !train {
+        if fused && !train && !c.conv_blocks() {
             // Inference: a chunk of images through every convolution while it is in
             // cache (no graph to keep for a backward pass), the same products as the
             // per-layer ops below.
@@ -390,15 +443,95 @@ impl ConvTower {
             }
         } else {
             for layer in &self.convs {
-                x = if fused {
-                    x.apply_op3(layer.conv.weight(), layer.bias()?, layer.fused)?
-                } else {
-                    let padded = layer.fused.geometry.pad_tensor(&x)?;
-                    layer.conv.forward(&padded)?.relu()?
-                };
+                x = self.conv_block(layer, &x, train, fused)?;
             }
         }
-        x = x.flatten_from(1)?;
+        if fused && c.conv_blocks() && !self.convs.is_empty() {
+            // Channels first for the flatten, the order of `fc1`'s weight columns.
+            x = x.permute((0, 3, 1, 2))?;
+        }
+        Ok(x)
+    }
+
+    /// One convolution with what follows it: its ReLU, or in a block
+    /// ([`TowerConfig::conv_blocks`]) batch norm, ReLU and max-pool. Fused: channels last
+    /// in and out; plain: channels first.
+    fn conv_block(
+        &self,
+        layer: &ConvLayer,
+        x: &Tensor,
+        train: bool,
+        fused: bool,
+    ) -> Result<Tensor, ModelError> {
+        let c = &self.config;
+        let blocks = c.conv_blocks();
+        if !fused {
+            let padded = layer.fused.geometry.pad_tensor(x)?;
+            let mut y = layer.conv.forward(&padded)?;
+            if let Some(bn) = &layer.bn {
+                y = bn.forward_t(&y, train)?;
+            }
+            y = y.relu()?;
+            let p = c.conv_pool;
+            if blocks && p > 1 {
+                // Not candle's `max_pool2d`: its backward (candle 0.11) scales the
+                // gradient by 1 / p^2 and maps the rows of an odd-sized input to the
+                // wrong windows. The windows as two axes of their own, cropped to whole
+                // windows, reduced by `max`, whose backward is right.
+                let (b, ch, h, w) = y.dims4()?;
+                let (ho, wo) = (h / p, w / p);
+                y = y
+                    .narrow(2, 0, ho * p)?
+                    .narrow(3, 0, wo * p)?
+                    .reshape((b, ch, ho, p, wo, p))?
+                    .max(5)?
+                    .max(3)?;
+            }
+            return Ok(y);
+        }
+        let mut y = x.apply_op3(layer.conv.weight(), layer.bias()?, layer.fused)?;
+        if !blocks {
+            return Ok(y);
+        }
+        if let Some(bn) = &layer.bn {
+            let dims = y.dims4()?;
+            let rows = y.reshape((dims.0 * dims.1 * dims.2, dims.3))?;
+            let rows = if train {
+                self.batch_norm_train(&rows, bn, None)?
+            } else {
+                batch_norm_eval(&rows, bn, c.batch_norm_eps)?
+            };
+            y = rows.reshape(dims)?;
+        }
+        Ok(y.apply_op1(MaxPoolRelu {
+            window: c.conv_pool,
+        })?)
+    }
+}
+
+/// Inference-mode batch norm of `x` `[rows, features]` with the running statistics, as
+/// one scale and shift per feature.
+fn batch_norm_eval(x: &Tensor, bn: &BatchNorm, eps: f64) -> Result<Tensor, ModelError> {
+    let Some((gamma, beta)) = bn.weight_and_bias() else {
+        return Err(ModelError::Config(
+            "batch norm has a scale and shift".into(),
+        ));
+    };
+    let scale = (gamma / (bn.running_var() + eps)?.sqrt()?)?;
+    let shift = (beta - (bn.running_mean() * &scale)?)?;
+    Ok(x.broadcast_mul(&scale)?.broadcast_add(&shift)?)
+}
+
+impl ConvTower {
+    /// The hidden layers and the head after the convolutions' flattened output.
+    fn fully_connected(
+        &self,
+        mut x: Tensor,
+        train: bool,
+        fused: bool,
+        layer: TowerLayer,
+    ) -> Result<Tensor, ModelError> {
+        let c = &self.config;
         for (i, hidden) in self.hidden.iter().enumerate() {
             x = linear(&hidden.fc, &x, true, fused)?;
             match &hidden.bn {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use siamese_model::kernels::{
     batch_statistics, conv_stack_inference, Conv2dRelu, ConvGeometry, DropoutBatchNorm, LinearAct,
+    MaxPoolRelu,
 };
 use siamese_model::{ConvTower, Embedder, Padding, TowerConfig};
 
@@ -68,13 +69,14 @@ fn geometry(
 /// output size reads, and the input rows and columns the output never reads cropped
 /// first (candle 0.11's conv2d backward mishandles unread leftovers). Then conv, bias
 /// and ReLU.
-fn plain_conv(x: &Tensor, w: &Tensor, b: &Tensor, g: &ConvGeometry) -> Tensor {
+fn plain_conv(x: &Tensor, w: &Tensor, b: &Tensor, g: &ConvGeometry, relu: bool) -> Tensor {
     let (s, k) = (g.stride, g.kernel);
     let read = |out: usize| (out - 1) * s + k;
     let (hn, wn) = (read(g.h_out), read(g.w_out));
     let rows = g.h_in.min(hn - g.pad_top);
     let cols = g.w_in.min(wn - g.pad_left);
-    x.narrow(2, 0, rows)
+    let y = x
+        .narrow(2, 0, rows)
         .unwrap()
         .narrow(3, 0, cols)
         .unwrap()
@@ -85,9 +87,12 @@ fn plain_conv(x: &Tensor, w: &Tensor, b: &Tensor, g: &ConvGeometry) -> Tensor {
         .conv2d(w, 0, s, 1, 1)
         .unwrap()
         .broadcast_add(&b.reshape((1, g.c_out, 1, 1)).unwrap())
-        .unwrap()
-        .relu()
-        .unwrap()
+        .unwrap();
+    if relu {
+        y.relu().unwrap()
+    } else {
+        y
+    }
 }
 
 /// The fused layer on channels-first `x`: permuted to channels last for the kernel and
@@ -108,13 +113,21 @@ fn fused_conv(x: &Tensor, w: &Tensor, b: &Tensor, op: Conv2dRelu) -> Tensor {
     }
 }
 
-/// [`check_conv_to`] for both output layouts.
+/// [`check_conv_to`] for both output layouts, with and without the ReLU.
 fn check_conv(g: ConvGeometry, batch: usize, seed: u64) {
-    check_conv_to(g, batch, seed, false);
-    check_conv_to(g, batch, seed, true);
+    for relu in [true, false] {
+        check_conv_to(g, batch, seed, false, relu);
+        check_conv_to(g, batch, seed, true, relu);
+    }
 }
 
-fn check_conv_to(g: ConvGeometry, batch: usize, seed: u64, channels_first_output: bool) {
+fn check_conv_to(
+    g: ConvGeometry,
+    batch: usize,
+    seed: u64,
+    channels_first_output: bool,
+    relu: bool,
+) {
     let x = Var::from_tensor(&random(&[batch, g.c_in, g.h_in, g.w_in], seed)).unwrap();
     let w = Var::from_tensor(
         &(random(&[g.c_out, g.c_in, g.kernel, g.kernel], seed + 1) * 0.3).unwrap(),
@@ -126,16 +139,17 @@ fn check_conv_to(g: ConvGeometry, batch: usize, seed: u64, channels_first_output
         geometry: g,
         input_grad: true,
         channels_first_output,
+        relu,
     };
     let fused = fused_conv(x.as_tensor(), w.as_tensor(), b.as_tensor(), op);
-    let plain = plain_conv(x.as_tensor(), w.as_tensor(), b.as_tensor(), &g);
+    let plain = plain_conv(x.as_tensor(), w.as_tensor(), b.as_tensor(), &g, relu);
     assert_eq!(plain.dims(), [batch, g.c_out, g.h_out, g.w_out]);
     assert_close("conv output", &fused, &plain, 1e-5);
     let alive = plain.gt(0f32).unwrap().to_dtype(DType::F32).unwrap();
     let share = alive.mean_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(
         share > 0.2 && share < 0.8,
-        "ReLU should cut part of the outputs: {share}"
+        "ReLU should cut part of the outputs (or, without it, part be negative): {share}"
     );
 
     let gf = (fused * &r).unwrap().sum_all().unwrap().backward().unwrap();
@@ -200,11 +214,12 @@ fn conv_without_input_gradient_still_gives_weight_gradients() {
         geometry: g,
         input_grad: false,
         channels_first_output: false,
+        relu: true,
     };
     let y = fused_conv(&x, w.as_tensor(), b.as_tensor(), op);
     let grads = y.sum_all().unwrap().backward().unwrap();
     assert!(grads.get(&x).is_none());
-    let plain = plain_conv(&x, w.as_tensor(), b.as_tensor(), &g);
+    let plain = plain_conv(&x, w.as_tensor(), b.as_tensor(), &g, true);
     let gp = plain.sum_all().unwrap().backward().unwrap();
     assert_close("dw", grads.get(&w).unwrap(), gp.get(&w).unwrap(), 1e-5);
 }
@@ -216,6 +231,7 @@ fn conv_refuses_a_wrong_input_shape() {
         geometry: g,
         input_grad: true,
         channels_first_output: false,
+        relu: true,
     };
     // Channels first where channels last is expected, then a wrong height.
     for dims in [[2, 1, 6, 6], [2, 5, 6, 1]] {
@@ -251,6 +267,7 @@ fn conv_input_gradient_ignores_what_the_output_never_reads() {
         geometry: g,
         input_grad: true,
         channels_first_output: false,
+        relu: true,
     };
     let y = fused_conv(x.as_tensor(), &w, &b, op);
     assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), [1.0; 4]);
@@ -278,6 +295,7 @@ fn conv_layers(config: &TowerConfig, seed: u64) -> Vec<(Conv2dRelu, Tensor, Tens
                 geometry: g,
                 input_grad: false,
                 channels_first_output: i == last,
+                relu: true,
             };
             (op, w, b)
         })
@@ -302,7 +320,7 @@ fn conv_stack_matches_the_layers_one_by_one_and_candle() {
         let mut plain = images.clone();
         for (op, w, b) in &layers {
             one_by_one = one_by_one.apply_op3(w, b, *op).unwrap();
-            plain = plain_conv(&plain, w, b, &op.geometry);
+            plain = plain_conv(&plain, w, b, &op.geometry, true);
         }
         assert_eq!(stacked.dims(), [batch, 128, 7, 7]);
         assert_eq!(
@@ -463,6 +481,30 @@ fn fused_tower_matches_plain_tower_with_two_convolutions_and_colour() {
     });
 }
 
+#[test]
+fn fused_tower_matches_plain_tower_with_snell_blocks() {
+    // Snell's four blocks at 28x28: 7 rows pooled to 3 (one row left over), then 3 to 1.
+    check_tower(&TowerConfig::four_block(28, 28, 16));
+    // Odd widths at every stage, and a hidden layer after the blocks.
+    check_tower(&TowerConfig {
+        conv_channels: vec![8, 8],
+        conv_strides: vec![1, 1],
+        fc_widths: vec![32],
+        ..TowerConfig::four_block(19, 23, 8)
+    });
+    // Pooling without batch norm, and batch norm without pooling.
+    check_tower(&TowerConfig {
+        conv_batch_norm: false,
+        ..TowerConfig::four_block(28, 28, 8)
+    });
+    check_tower(&TowerConfig {
+        conv_pool: 1,
+        conv_channels: vec![8, 8],
+        conv_strides: vec![1, 2],
+        ..TowerConfig::four_block(12, 12, 8)
+    });
+}
+
 /// The tower on both paths: inference and training embeddings, and the gradient of
 /// every parameter.
 fn check_tower(config: &TowerConfig) {
@@ -531,9 +573,14 @@ fn check_tower(config: &TowerConfig) {
     }
     let (fused, plain) = (&results[0], &results[1]);
     assert_close("training embeddings", &fused.0, &plain.0, 1e-4);
+    let conv_bns = if config.conv_batch_norm {
+        config.conv_channels.len()
+    } else {
+        0
+    };
     assert_eq!(
         moved[0].len(),
-        config.fc_widths.len() * 2,
+        (config.fc_widths.len() + conv_bns) * 2,
         "running statistics"
     );
     for (((name, a), (_, b)), (_, old)) in moved[0].iter().zip(&moved[1]).zip(&before) {
@@ -550,10 +597,43 @@ fn check_tower(config: &TowerConfig) {
     }
     assert_eq!(
         fused.1.len(),
-        config.conv_channels.len() * 2 + config.fc_widths.len() * 4 + 2,
+        (config.conv_channels.len() + conv_bns) * 2 + config.fc_widths.len() * 4 + 2,
         "every trainable tensor"
     );
     for ((name, a), (_, b)) in fused.1.iter().zip(&plain.1) {
         assert_close(name, a, b, 1e-3);
     }
+}
+
+#[test]
+fn max_pool_relu_on_a_hand_made_case() {
+    // One image 3x5, one channel (channels last): 2x2 windows give 1x2, the last row and
+    // column left over. Window 1 holds a tie (7 twice: the first one takes the
+    // gradient); window 2's maximum is negative (the ReLU zeroes it, no gradient).
+    let values = [
+        1f32, 7., -5., -3., 9., //
+        7., 2., -4., -6., 9., //
+        9., 9., 9., 9., 9.,
+    ];
+    let x = Var::from_tensor(&Tensor::from_slice(&values, (1, 3, 5, 1), &Device::Cpu).unwrap())
+        .unwrap();
+    let y = x.apply_op1(MaxPoolRelu { window: 2 }).unwrap();
+    assert_eq!(y.dims(), [1, 1, 2, 1]);
+    assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), [7., 0.]);
+    let g = (y * 3.0).unwrap().sum_all().unwrap().backward().unwrap();
+    let dx = g
+        .get(&x)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let mut expected = [0f32; 15];
+    expected[1] = 3.0;
+    assert_eq!(dx, expected);
+    // A NaN is not hidden by the ReLU; a window too small for the input is refused.
+    let nan = Tensor::from_slice(&[f32::NAN, 1., 2., 3.], (1, 2, 2, 1), &Device::Cpu).unwrap();
+    let y = nan.apply_op1(MaxPoolRelu { window: 2 }).unwrap();
+    assert!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0].is_nan());
+    assert!(nan.apply_op1(MaxPoolRelu { window: 3 }).is_err());
 }

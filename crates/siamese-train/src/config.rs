@@ -398,14 +398,7 @@ impl TrainConfig {
     /// rotations, a tower of four 64-channel 3x3 convolutions (strided where Snell's
     /// encoder max-pools) straight to a 64-D embedding.
     pub fn omniglot() -> Self {
-        let model = TowerConfig {
-            conv_channels: vec![64, 64, 64, 64],
-            conv_strides: vec![1, 2, 2, 2],
-            fc_widths: vec![],
-            embedding_dim: 64,
-            dropout: 0.0,
-            ..TowerConfig::default()
-        };
+        let model = TowerConfig::strided_four(28, 28, 64);
         Self {
             preset: "omniglot".into(),
             data: "omniglot".into(),

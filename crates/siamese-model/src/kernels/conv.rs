@@ -404,6 +404,9 @@ pub struct Conv2dRelu {
     /// column) order: the reordering is done per chunk while it is in cache, instead
     /// of by a strided copy of the whole tensor and another of its gradient.
     pub channels_first_output: bool,
+    /// Whether the ReLU is applied (`false` when batch norm comes between the
+    /// convolution and its ReLU, as in Snell's blocks: the layer is then `conv + bias`).
+    pub relu: bool,
 }
 
 impl Conv2dRelu {
@@ -435,9 +438,10 @@ impl Conv2dRelu {
             let (taps, col) = (Mat::rows(taps, o, k).t(), Mat::rows(col, nb * p, k));
             if !self.channels_first_output {
                 let out = matmul_uninit(out, col, taps, 1);
+                let floor = self.floor();
                 for row in out.chunks_exact_mut(o) {
                     for (v, &b) in row.iter_mut().zip(bias) {
-                        *v = (*v + b).max(0.0);
+                        *v = (*v + b).max(floor);
                     }
                 }
                 return out;
@@ -446,11 +450,12 @@ impl Conv2dRelu {
             // Each image's [P, O] block into [O, P]: output rows are written in order,
             // read at stride O.
             let images = out.chunks_exact_mut(p * o).zip(y.chunks_exact(p * o));
+            let floor = self.floor();
             for (out_img, y_img) in images {
                 for (oc, (row, &b)) in out_img.chunks_exact_mut(p).zip(bias).enumerate() {
                     let column = y_img[oc..].iter().step_by(o);
                     for (d, &v) in row.iter_mut().zip(column) {
-                        d.write((v + b).max(0.0));
+                        d.write((v + b).max(floor));
                     }
                 }
             }
@@ -463,10 +468,22 @@ impl Conv2dRelu {
         })
     }
 
+    /// The lower bound of the output: 0 with the ReLU, none without (`max(-inf)` keeps
+    /// every value, NaN aside, in one loop for both).
+    fn floor(&self) -> f32 {
+        if self.relu {
+            0.0
+        } else {
+            f32::NEG_INFINITY
+        }
+    }
+
     /// The gradient after the ReLU (`grad` where the layer's output `out` is positive,
-    /// else 0) into `gy`, channels last `[images * P, O]`, for a chunk of images.
+    /// else 0; all of `grad` without the ReLU) into `gy`, channels last `[images * P,
+    /// O]`, for a chunk of images.
     fn relu_gradient(&self, grad: &[f32], out: &[f32], gy: &mut [f32]) {
         let g = self.geometry;
+        let relu = self.relu;
         let (p, o) = (g.p(), g.c_out);
         if self.channels_first_output {
             // Each image's [O, P] plane into [P, O]: plane rows are read in order,
@@ -477,11 +494,15 @@ impl Conv2dRelu {
                 for (oc, (g_row, y_row)) in planes.enumerate() {
                     let dst = gy_img[oc..].iter_mut().step_by(o);
                     for ((d, &gv), &y) in dst.zip(g_row).zip(y_row) {
-                        *d = if y > 0.0 { gv } else { 0.0 };
+                        *d = if !relu || y > 0.0 { gv } else { 0.0 };
                     }
                 }
             }
         } else {
+            if !relu {
+                gy.copy_from_slice(grad);
+                return;
+            }
             for ((d, &gv), &y) in gy.iter_mut().zip(grad).zip(out) {
                 *d = if y > 0.0 { gv } else { 0.0 };
             }

@@ -1,7 +1,8 @@
 //! Fused CPU kernels for the tower's layers, as candle custom ops with their own
 //! backward passes: [`Conv2dRelu`] (im2col + GEMM, bias and ReLU folded in),
 //! [`LinearAct`] (one GEMM, bias and optional ReLU folded in) and [`DropoutBatchNorm`]
-//! (a hidden layer's dropout and training-mode batch norm, without candle's temporaries).
+//! (a hidden layer's dropout and training-mode batch norm, without candle's temporaries)
+//! and [`MaxPoolRelu`] (the end of a Snell block).
 //!
 //! They compute what the plain candle layers compute (the tests compare both, forward
 //! and backward, on random inputs) with fewer passes over memory and fewer
@@ -13,6 +14,7 @@ mod batch_norm;
 mod conv;
 mod gemm;
 mod linear;
+mod pool;
 
 pub use batch_norm::{batch_statistics, DropoutBatchNorm};
 pub use conv::{conv_stack_inference, Conv2dRelu, ConvGeometry};
@@ -20,6 +22,7 @@ pub use conv::{conv_stack_inference, Conv2dRelu, ConvGeometry};
 /// measure exactly what a step does.
 pub use gemm::{matmul, Mat};
 pub use linear::LinearAct;
+pub use pool::MaxPoolRelu;
 
 use candle_core::{bail, CpuStorage, DType, Device, Layout, Result, Storage};
 
