@@ -13,6 +13,9 @@
 //!   (PyTorch's `bench/torch_ref.py --bench`, which prints `train_pairs_per_s` and
 //!   `embed_images_per_s` as JSON) after each round, so both are measured alternately
 //!   under the same load, and reports the ratio of each round and their median.
+//!   `--omniglot` measures the Omniglot recipe instead (Snell's four-block tower,
+//!   60-way episodes of 1 + 5 images: `train_episodes_per_s` and `embed_images_per_s`),
+//!   against `--torch "python ../shared/bench/torch_omniglot.py --bench"`.
 //! - `ci`: what `.ci/run` runs: format check, clippy with warnings denied, the test
 //!   suite, siamese-data built without its default features, unused dependencies
 //!   (`cargo machete`), `vendor-check`, then `data-check` and `train-check`.
@@ -37,8 +40,8 @@ use anyhow::{bail, Context, Result};
 
 mod vendor;
 
-const USAGE: &str = "usage: cargo xtask <train [ARGS] | bench [--plain] [--rounds N] \
-                     [--torch COMMAND] | ci | data-check | train-check | vendor-check>";
+const USAGE: &str = "usage: cargo xtask <train [ARGS] | bench [--plain] [--omniglot] \
+                     [--rounds N] [--torch COMMAND] | ci | data-check | train-check | vendor-check>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -141,6 +144,9 @@ struct BenchOptions {
     rounds: usize,
     /// A reference benchmark run after each round, as a program and its arguments.
     torch: Option<Vec<String>>,
+    /// The Omniglot recipe's episodes (`throughput episodes`: Snell's four-block tower,
+    /// 60-way 1+5 episodes) instead of the reference network's pairs.
+    omniglot: bool,
 }
 
 impl BenchOptions {
@@ -152,11 +158,13 @@ impl BenchOptions {
             plain: false,
             rounds: 1,
             torch: None,
+            omniglot: false,
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             match arg.as_str() {
                 "--plain" => options.plain = true,
+                "--omniglot" => options.omniglot = true,
                 "--rounds" => {
                     let n = args.next().context("--rounds takes a number")?;
                     options.rounds = n
@@ -206,9 +214,14 @@ fn bench(options: &BenchOptions) -> Result<()> {
     };
     let mut rounds = Vec::with_capacity(options.rounds);
     for _ in 0..options.rounds {
-        let train = json(output_of(&bin, &[&["train"], mode].concat(), &[])?, "train")?;
-        let embed = json(output_of(&bin, &[&["embed"], mode].concat(), &[])?, "embed")?;
-        let mut round = serde_json::json!({ "train": train, "embed": embed });
+        let mut round = if options.omniglot {
+            let episodes = output_of(&bin, &[&["episodes"], mode].concat(), &[])?;
+            serde_json::json!({ "episodes": json(episodes, "episodes")? })
+        } else {
+            let train = json(output_of(&bin, &[&["train"], mode].concat(), &[])?, "train")?;
+            let embed = json(output_of(&bin, &[&["embed"], mode].concat(), &[])?, "embed")?;
+            serde_json::json!({ "train": train, "embed": embed })
+        };
         if let Some(words) = &options.torch {
             let (program, rest) = words.split_first().context("--torch: empty command")?;
             let out = output_of(Path::new(program), &args_str(rest), &[])?;
@@ -222,7 +235,12 @@ fn bench(options: &BenchOptions) -> Result<()> {
             return Ok(());
         }
     }
-    let summary = summarise(&rounds)?;
+    let figures = if options.omniglot {
+        EPISODE_FIGURES
+    } else {
+        PAIR_FIGURES
+    };
+    let summary = summarise(&rounds, figures)?;
     println!(
         "{}",
         serde_json::json!({ "rounds": rounds, "summary": summary })
@@ -230,11 +248,23 @@ fn bench(options: &BenchOptions) -> Result<()> {
     Ok(())
 }
 
+/// The figures of the reference network's rounds: (the round's part, the key).
+const PAIR_FIGURES: &[(&str, &str)] = &[
+    ("train", "train_pairs_per_s"),
+    ("embed", "embed_images_per_s"),
+];
+
+/// The figures of the Omniglot recipe's rounds.
+const EPISODE_FIGURES: &[(&str, &str)] = &[
+    ("episodes", "train_episodes_per_s"),
+    ("episodes", "embed_images_per_s"),
+];
+
 /// The median and best of each figure over the rounds, and with a reference, the
 /// ratio of each round (ours over the reference's, measured minutes apart) and the
 /// median of those ratios: the figure to quote on a shared machine, since both sides
 /// of one round saw about the same load.
-fn summarise(rounds: &[serde_json::Value]) -> Result<serde_json::Value> {
+fn summarise(rounds: &[serde_json::Value], figures: &[(&str, &str)]) -> Result<serde_json::Value> {
     let figure = |round: &serde_json::Value, side: &str, key: &str| -> Result<f64> {
         round[side][key]
             .as_f64()
@@ -242,10 +272,7 @@ fn summarise(rounds: &[serde_json::Value]) -> Result<serde_json::Value> {
             .with_context(|| format!("{side} gave no positive {key}"))
     };
     let mut summary = serde_json::Map::new();
-    for (side, key) in [
-        ("train", "train_pairs_per_s"),
-        ("embed", "embed_images_per_s"),
-    ] {
+    for &(side, key) in figures {
         let ours = rounds
             .iter()
             .map(|r| figure(r, side, key))
@@ -513,8 +540,14 @@ mod tests {
             BenchOptions {
                 plain: false,
                 rounds: 1,
-                torch: None
+                torch: None,
+                omniglot: false,
             }
+        );
+        assert!(
+            BenchOptions::parse(&args(&["--omniglot"]))
+                .unwrap()
+                .omniglot
         );
         let o = BenchOptions::parse(&args(&["--rounds", "3", "--torch", "py  ref.py --bench"]))
             .unwrap();
@@ -558,7 +591,7 @@ mod tests {
             round(500.0, 2000.0, Some((400.0, 1000.0))),
             round(450.0, 2500.0, Some((300.0, 500.0))),
         ];
-        let s = summarise(&rounds).unwrap();
+        let s = summarise(&rounds, PAIR_FIGURES).unwrap();
         assert_eq!(s["train_pairs_per_s"]["median"], 450.0);
         assert_eq!(s["train_pairs_per_s"]["best"], 500.0);
         assert_eq!(s["torch_train_pairs_per_s"]["median"], 300.0);
@@ -570,13 +603,13 @@ mod tests {
 
     #[test]
     fn summary_refuses_missing_or_broken_figures() {
-        assert!(summarise(&[round(f64::NAN, 1.0, None)]).is_err());
-        assert!(summarise(&[round(1.0, 1.0, Some((0.0, 1.0)))]).is_err());
+        assert!(summarise(&[round(f64::NAN, 1.0, None)], PAIR_FIGURES).is_err());
+        assert!(summarise(&[round(1.0, 1.0, Some((0.0, 1.0)))], PAIR_FIGURES).is_err());
         let mut no_embed = round(1.0, 1.0, None);
         no_embed["embed"] = serde_json::json!({});
-        assert!(summarise(&[no_embed]).is_err());
+        assert!(summarise(&[no_embed], PAIR_FIGURES).is_err());
         // Without a reference there are no ratios.
-        let s = summarise(&[round(1.0, 2.0, None)]).unwrap();
+        let s = summarise(&[round(1.0, 2.0, None)], PAIR_FIGURES).unwrap();
         assert!(s.get("train_pairs_per_s_ratio").is_none());
     }
 }

@@ -10,7 +10,12 @@
 //! fused kernels' (see `siamese_model::kernels::candle_ops_on_calling_thread`);
 //! `--default-malloc` keeps glibc's default allocator settings.
 //! `throughput embed [BATCHES]`: embedded images per second in inference, batches of
-//! 1000, after warm-up. Both print one JSON line; inputs are random images, since the
+//! 1000, after warm-up.
+//! `throughput episodes [EPISODES]`: the Omniglot recipe's training speed, as
+//! `../shared/bench/torch_omniglot.py --bench` measures PyTorch's: Snell's four-block
+//! tower at 28x28, 60-way episodes of 1 support and 5 query images a class (360
+//! images), the prototypical loss, backward and Adam, after warm-up; then the embedding
+//! of 4,000 images in batches of 500. Both print one JSON line; inputs are random images, since the
 //! arithmetic does not depend on the pixel values.
 //! `throughput layers [REPS]`: the per-layer profile: milliseconds of forward and of
 //! backward for each layer at training shapes (128 images), fused and plain, one JSON
@@ -24,8 +29,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
-use siamese_data::{BalancedPairs, Batcher, ImageSet};
-use siamese_loss::{Chopra2005, Euclidean, MinedLoss};
+use siamese_data::{BalancedPairs, Batcher, EpisodeSampler, ImageSet};
+use siamese_loss::{Chopra2005, Euclidean, MinedLoss, Prototypical};
 use siamese_model::kernels::{batch_statistics, Conv2dRelu, DropoutBatchNorm, LinearAct};
 use siamese_model::{ConvTower, Embedder, TowerConfig};
 use siamese_train::{AdamConfig, Pairing, Trainer};
@@ -110,6 +115,65 @@ fn train(steps: usize, plain: bool, pairing: Pairing) -> serde_json::Value {
         "peak_rss_mib": peak,
         "ms_per_step": {"forward_and_loss": phases[0], "backward": phases[1],
                         "optimizer": phases[2], "free": phases[3]},
+    })
+}
+
+/// 60-way episodes of 1 + 5 images through Snell's four-block tower (the shapes of
+/// `torch_omniglot.py --bench`), then the embedding of 4,000 images.
+fn episodes(count: usize, plain: bool) -> serde_json::Value {
+    let device = Device::Cpu;
+    let (ways, shots, queries) = (60, 1, 5);
+    // Omniglot's shape: 20 drawings of each of 200 characters.
+    let pixels = (0..4_000usize * 784)
+        .map(|i| ((i * 2_654_435_761) >> 13) as u8)
+        .collect();
+    let labels = (0..4_000).map(|i| (i / 20) as u32).collect();
+    let set =
+        ImageSet::new(28, 28, 200, pixels, labels, "synthetic".as_ref()).expect("consistent sizes");
+    let config = TowerConfig::four_block(28, 28, 64);
+    let (mut tower, varmap) = ConvTower::init(&config, &device, 0).expect("valid config");
+    tower.set_fused(!plain);
+    let params = ConvTower::trainable_parameters(&varmap);
+    let sampler = EpisodeSampler::new(set.labels(), ways, shots, queries, 0).expect("sampler");
+    let loss = Prototypical {
+        ways,
+        shots,
+        queries,
+    };
+    let batcher = Batcher::new(device.clone());
+    let mut trainer = Trainer::new(sampler, tower, loss, params, AdamConfig::default(), batcher)
+        .expect("trainer");
+    if plain {
+        trainer.optimizer.use_tensor_ops();
+    }
+    let images = ways * (shots + queries);
+    for s in 0..WARMUP {
+        trainer.step(&set, images, 1e-3, s as u64).expect("step");
+    }
+    let start = Instant::now();
+    for s in 0..count {
+        trainer.step(&set, images, 1e-3, s as u64).expect("step");
+    }
+    let train_secs = start.elapsed().as_secs_f64();
+    let x = Tensor::rand(0f32, 1., (4_000, 1, 28, 28), &device).expect("tensor");
+    let tower = &trainer.tower;
+    tower
+        .forward_t(&x.narrow(0, 0, 256).expect("narrow"), false)
+        .expect("forward");
+    let start = Instant::now();
+    for first in (0..4_000).step_by(500) {
+        let batch = x.narrow(0, first, 500).expect("narrow");
+        tower.forward_t(&batch, false).expect("forward");
+    }
+    let embed_secs = start.elapsed().as_secs_f64();
+    serde_json::json!({
+        "mode": "episodes", "plain_candle": plain, "episodes": count, "way": ways,
+        "shot": shots, "query": queries, "size": 28, "tower": "four-block",
+        "train_episodes_per_s": count as f64 / train_secs,
+        "train_images_per_s": (count * images) as f64 / train_secs,
+        "embed_images_per_s": 4_000.0 / embed_secs,
+        "machine": siamese_benches::machine(),
+        "peak_rss_mib": peak_rss_mib(),
     })
 }
 
@@ -454,6 +518,7 @@ fn main() {
     let out = match args.first().map(String::as_str) {
         Some("train") => train(count(30), plain, pairing),
         Some("embed") => embed(count(5), plain),
+        Some("episodes") => episodes(count(20), plain),
         Some("gemm") => {
             for line in gemm_products(count(9)) {
                 println!("{line}");
@@ -468,7 +533,8 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: throughput train [STEPS] | embed [BATCHES] | layers [REPS] | gemm [REPS], \
+                "usage: throughput train [STEPS] | embed [BATCHES] | episodes [EPISODES] | \
+                 layers [REPS] | gemm [REPS], \
                  options --plain --all-in-batch --candle-pool --default-malloc"
             );
             std::process::exit(2);

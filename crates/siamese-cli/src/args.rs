@@ -495,6 +495,31 @@ mod tests {
     use siamese_model::TowerLayer;
 
     #[test]
+    fn a_tower_name_keeps_the_input_and_the_embedding() {
+        let model = siamese_model::TowerConfig {
+            input_height: 56,
+            input_width: 46,
+            embedding_dim: 32,
+            normalize: true,
+            embed_from: TowerLayer::Hidden(0),
+            ..Default::default()
+        };
+        let blocks = TowerName::FourBlock.apply(&model);
+        assert_eq!((blocks.input_height, blocks.input_width), (56, 46));
+        assert_eq!((blocks.embedding_dim, blocks.normalize), (32, true));
+        assert!(blocks.conv_batch_norm && blocks.conv_pool == 2);
+        // The four-block tower has no hidden layer to read: the head is read.
+        assert_eq!(blocks.embed_from, TowerLayer::Head);
+        blocks.validate().unwrap();
+        let strided = TowerName::Strided.apply(&blocks);
+        assert!(!strided.conv_batch_norm && strided.conv_pool == 1);
+        assert_eq!(strided.conv_strides, [1, 2, 2, 2]);
+        let reference = TowerName::Reference.apply(&strided);
+        assert_eq!(reference.fc_widths, [1024, 512]);
+        assert_eq!(reference.input_height, 56);
+    }
+
+    #[test]
     fn layers_are_named_as_the_checkpoint_names_them() {
         assert_eq!(parse_layer("head"), Ok(TowerLayer::Head));
         assert_eq!(parse_layer("fc1"), Ok(TowerLayer::Hidden(0)));

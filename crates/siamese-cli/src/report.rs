@@ -46,8 +46,8 @@ impl Printer {
 impl Reporter for Printer {
     fn step(&mut self, r: &StepRecord, total: u64) {
         let msg = format!(
-            "loss {:.4}  lr {:.2e}  {:.0} pairs/s",
-            r.loss, r.lr, r.pairs_per_s
+            "loss {:.4}  lr {:.2e}  {:.0} pairs/s  {:.2} steps/s",
+            r.loss, r.lr, r.pairs_per_s, r.steps_per_s
         );
         let elapsed = self.started.elapsed().as_secs_f64();
         match self.bar(total) {

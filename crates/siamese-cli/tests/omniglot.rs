@@ -160,7 +160,8 @@ fn omniglot_trains_and_reports_one_shot_accuracy() {
     let mhd = runs["modified_hausdorff"]["accuracy"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&mhd));
 
-    // Episodic training (prototypical loss) runs through the same step and resumes.
+    // Episodic training (prototypical loss) on Snell's four-block tower runs through the
+    // same step, resumes, and evaluates from its checkpoint alone.
     let episodic = tmp.path().join("episodic");
     let e = episodic.to_str().unwrap();
     let train = |steps: &str, resume: bool| {
@@ -181,6 +182,8 @@ fn omniglot_trains_and_reports_one_shot_accuracy() {
                 "2",
                 "--queries",
                 "3",
+                "--tower",
+                "four-block",
                 "--out",
                 e,
             ]);
@@ -194,8 +197,24 @@ fn omniglot_trains_and_reports_one_shot_accuracy() {
             .unwrap();
     assert_eq!(config["sampler"]["kind"], "episodes");
     assert_eq!(config["sampler"]["ways"], 5);
+    assert_eq!(config["model"]["conv_pool"], 2);
+    assert_eq!(config["model"]["conv_batch_norm"], true);
     let steps = std::fs::read_to_string(episodic.join("metrics.jsonl")).unwrap();
     assert!(steps.contains("\"step\":12"), "{steps}");
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(episodic.join("metrics.json")).unwrap())
+            .unwrap();
+    let model = episodic.join("model.safetensors");
+    let eval = check(&sealed(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--json",
+    ]));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&eval).unwrap(),
+        metrics
+    );
     let refused = sealed(&[
         "train",
         "--data",

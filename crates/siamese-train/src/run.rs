@@ -84,8 +84,12 @@ pub struct StepRecord {
     pub loss: f64,
     /// Its learning rate.
     pub lr: f64,
-    /// Training pairs per second since the previous record.
+    /// Training pairs per second since the previous record (an episode counts its
+    /// images by twos).
     pub pairs_per_s: f64,
+    /// Steps (episodes, with the episode sampler) per second since the previous record.
+    #[serde(default)]
+    pub steps_per_s: f64,
 }
 
 /// One evaluation on validation pairs during training.
@@ -215,6 +219,8 @@ struct Run<'a> {
     checkpointed: Option<u64>,
     clock: Instant,
     pairs_since: usize,
+    /// Steps since then.
+    steps_since: usize,
 }
 
 impl<'a> Run<'a> {
@@ -267,6 +273,7 @@ impl<'a> Run<'a> {
             checkpointed: None,
             clock: Instant::now(),
             pairs_since: 0,
+            steps_since: 0,
         })
     }
 
@@ -340,6 +347,7 @@ impl<'a> Run<'a> {
             SamplerConfig::Episodes { .. } => (config.images_per_step() / 2) as usize,
             _ => config.batch_size,
         };
+        self.steps_since += 1;
         self.progress.step = step + 1;
         Ok(lr)
     }
@@ -356,11 +364,13 @@ impl<'a> Run<'a> {
     /// Logs the step (metrics log, TensorBoard, reporter).
     fn log_step(&mut self, lr: f64, reporter: &mut dyn Reporter) -> Result<(), TrainError> {
         let done = self.progress.step;
+        let seconds = self.clock.elapsed().as_secs_f64().max(1e-9);
         let record = StepRecord {
             step: done,
             loss: self.progress.last_loss,
             lr,
-            pairs_per_s: self.pairs_since as f64 / self.clock.elapsed().as_secs_f64().max(1e-9),
+            pairs_per_s: self.pairs_since as f64 / seconds,
+            steps_per_s: self.steps_since as f64 / seconds,
         };
         self.folder.log.append("train", &record)?;
         self.events().scalars(
@@ -369,6 +379,7 @@ impl<'a> Run<'a> {
                 ("train/loss", record.loss),
                 ("train/lr", lr),
                 ("train/pairs_per_s", record.pairs_per_s),
+                ("train/steps_per_s", record.steps_per_s),
             ],
         )?;
         reporter.step(&record, self.config.steps);
@@ -439,6 +450,7 @@ impl<'a> Run<'a> {
     fn restart_clock(&mut self) {
         self.clock = Instant::now();
         self.pairs_since = 0;
+        self.steps_since = 0;
     }
 
     fn events(&mut self) -> &mut EventWriter {

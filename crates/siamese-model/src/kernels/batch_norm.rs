@@ -13,8 +13,36 @@
 use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use rayon::prelude::*;
 
 use super::{cpu_f32, cpu_f32_tensor};
+
+/// Rows per chunk of the passes over `[rows, features]`. The chunks run in parallel and
+/// their per-feature sums are added in chunk order, so results do not depend on the
+/// thread count; a hidden layer's batch (a few hundred rows) is one chunk, summed row by
+/// row as before. A convolution's output seen as `[images * pixels, channels]` (Snell's
+/// blocks: 282,240 rows for a 60-way episode) is many.
+const CHUNK_ROWS: usize = 4096;
+
+/// `width` sums, to which `add(row, sums)` adds each of `rows` rows' terms, chunk by
+/// chunk in parallel, the chunks' sums added in order.
+fn sum_rows(rows: usize, width: usize, add: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    let partials: Vec<Vec<f32>> = (0..rows.div_ceil(CHUNK_ROWS))
+        .into_par_iter()
+        .map(|c| {
+            let mut sums = vec![0f32; width];
+            for row in c * CHUNK_ROWS..rows.min((c + 1) * CHUNK_ROWS) {
+                add(row, &mut sums);
+            }
+            sums
+        })
+        .collect();
+    let mut total = vec![0f32; width];
+    for part in &partials {
+        total.iter_mut().zip(part).for_each(|(t, p)| *t += p);
+    }
+    total
+}
 
 /// The batch statistics of `x` `[batch, features]` (CPU, f32, contiguous; read in
 /// place) after the dropout multipliers `mask` (as many elements; `None`: no dropout):
@@ -30,23 +58,24 @@ pub fn batch_statistics(
     if mask.is_some_and(|m| m.len() != x.len()) {
         candle_core::bail!("batch statistics: the mask does not fit [{batch}, {features}]");
     }
-    let mut mean = vec![0f32; features];
-    for (b, row) in x.chunks_exact(features).enumerate() {
+    let row = |b: usize| &x[b * features..(b + 1) * features];
+    let mut mean = sum_rows(batch, features, |b, sums| {
+        let row = row(b);
         let mask_row = mask.map(|m| &m[b * features..(b + 1) * features]);
-        for (f, (s, &v)) in mean.iter_mut().zip(row).enumerate() {
+        for (f, (s, &v)) in sums.iter_mut().zip(row).enumerate() {
             *s += mask_row.map_or(v, |m| v * m[f]);
         }
-    }
+    });
     let n = batch as f32;
     mean.iter_mut().for_each(|s| *s /= n);
-    let mut var = vec![0f32; features];
-    for (b, row) in x.chunks_exact(features).enumerate() {
+    let mut var = sum_rows(batch, features, |b, sums| {
+        let row = row(b);
         let mask_row = mask.map(|m| &m[b * features..(b + 1) * features]);
-        for (f, ((s, &v), &mu)) in var.iter_mut().zip(row).zip(&mean).enumerate() {
+        for (f, ((s, &v), &mu)) in sums.iter_mut().zip(row).zip(&mean).enumerate() {
             let c = mask_row.map_or(v, |m| v * m[f]) - mu;
             *s += c * c;
         }
-    }
+    });
     var.iter_mut().for_each(|s| *s /= n);
     Ok((mean, var))
 }
@@ -118,18 +147,39 @@ impl CustomOp3 for DropoutBatchNorm {
         let batch = self.check(l1, gamma.len(), beta.len())?;
         let features = self.mean.len();
         let std = self.std();
-        // Written once, row by row (not a copy of the input overwritten in place).
-        let mut y = Vec::with_capacity(batch * features);
-        for (b, row) in x.chunks_exact(features).enumerate() {
-            let mask_row = self
-                .mask
-                .as_ref()
-                .map(|m| &m[b * features..(b + 1) * features]);
-            y.extend(row.iter().enumerate().map(|(f, &v)| {
-                let d = mask_row.map_or(v, |m| v * m[f]);
-                (d - self.mean[f]) / std[f] * gamma[f] + beta[f]
-            }));
-        }
+        let mut y = vec![0f32; batch * features];
+        let chunk = CHUNK_ROWS * features;
+        y.par_chunks_mut(chunk)
+            .zip(x.par_chunks(chunk))
+            .enumerate()
+            .for_each(|(c, (y, x))| {
+                let rows = y.chunks_exact_mut(features).zip(x.chunks_exact(features));
+                if self.mask.is_none() {
+                    // The same arithmetic over plain slices, which the compiler turns
+                    // into vector lanes (a spatial batch norm's millions of rows).
+                    let stats = self.mean.iter().zip(&std).zip(gamma.iter().zip(beta));
+                    let stats: Vec<_> = stats.collect();
+                    for (y_row, row) in rows {
+                        for ((d, &v), ((&mu, &sd), (&g, &b))) in
+                            y_row.iter_mut().zip(row).zip(&stats)
+                        {
+                            *d = (v - mu) / sd * g + b;
+                        }
+                    }
+                    return;
+                }
+                for (r, (y_row, row)) in rows.enumerate() {
+                    let b = c * CHUNK_ROWS + r;
+                    let mask_row = self
+                        .mask
+                        .as_ref()
+                        .map(|m| &m[b * features..(b + 1) * features]);
+                    for (f, (d, &v)) in y_row.iter_mut().zip(row).enumerate() {
+                        let v = mask_row.map_or(v, |m| v * m[f]);
+                        *d = (v - self.mean[f]) / std[f] * gamma[f] + beta[f];
+                    }
+                }
+            });
         Ok((CpuStorage::F32(y), Shape::from((batch, features))))
     }
 
@@ -164,34 +214,66 @@ impl CustomOp3 for DropoutBatchNorm {
                 .as_ref()
                 .map(|m| &m[b * features..(b + 1) * features])
         };
-        // xhat, kept for the second pass; sums of g and g * xhat per feature.
-        let mut xhat = vec![0f32; batch * features];
-        let mut d_beta = vec![0f32; features];
-        let mut d_gamma = vec![0f32; features];
-        for b in 0..batch {
+        let xhat = |b: usize, f: usize, v: f32| {
+            let d = mask_row(b).map_or(v, |m| v * m[f]);
+            (d - self.mean[f]) / std[f]
+        };
+        // Sums of g and of g * xhat per feature, in one pass.
+        let sums = sum_rows(batch, 2 * features, |b, sums| {
+            let (d_beta, d_gamma) = sums.split_at_mut(features);
             let span = b * features..(b + 1) * features;
-            let (row, g_row, h_row) = (&xv[span.clone()], &grad[span.clone()], &mut xhat[span]);
-            let m = mask_row(b);
-            for f in 0..features {
-                let d = m.map_or(row[f], |m| row[f] * m[f]);
-                let h = (d - self.mean[f]) / std[f];
-                h_row[f] = h;
-                d_beta[f] += g_row[f];
-                d_gamma[f] += g_row[f] * h;
+            let (x_row, g_row) = (&xv[span.clone()], &grad[span]);
+            if self.mask.is_none() {
+                // As below, over plain slices (vector lanes).
+                let lanes = d_beta.iter_mut().zip(d_gamma.iter_mut());
+                let stats = self.mean.iter().zip(&std);
+                for (((db, dg), (&v, &g)), (&mu, &sd)) in
+                    lanes.zip(x_row.iter().zip(g_row)).zip(stats)
+                {
+                    *db += g;
+                    *dg += g * ((v - mu) / sd);
+                }
+                return;
             }
-        }
+            for (f, (&v, &g)) in x_row.iter().zip(g_row).enumerate() {
+                d_beta[f] += g;
+                d_gamma[f] += g * xhat(b, f, v);
+            }
+        });
+        let (d_beta, d_gamma) = (sums[..features].to_vec(), sums[features..].to_vec());
         let n = batch as f32;
-        let mut dx = xhat;
-        for b in 0..batch {
-            let span = b * features..(b + 1) * features;
-            let (g_row, dx_row) = (&grad[span.clone()], &mut dx[span]);
-            let m = mask_row(b);
-            for f in 0..features {
-                let h = dx_row[f];
-                let v = w[f] / std[f] * (g_row[f] - d_beta[f] / n - h * d_gamma[f] / n);
-                dx_row[f] = m.map_or(v, |m| v * m[f]);
-            }
-        }
+        let mut dx = vec![0f32; batch * features];
+        let chunk = CHUNK_ROWS * features;
+        dx.par_chunks_mut(chunk)
+            .zip(xv.par_chunks(chunk).zip(grad.par_chunks(chunk)))
+            .enumerate()
+            .for_each(|(c, (dx, (x, g)))| {
+                let rows = dx.chunks_exact_mut(features).zip(x.chunks_exact(features));
+                if self.mask.is_none() {
+                    // The same arithmetic over plain slices (vector lanes).
+                    let stats: Vec<_> = (0..features)
+                        .map(|f| (self.mean[f], std[f], w[f], d_beta[f], d_gamma[f]))
+                        .collect();
+                    for ((dx_row, x_row), g_row) in rows.zip(g.chunks_exact(features)) {
+                        let lanes = dx_row.iter_mut().zip(x_row.iter().zip(g_row));
+                        for ((d, (&v, &gv)), &(mu, sd, wf, db, dg)) in lanes.zip(&stats) {
+                            let h = (v - mu) / sd;
+                            *d = wf / sd * (gv - db / n - h * dg / n);
+                        }
+                    }
+                    return;
+                }
+                for (r, ((dx_row, x_row), g_row)) in rows.zip(g.chunks_exact(features)).enumerate()
+                {
+                    let b = c * CHUNK_ROWS + r;
+                    let m = mask_row(b);
+                    for f in 0..features {
+                        let h = xhat(b, f, x_row[f]);
+                        let v = w[f] / std[f] * (g_row[f] - d_beta[f] / n - h * d_gamma[f] / n);
+                        dx_row[f] = m.map_or(v, |m| v * m[f]);
+                    }
+                }
+            });
         let device = x.device();
         Ok((
             Some(Tensor::from_vec(dx, (batch, features), device)?),

@@ -39,35 +39,76 @@ impl MaxPoolRelu {
         }
     }
 
-    /// For each output element of one image (`[h_out, w_out, c]`), the offset in the
-    /// image (`[h, w, c]`) of its window's first maximum, and that maximum.
-    fn argmax_image(
+    /// Calls `visit(tap, values)` for each tap of output pixel `(oy, ox)`'s window, in
+    /// row-major order: `values` are the tap's `c` channels in the image `x` (`[h, w, c]`
+    /// flattened), `tap` its offset there.
+    fn taps<'x>(
+        &self,
+        x: &'x [f32],
+        (w, c): (usize, usize),
+        (oy, ox): (usize, usize),
+        mut visit: impl FnMut(usize, &'x [f32]),
+    ) {
+        let p = self.window;
+        for dy in 0..p {
+            for dx in 0..p {
+                let at = ((oy * p + dy) * w + ox * p + dx) * c;
+                visit(at, &x[at..at + c]);
+            }
+        }
+    }
+
+    /// `relu(max)` of each window of one image `x` (`[h, w, c]`) into `y` (`[h_out,
+    /// w_out, c]`), channel by channel in vector lanes. A NaN in a window is its maximum
+    /// (not hidden by the ReLU, as `f32::max` would).
+    fn forward_image(&self, x: &[f32], (h, w, c): (usize, usize, usize), y: &mut [f32]) {
+        let p = self.window;
+        let (ho, wo) = (h / p, w / p);
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let out = &mut y[(oy * wo + ox) * c..][..c];
+                out.fill(0.0);
+                self.taps(x, (w, c), (oy, ox), |_, values| {
+                    for (o, &v) in out.iter_mut().zip(values) {
+                        *o = if v > *o || v.is_nan() { v } else { *o };
+                    }
+                });
+            }
+        }
+    }
+
+    /// The gradient of one image: each output's `g` to its window's first maximum in
+    /// `x`, when that maximum is positive (the ReLU's gradient), into `dx` (zeroed).
+    fn backward_image(
         &self,
         x: &[f32],
         (h, w, c): (usize, usize, usize),
-        mut f: impl FnMut(usize, usize, f32),
+        g: &[f32],
+        dx: &mut [f32],
     ) {
         let p = self.window;
         let (ho, wo) = (h / p, w / p);
-        let mut best = vec![(0usize, f32::NEG_INFINITY); c];
+        // Each channel's largest value so far (above 0: only those take a gradient)
+        // and where it is.
+        let mut best = vec![0f32; c];
+        let mut at_best = vec![usize::MAX; c];
         for oy in 0..ho {
             for ox in 0..wo {
-                best.iter_mut()
-                    .for_each(|b| *b = (usize::MAX, f32::NEG_INFINITY));
-                for dy in 0..p {
-                    for dx in 0..p {
-                        let at = ((oy * p + dy) * w + ox * p + dx) * c;
-                        for (ch, (b, &v)) in best.iter_mut().zip(&x[at..at + c]).enumerate() {
-                            // `>` keeps the first maximum; a NaN is taken so it propagates.
-                            if b.0 == usize::MAX || v > b.1 || (v.is_nan() && !b.1.is_nan()) {
-                                *b = (at + ch, v);
-                            }
+                best.fill(0.0);
+                at_best.fill(usize::MAX);
+                self.taps(x, (w, c), (oy, ox), |at, values| {
+                    let lanes = best.iter_mut().zip(at_best.iter_mut()).zip(values);
+                    for (ch, ((b, a), &v)) in lanes.enumerate() {
+                        if v > *b {
+                            (*b, *a) = (v, at + ch);
                         }
                     }
-                }
-                let out = (oy * wo + ox) * c;
-                for (ch, &(at, v)) in best.iter().enumerate() {
-                    f(out + ch, at, v);
+                });
+                let out = &g[(oy * wo + ox) * c..][..c];
+                for (&a, &gv) in at_best.iter().zip(out) {
+                    if a != usize::MAX {
+                        dx[a] += gv;
+                    }
                 }
             }
         }
@@ -86,12 +127,7 @@ impl CustomOp1 for MaxPoolRelu {
         let mut y = vec![0f32; b * out_image];
         y.par_chunks_mut(out_image.max(1))
             .zip(x.par_chunks(in_image.max(1)))
-            .for_each(|(y, x)| {
-                // A NaN stays NaN (`f32::max` would turn it into 0).
-                self.argmax_image(x, (h, w, c), |o, _, v| {
-                    y[o] = if v.is_nan() || v > 0.0 { v } else { 0.0 }
-                });
-            });
+            .for_each(|(y, x)| self.forward_image(x, (h, w, c), y));
         Ok((CpuStorage::F32(y), Shape::from((b, ho, wo, c))))
     }
 
@@ -118,13 +154,7 @@ impl CustomOp1 for MaxPoolRelu {
         dx.par_chunks_mut(in_image.max(1))
             .zip(xv.par_chunks(in_image.max(1)))
             .zip(grad.par_chunks(out_image.max(1)))
-            .for_each(|((dx, x), g)| {
-                self.argmax_image(x, (h, w, c), |o, at, v| {
-                    if v > 0.0 {
-                        dx[at] += g[o];
-                    }
-                });
-            });
+            .for_each(|((dx, x), g)| self.backward_image(x, (h, w, c), g, dx));
         Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
     }
 }
