@@ -906,26 +906,32 @@ fn verify(a: VerifyArgs) -> Result<()> {
 }
 
 /// The embeddings of image files, read and scaled as the checkpoint's training
-/// images were (resized for image folders, exact size for the IDX sets).
+/// images were (resized for image folders, exact size for the IDX sets; for Omniglot,
+/// 105 x 105 drawings with dark ink, turned and reduced as the npz drawings are).
 pub(crate) fn embed_files(
     tower: &siamese_model::ConvTower,
     ckpt: &checkpoint::Checkpoint,
     files: &[PathBuf],
 ) -> Result<Vec<f32>> {
     let (h, w) = (ckpt.config.input_height, ckpt.config.input_width);
-    let preprocessing = Provenance::from_checkpoint(ckpt)?
-        .preprocessing
-        .unwrap_or(Preprocessing {
-            height: h,
-            width: w,
-            resize: false,
-        });
+    let provenance = Provenance::from_checkpoint(ckpt)?;
+    let omniglot = provenance.omniglot.is_some();
+    let preprocessing = provenance.preprocessing.unwrap_or(Preprocessing {
+        height: h,
+        width: w,
+        resize: false,
+    });
     if (preprocessing.height, preprocessing.width) != (h, w) {
         bail!("the checkpoint's preprocessing and model config disagree on the input size");
     }
     let mut pixels = Vec::with_capacity(files.len() * h * w);
     for file in files {
-        pixels.extend(read_image(file, &preprocessing)?);
+        if omniglot {
+            let (_, small) = siamese_data::omniglot::runs::read_drawing(file, [h, w])?;
+            pixels.extend(small);
+        } else {
+            pixels.extend(read_image(file, &preprocessing)?);
+        }
     }
     let images = Batcher::new(device()?).raw_images(&pixels, h, w)?;
     Ok(tower.embed(&images)?.flatten_all()?.to_vec1::<f32>()?)

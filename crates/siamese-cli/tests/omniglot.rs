@@ -160,6 +160,48 @@ fn omniglot_trains_and_reports_one_shot_accuracy() {
     let mhd = runs["modified_hausdorff"]["accuracy"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&mhd));
 
+    // `siamese verify` and `siamese search` take Omniglot drawings as image files (105 x
+    // 105, dark ink, as Lake's runs hold them), prepared as the npz drawings are: a
+    // query that is drawing 7 of evaluation character 0 finds that very drawing in a
+    // gallery of the evaluation set at distance 0, under its character's name.
+    let gallery = tmp.path().join("gallery.safetensors");
+    let g = gallery.to_str().unwrap();
+    check(&sealed(&[
+        "index", "--model", m, "--data", "omniglot", "--out", g,
+    ]));
+    let run01 = omniglot.join("one-shot-runs/run01");
+    let query = run01.join("test/item00.png");
+    let q = query.to_str().unwrap();
+    let found: serde_json::Value = serde_json::from_str(&check(&sealed(&[
+        "search",
+        "--gallery",
+        g,
+        "--model",
+        m,
+        "-k",
+        "3",
+        "--json",
+        q,
+    ])))
+    .unwrap();
+    let first = &found[0]["neighbours"][0];
+    assert_eq!(first["class"], "evaluation/001", "{found}");
+    assert!(first["distance"].as_f64().unwrap() < 1e-4, "{found}");
+    let support = run01.join("training/class00.png");
+    let verdict = check(&sealed(&[
+        "verify",
+        "--model",
+        m,
+        q,
+        support.to_str().unwrap(),
+    ]));
+    assert!(verdict.contains("distance"), "{verdict}");
+    // A file that is not a 105 x 105 drawing is refused, naming it.
+    let small = tmp.path().join("small.png");
+    write_gray_png(&small, 28, 28, &[255; 28 * 28]);
+    let refused = sealed(&["verify", "--model", m, q, small.to_str().unwrap()]);
+    assert_one_line_error(&refused, &["small.png", "105x105"]);
+
     // Episodic training (prototypical loss) on Snell's four-block tower runs through the
     // same step, resumes, and evaluates from its checkpoint alone.
     let episodic = tmp.path().join("episodic");

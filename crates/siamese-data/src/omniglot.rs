@@ -410,6 +410,31 @@ pub mod runs {
     }
 
     #[cfg(feature = "image-folder")]
+    /// Reads one Omniglot drawing saved as an image file (105 x 105, dark ink on white
+    /// paper, as in Lake's runs and the original PNG release) the way the npz drawings
+    /// are prepared: ink becomes the bright value, then the area average to `size`.
+    /// Returns the 105 x 105 ink image and the resized one; another size is an error
+    /// naming the file.
+    pub fn read_drawing(path: &Path, size: [usize; 2]) -> Result<(Vec<u8>, Vec<u8>), DataError> {
+        let (h, w, pixels) = decode_gray(path)?;
+        if (h, w) != (NATIVE_SIDE, NATIVE_SIDE) {
+            return Err(DataError::ImageFile {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "{h}x{w} pixels, expected an Omniglot drawing of {NATIVE_SIDE}x{NATIVE_SIDE}"
+                ),
+            });
+        }
+        // Dark ink on white paper: ink becomes the bright value.
+        let native: Vec<u8> = pixels
+            .iter()
+            .map(|&p| if p < 128 { 255 } else { 0 })
+            .collect();
+        let small = area_resize(&native, (NATIVE_SIDE, NATIVE_SIDE), (size[0], size[1]));
+        Ok((native, small))
+    }
+
+    #[cfg(feature = "image-folder")]
     /// Reads every `runNN` folder of `root` (sorted), resizing to `size`. A folder
     /// with a missing, unreadable or misnamed image, a labels file naming an image
     /// that is not there, a query listed twice, or no runs at all is an error naming
@@ -490,20 +515,7 @@ pub mod runs {
             if !path.is_file() {
                 return Err(bad(format!("names {name}, which is not there")));
             }
-            let (h, w, pixels) = decode_gray(&path)?;
-            if (h, w) != (NATIVE_SIDE, NATIVE_SIDE) {
-                return Err(DataError::ImageFile {
-                    path,
-                    detail: format!("{h}x{w}, expected {NATIVE_SIDE}x{NATIVE_SIDE}"),
-                });
-            }
-            // Dark ink on white paper: ink becomes the bright value.
-            let native: Vec<u8> = pixels
-                .iter()
-                .map(|&p| if p < 128 { 255 } else { 0 })
-                .collect();
-            let small = area_resize(&native, (NATIVE_SIDE, NATIVE_SIDE), (size[0], size[1]));
-            Ok((native, small))
+            read_drawing(&path, size)
         };
         let (mut support_native, mut support) = (Vec::new(), Vec::new());
         for name in &supports {
