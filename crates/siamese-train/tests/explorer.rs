@@ -37,6 +37,74 @@ fn headless(bin: &str, profile: &Path) -> Command {
     c
 }
 
+/// Opens `file` with `#selftest=FILTER` and returns what the page's self-test reported,
+/// and the page's DOM.
+fn self_test(bin: &str, file: &Path, filter: &str) -> (serde_json::Value, String) {
+    let url = format!("file://{}#selftest={filter}", file.display());
+    let profile = file.with_extension("profile");
+    let out = headless(bin, &profile)
+        .arg("--dump-dom")
+        .arg(&url)
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout).into_owned();
+    let start = dom
+        .find("id=\"selftest-result\"")
+        .unwrap_or_else(|| panic!("no self-test result in the page: {dom:.2000}"));
+    let json = &dom[start..];
+    let json = &json[json.find('>').unwrap() + 1..json.find("</pre>").unwrap()];
+    assert!(!json.is_empty(), "the self-test wrote nothing: {dom:.3000}");
+    // The DOM dump escapes text as HTML.
+    let json = json
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&amp;", "&");
+    let seen: serde_json::Value = serde_json::from_str(&json).unwrap();
+    eprintln!("self-test: {seen}");
+    (seen, dom)
+}
+
+#[test]
+fn the_legend_of_a_thousand_classes_scrolls_and_filters() {
+    let Some(bin) = chromium() else {
+        eprintln!("SKIPPED: no chromium (set SIAMESE_CHROMIUM)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let classes = 1000usize;
+    let n = 2 * classes;
+    let embeddings: Vec<f32> = (0..n)
+        .flat_map(|i| [(i % classes) as f32, (i / classes) as f32 + (i % 7) as f32])
+        .collect();
+    let labels: Vec<u32> = (0..n).map(|i| (i % classes) as u32).collect();
+    let names: Vec<String> = (0..classes).map(|c| format!("class {c}")).collect();
+    let page = explorer_html(&Exploration {
+        title: "many classes",
+        set: LabelledEmbeddings {
+            embeddings: &embeddings,
+            dim: 2,
+            labels: &labels,
+            class_names: &names,
+            paths: &[],
+            images: None,
+        },
+        threshold: None,
+    })
+    .unwrap();
+    let file = dir.path().join("many.html");
+    std::fs::write(&file, &page).unwrap();
+    let (seen, _) = self_test(&bin, &file, "class%2012");
+    assert_eq!(seen["errors"], serde_json::json!([]), "{seen}");
+    assert_eq!(seen["legendEntries"], 1000);
+    assert_eq!(seen["legendScrolls"], true, "{seen}");
+    assert!(seen["colours"].as_u64().unwrap() > 900, "{seen}");
+    // "class 12" lists classes 12 and 120-129; hiding them leaves 989 drawn.
+    assert_eq!(seen["listed"], 11, "{seen}");
+    assert_eq!(seen["drawnAfterHide"], 989, "{seen}");
+    assert_eq!(seen["drawnAfterShow"], 1000, "{seen}");
+}
+
 #[test]
 fn the_explorer_works_in_a_real_browser() {
     let Some(bin) = chromium() else {
@@ -82,28 +150,7 @@ fn the_explorer_works_in_a_real_browser() {
     .unwrap();
     let file = dir.path().join("page.html");
     std::fs::write(&file, &page).unwrap();
-    let url = format!("file://{}#selftest", file.display());
-
-    let out = headless(&bin, &dir.path().join("profile"))
-        .arg("--dump-dom")
-        .arg(&url)
-        .output()
-        .unwrap();
-    let dom = String::from_utf8_lossy(&out.stdout);
-    let start = dom
-        .find("id=\"selftest-result\"")
-        .unwrap_or_else(|| panic!("no self-test result in the page: {dom:.2000}"));
-    let json = &dom[start..];
-    let json = &json[json.find('>').unwrap() + 1..json.find("</pre>").unwrap()];
-    assert!(!json.is_empty(), "the self-test wrote nothing: {dom:.3000}");
-    // The DOM dump escapes text as HTML.
-    let json = json
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&amp;", "&");
-    let seen: serde_json::Value = serde_json::from_str(&json).unwrap();
-    eprintln!("self-test: {seen}");
+    let (seen, dom) = self_test(&bin, &file, "two");
     assert_eq!(
         seen["errors"],
         serde_json::json!([]),
@@ -117,6 +164,16 @@ fn the_explorer_works_in_a_real_browser() {
         "clicking lists the neighbours: {seen}"
     );
     assert_eq!(seen["legendEntries"], 3);
+    // The filter "two" lists one class; hiding what it lists leaves two drawn.
+    assert_eq!(
+        (
+            &seen["listed"],
+            &seen["drawnAfterHide"],
+            &seen["drawnAfterShow"]
+        ),
+        (&1.into(), &2.into(), &3.into()),
+        "{seen}"
+    );
     assert!(
         seen["coloured"].as_u64().unwrap() > 1000,
         "the canvas is drawn: {seen}"
