@@ -131,3 +131,63 @@ fn killed_at_random_moments_and_resumed_equals_an_uninterrupted_run() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// Issue #28, case 2: a `last.safetensors` whose sampler generator state is all zeros
+/// (xoshiro's one invalid state) resumed and then spun at 100% CPU forever in the
+/// sampler's rejection loop. It is refused in one line, within seconds.
+#[test]
+fn a_resume_state_with_an_all_zero_generator_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    write_folder(&data);
+    let run = root.path().join("run");
+    let (data, run_text) = (data.to_str().unwrap(), run.to_str().unwrap());
+    let settings = [
+        "--data",
+        data,
+        "--test-images",
+        "4",
+        "--val-images",
+        "4",
+        "--steps",
+        "4",
+        "--batch",
+        "8",
+        "--checkpoint-every",
+        "2",
+        "--out",
+        run_text,
+    ];
+    finish(train(&settings));
+    // The forger's edit: the sampler's state in the checkpoint's metadata, zeroed.
+    let last = run.join("last.safetensors");
+    let bytes = std::fs::read(&last).unwrap();
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut meta = header.metadata().clone().unwrap();
+    let rng = meta
+        .get_mut("sampler.rng")
+        .expect("the sampler's state is saved");
+    *rng = r#"{"s":[0,0,0,0]}"#.to_string();
+    let forged = safetensors::serialize(tensors, Some(meta)).unwrap();
+    std::fs::write(&last, forged).unwrap();
+
+    let mut child = train(&["--resume", run_text, "--steps", "8"]);
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(60) {
+            child.kill().unwrap();
+            panic!("the resume with an all-zero generator state hangs");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !err.contains("panicked"), "{err}");
+    // The lines before say what was loaded; the error is the last, in one line.
+    let last_line = err.trim_end().lines().last().unwrap_or("");
+    assert!(last_line.starts_with("error: "), "{err}");
+    for needle in ["all zeros", "last.safetensors", "sampler.rng"] {
+        assert!(last_line.contains(needle), "expected {needle:?} in {err}");
+    }
+}

@@ -6,10 +6,41 @@
 use serde::{Deserialize, Serialize};
 
 /// xoshiro256++ (Blackman & Vigna), seeded with SplitMix64.
+///
+/// A saved state is checked as it is read: all zeros is xoshiro's one invalid state
+/// (it yields zeros forever, and [`Rng::below`] would reject them forever), so a
+/// checkpoint holding it is refused rather than resumed into a hang.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "SavedRng")]
 pub struct Rng {
     s: [u64; 4],
 }
+
+/// [`Rng`]'s state as a file holds it, before the check.
+#[derive(Deserialize)]
+struct SavedRng {
+    s: [u64; 4],
+}
+
+impl TryFrom<SavedRng> for Rng {
+    type Error = String;
+
+    fn try_from(saved: SavedRng) -> Result<Self, String> {
+        if saved.s == [0; 4] {
+            return Err(
+                "the random generator's state is all zeros, which xoshiro256++ \
+                        cannot leave (the state is broken or forged)"
+                    .to_string(),
+            );
+        }
+        Ok(Self { s: saved.s })
+    }
+}
+
+/// Rejections [`Rng::below`] allows before it takes the draw as it is. A working
+/// generator is rejected with probability below `n / 2^64` a draw, so 16 in a row never
+/// happen; the bound only keeps a broken state from looping forever.
+const MAX_REJECTIONS: usize = 16;
 
 impl Rng {
     /// A generator whose whole sequence is fixed by `seed`.
@@ -47,12 +78,14 @@ impl Rng {
         assert!(n > 0, "Rng::below(0)");
         let n = n as u64;
         let threshold = n.wrapping_neg() % n;
-        loop {
-            let m = u128::from(self.next_u64()) * u128::from(n);
+        let mut m = 0u128;
+        for _ in 0..MAX_REJECTIONS {
+            m = u128::from(self.next_u64()) * u128::from(n);
             if (m as u64) >= threshold {
-                return (m >> 64) as usize;
+                break;
             }
         }
+        (m >> 64) as usize
     }
 
     /// A uniform float in `[0, 1)` with 53 random bits.
@@ -120,6 +153,17 @@ mod tests {
         for c in counts {
             assert!((c as i64 - 10_000).abs() < 456, "{counts:?}");
         }
+    }
+
+    #[test]
+    fn an_all_zero_state_is_refused_and_cannot_hang() {
+        let err = serde_json::from_str::<Rng>(r#"{"s":[0,0,0,0]}"#).unwrap_err();
+        assert!(err.to_string().contains("all zeros"), "{err}");
+        assert!(serde_json::from_str::<Rng>(r#"{"s":[0,0,0,1]}"#).is_ok());
+        // Built around the check, the stuck state still returns (it used to spin
+        // forever in the rejection loop for any n that is not a power of two).
+        let mut stuck = Rng { s: [0; 4] };
+        assert_eq!(stuck.below(6), 0);
     }
 
     #[test]
