@@ -132,6 +132,54 @@ fn killed_at_random_moments_and_resumed_equals_an_uninterrupted_run() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
+/// Issue #28, case 3: `config.json` edited by hand (the learning rate, the seed) and
+/// `--resume` trained on with the edit, exit 0, although `last.safetensors` holds the
+/// run's own config. The two are compared: a difference is refused, naming the fields;
+/// a new `--steps` still resumes.
+#[test]
+fn an_edited_run_folder_does_not_resume() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    write_folder(&data);
+    let run = root.path().join("run");
+    let (data, run_text) = (data.to_str().unwrap(), run.to_str().unwrap());
+    finish(train(&[
+        "--data",
+        data,
+        "--test-images",
+        "4",
+        "--val-images",
+        "4",
+        "--steps",
+        "4",
+        "--batch",
+        "8",
+        "--checkpoint-every",
+        "2",
+        "--out",
+        run_text,
+    ]));
+    let config_path = run.join("config.json");
+    let original = std::fs::read_to_string(&config_path).unwrap();
+    let mut edited: serde_json::Value = serde_json::from_str(&original).unwrap();
+    edited["optim"]["lr"] = 0.5.into();
+    edited["seed"] = 99.into();
+    std::fs::write(&config_path, edited.to_string()).unwrap();
+    let out = train(&["--resume", run_text, "--steps", "6"])
+        .wait_with_output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !err.contains("panicked"), "{err}");
+    let last_line = err.trim_end().lines().last().unwrap_or("");
+    assert!(last_line.starts_with("error: "), "{err}");
+    for needle in ["optim.lr", "seed", "last.safetensors", "config.json"] {
+        assert!(last_line.contains(needle), "expected {needle:?} in {err}");
+    }
+    // Put back, it resumes to the new length.
+    std::fs::write(&config_path, original).unwrap();
+    finish(train(&["--resume", run_text, "--steps", "6"]));
+}
+
 /// Issue #28, case 2: a `last.safetensors` whose sampler generator state is all zeros
 /// (xoshiro's one invalid state) resumed and then spun at 100% CPU forever in the
 /// sampler's rejection loop. It is refused in one line, within seconds.

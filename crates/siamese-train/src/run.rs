@@ -291,7 +291,7 @@ impl<'a> Run<'a> {
                 files::LAST
             ));
         } else if self.options.resume {
-            let state = read_last(&last_path, &self.options.device)?;
+            let state = read_last(&last_path, &self.options.device, self.config)?;
             self.trainer
                 .load_state_dict(&state.components)
                 .map_err(|e| TrainError::Resume(format!("{}: {e}", last_path.display())))?;

@@ -242,7 +242,39 @@ pub(crate) struct LastCheckpoint {
     pub progress: RunProgress,
 }
 
-pub(crate) fn read_last(path: &Path, device: &Device) -> Result<LastCheckpoint, TrainError> {
+/// Refuses a resume whose config (`config.json`, with the command line's new length)
+/// differs from the one the checkpoint was written with in anything but the number of
+/// steps: `config.json` was edited by hand, and training on with the edit would mix two
+/// runs in one folder. A checkpoint of an older layout, without its config, is taken
+/// as it is.
+fn check_config_unedited(state: &StateDict, config: &TrainConfig) -> Result<(), String> {
+    if !state.contains(last_keys::CONFIG) {
+        return Ok(());
+    }
+    let saved: TrainConfig = state.json(last_keys::CONFIG).map_err(|e| e.to_string())?;
+    let changed: Vec<String> = changed_fields(&saved, config)
+        .into_iter()
+        .filter(|f| f != "steps")
+        .collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "it was written with other settings than {}'s ({}): the folder was edited \
+         after the run started; put back the run's config.json (the checkpoint holds it \
+         as `{}`) or start a new run",
+        files::CONFIG,
+        changed.join(", "),
+        last_keys::CONFIG
+    ))
+}
+
+/// Reads `last.safetensors` at `path` for a resume of a run with `config`.
+pub(crate) fn read_last(
+    path: &Path,
+    device: &Device,
+    config: &TrainConfig,
+) -> Result<LastCheckpoint, TrainError> {
     let bad = |detail: String| TrainError::Resume(format!("{}: {detail}", path.display()));
     // Refuses files that are not safetensors or hold NaN or infinity, naming them.
     let mut components = StateDict::load(path, device).map_err(|e| match e {
@@ -255,6 +287,7 @@ pub(crate) fn read_last(path: &Path, device: &Device) -> Result<LastCheckpoint, 
     let progress: RunProgress = components
         .json(last_keys::RUN)
         .map_err(|e| bad(e.to_string()))?;
+    check_config_unedited(&components, config).map_err(bad)?;
     if progress.best_validation_eer.is_some_and(|e| !e.is_finite())
         || !progress.last_loss.is_finite()
     {
