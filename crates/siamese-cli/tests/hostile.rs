@@ -265,3 +265,80 @@ fn oversized_images_are_refused_from_their_header() {
     );
     assert_one_line_error(&o, &["big.pgm", "larger than this tool decodes"]);
 }
+
+/// Issue #28, case 1: a checkpoint whose values are all finite but overflow in use (a
+/// layer scaled by 1e37) passed every load check; then `eval` printed `ROC AUC NaN`
+/// with exit 0, `index` wrote a gallery of infinite embeddings and `embed` a file of
+/// NaN. Every command embeds through one check, and refuses in one line.
+#[test]
+fn finite_weights_that_overflow_give_no_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    common::write_bar_folder(&data);
+    let run = dir.path().join("run");
+    let d = data.to_str().unwrap();
+    let trained = siamese(
+        &[
+            "train",
+            "--data",
+            d,
+            "--test-images",
+            "4",
+            "--val-images",
+            "4",
+            "--steps",
+            "2",
+            "--batch",
+            "8",
+            "--out",
+            run.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    common::check(&trained);
+    let model = run.join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&model, &Device::Cpu).unwrap();
+    let bytes = std::fs::read(&model).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = header.metadata().clone().unwrap();
+    // Two layers scaled by 1e37: every value stays finite, their product does not.
+    for layer in ["conv1.weight", "conv2.weight"] {
+        let scaled = (&tensors[layer] * 1e37).unwrap();
+        tensors.insert(layer.into(), scaled);
+    }
+    let m = forge(&dir.path().join("huge.safetensors"), &tensors, &meta);
+    let m = m.to_str().unwrap();
+    let image = data.join("class0/00.pgm");
+    let image = image.to_str().unwrap();
+    let out = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let commands: [Vec<String>; 4] = [
+        vec!["eval".into(), "--model".into(), m.into()],
+        vec![
+            "index".into(),
+            "--model".into(),
+            m.into(),
+            "--out".into(),
+            out("g.st"),
+        ],
+        vec![
+            "embed".into(),
+            "--model".into(),
+            m.into(),
+            "--out".into(),
+            out("e.csv"),
+        ],
+        vec![
+            "verify".into(),
+            "--model".into(),
+            m.into(),
+            image.into(),
+            image.into(),
+        ],
+    ];
+    for args in &commands {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = siamese(&args, dir.path());
+        assert_one_line_error(&o, &["huge.safetensors", "NaN or infinite"]);
+    }
+    assert!(!dir.path().join("g.st").exists() && !dir.path().join("e.csv").exists());
+}

@@ -3,7 +3,6 @@
 //! files of an uninterrupted run, bit for bit: the best model, the resume checkpoint,
 //! the test embeddings and the report.
 
-use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,26 +10,7 @@ use siamese_data::Rng;
 
 mod common;
 
-const SIDE: usize = 12;
-const CLASSES: usize = 5;
-const PER_CLASS: usize = 16;
-
-/// Class `c` is a bright bar at row `2c`, on noise.
-fn write_folder(dir: &Path) {
-    let mut rng = Rng::new(9);
-    for c in 0..CLASSES {
-        let class_dir = dir.join(format!("class{c}"));
-        std::fs::create_dir_all(&class_dir).unwrap();
-        for i in 0..PER_CLASS {
-            let mut bytes = format!("P5\n{SIDE} {SIDE}\n255\n").into_bytes();
-            bytes.extend((0..SIDE * SIDE).map(|p| {
-                let on = p / SIDE == 2 * c || p / SIDE == 2 * c + 1;
-                (if on { 200 } else { 20 } + rng.below(40)) as u8
-            }));
-            std::fs::write(class_dir.join(format!("{i:02}.pgm")), bytes).unwrap();
-        }
-    }
-}
+use common::write_bar_folder as write_folder;
 
 fn train(args: &[&str]) -> Child {
     common::command()

@@ -9,6 +9,9 @@ pub enum ModelError {
     /// The model configuration is unusable.
     #[error("invalid model config: {0}")]
     Config(String),
+    /// The model computed NaN or infinity from finite inputs and weights.
+    #[error("{0}")]
+    Overflow(String),
     /// An input tensor has the wrong shape.
     #[error("{what}: expected shape {expected}, found {found:?}")]
     Input {

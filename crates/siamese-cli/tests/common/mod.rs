@@ -101,3 +101,25 @@ pub fn small_model(dir: &Path, threshold: f64) -> PathBuf {
     checkpoint::save(&path, &varmap, &small_config(), &meta).unwrap();
     path
 }
+
+/// Side of [`write_bar_folder`]'s images.
+pub const BAR_SIDE: usize = 12;
+
+/// An image folder of 5 classes of 16 PGM images, `BAR_SIDE` square: class `c` is a
+/// bright bar at row `2c`, on noise (a seeded generator: the same files every time).
+pub fn write_bar_folder(dir: &Path) {
+    const SIDE: usize = BAR_SIDE;
+    let mut rng = siamese_data::Rng::new(9);
+    for c in 0..5 {
+        let class_dir = dir.join(format!("class{c}"));
+        std::fs::create_dir_all(&class_dir).unwrap();
+        for i in 0..16 {
+            let mut bytes = format!("P5\n{SIDE} {SIDE}\n255\n").into_bytes();
+            bytes.extend((0..SIDE * SIDE).map(|p| {
+                let on = p / SIDE == 2 * c || p / SIDE == 2 * c + 1;
+                (if on { 200 } else { 20 } + rng.below(40)) as u8
+            }));
+            std::fs::write(class_dir.join(format!("{i:02}.pgm")), bytes).unwrap();
+        }
+    }
+}

@@ -441,7 +441,7 @@ impl Conv2dRelu {
                 let floor = self.floor();
                 for row in out.chunks_exact_mut(o) {
                     for (v, &b) in row.iter_mut().zip(bias) {
-                        *v = (*v + b).max(floor);
+                        *v = super::relu_to(*v + b, floor);
                     }
                 }
                 return out;
@@ -455,7 +455,7 @@ impl Conv2dRelu {
                 for (oc, (row, &b)) in out_img.chunks_exact_mut(p).zip(bias).enumerate() {
                     let column = y_img[oc..].iter().step_by(o);
                     for (d, &v) in row.iter_mut().zip(column) {
-                        d.write((v + b).max(floor));
+                        d.write(super::relu_to(v + b, floor));
                     }
                 }
             }
@@ -468,8 +468,8 @@ impl Conv2dRelu {
         })
     }
 
-    /// The lower bound of the output: 0 with the ReLU, none without (`max(-inf)` keeps
-    /// every value, NaN aside, in one loop for both).
+    /// The lower bound of the output: 0 with the ReLU, none without (a floor of -inf
+    /// keeps every value: one loop for both).
     fn floor(&self) -> f32 {
         if self.relu {
             0.0

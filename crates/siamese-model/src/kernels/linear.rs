@@ -66,7 +66,7 @@ impl CustomOp3 for LinearAct {
             for (v, &bias) in row.iter_mut().zip(b) {
                 *v += bias;
                 if self.relu {
-                    *v = v.max(0.0);
+                    *v = super::relu_to(*v, 0.0);
                 }
             }
         }

@@ -26,6 +26,19 @@ pub use pool::MaxPoolRelu;
 
 use candle_core::{bail, CpuStorage, DType, Device, Layout, Result, Storage};
 
+/// `max(x, floor)` that keeps a NaN, as PyTorch's and candle's ReLU do. `f32::max`
+/// returns the other argument for a NaN, so a layer whose products overflowed (inf -
+/// inf) gave 0 instead of NaN, and a broken model answered with constant, finite
+/// embeddings.
+#[inline(always)]
+fn relu_to(x: f32, floor: f32) -> f32 {
+    if x < floor {
+        floor
+    } else {
+        x
+    }
+}
+
 /// Whether the fused kernels serve tensors of this device and dtype.
 pub fn fused_path(device: &Device, dtype: DType) -> bool {
     device.is_cpu() && dtype == DType::F32
