@@ -22,6 +22,42 @@ pub struct Pca {
 /// subspace of image data very little and cost time on every evaluation.
 pub const PCA_MAX_FIT_ROWS: usize = 10_000;
 
+/// Widest input whose `d x d` covariance [`Pca::fit`] builds (128 MiB of f64 at 4,096).
+/// Wider inputs (a 65,536-D embeddings file would need 32 GiB) are never given a
+/// covariance matrix: each product with it is taken from the centred rows instead, two
+/// passes over their `n x d` values.
+pub const PCA_MAX_DENSE_DIM: usize = 4096;
+
+/// The covariance of the fitted rows, as [`leading_subspace`] and [`rayleigh_ritz`]
+/// use it: only through its products with vectors.
+enum Covariance {
+    /// The `d x d` matrix, for inputs up to [`PCA_MAX_DENSE_DIM`] wide.
+    Dense(Vec<f64>),
+    /// The centred rows (`n x d`) and `1 / (n - 1)`: `C v = X^T (X v) / (n - 1)`.
+    Rows { centred: Vec<f32>, scale: f64 },
+}
+
+impl Covariance {
+    /// `C v` for a vector `v` of `d` values.
+    fn times(&self, v: &[f64]) -> Vec<f64> {
+        let d = v.len();
+        match self {
+            Covariance::Dense(m) => m.chunks_exact(d).map(|row| dot64(row, v)).collect(),
+            Covariance::Rows { centred, scale } => {
+                let mut out = vec![0f64; d];
+                for row in centred.chunks_exact(d) {
+                    let t: f64 = row.iter().zip(v).map(|(&x, &y)| f64::from(x) * y).sum();
+                    let t = t * scale;
+                    out.iter_mut()
+                        .zip(row)
+                        .for_each(|(o, &x)| *o += f64::from(x) * t);
+                }
+                out
+            }
+        }
+    }
+}
+
 impl Pca {
     /// Fits `k` components to `rows` (row-major, `input_dim` columns): subspace
     /// iteration on the covariance matrix from a start drawn with `seed`, then the
@@ -43,27 +79,16 @@ impl Pca {
                 .for_each(|(m, &v)| *m += f64::from(v));
         }
         mean.iter_mut().for_each(|m| *m /= n.max(1) as f64);
-        // Centred columns: the covariance entries are then contiguous dot products.
-        let columns: Vec<Vec<f32>> = (0..input_dim)
-            .into_par_iter()
-            .map(|c| picked.iter().map(|r| r[c] - mean[c] as f32).collect())
-            .collect();
         let scale = 1.0 / (n.max(2) - 1) as f64;
-        let upper: Vec<Vec<f64>> = (0..input_dim)
-            .into_par_iter()
-            .map(|i| {
-                (i..input_dim)
-                    .map(|j| dot32(&columns[i], &columns[j]) * scale)
-                    .collect()
-            })
-            .collect();
-        let mut cov = vec![0f64; input_dim * input_dim];
-        for (i, row) in upper.iter().enumerate() {
-            for (off, &v) in row.iter().enumerate() {
-                cov[i * input_dim + i + off] = v;
-                cov[(i + off) * input_dim + i] = v;
-            }
-        }
+        let cov = if input_dim > PCA_MAX_DENSE_DIM {
+            let centred = picked
+                .iter()
+                .flat_map(|r| r.iter().zip(&mean).map(|(&x, &m)| x - m as f32))
+                .collect();
+            Covariance::Rows { centred, scale }
+        } else {
+            Covariance::Dense(dense_covariance(&picked, &mean, scale))
+        };
         let basis = leading_subspace(&cov, input_dim, k, seed);
         let (components, variances) = rayleigh_ritz(&cov, input_dim, &basis);
         Pca {
@@ -95,6 +120,32 @@ impl Pca {
     }
 }
 
+/// The `d x d` covariance of the rows `picked` about `mean`, times `scale`.
+fn dense_covariance(picked: &[&[f32]], mean: &[f64], scale: f64) -> Vec<f64> {
+    let input_dim = mean.len();
+    // Centred columns: the covariance entries are then contiguous dot products.
+    let columns: Vec<Vec<f32>> = (0..input_dim)
+        .into_par_iter()
+        .map(|c| picked.iter().map(|r| r[c] - mean[c] as f32).collect())
+        .collect();
+    let upper: Vec<Vec<f64>> = (0..input_dim)
+        .into_par_iter()
+        .map(|i| {
+            (i..input_dim)
+                .map(|j| dot32(&columns[i], &columns[j]) * scale)
+                .collect()
+        })
+        .collect();
+    let mut cov = vec![0f64; input_dim * input_dim];
+    for (i, row) in upper.iter().enumerate() {
+        for (off, &v) in row.iter().enumerate() {
+            cov[i * input_dim + i + off] = v;
+            cov[(i + off) * input_dim + i] = v;
+        }
+    }
+    cov
+}
+
 /// Dot product with eight running sums, so the compiler can vectorise it.
 fn dot32(a: &[f32], b: &[f32]) -> f64 {
     let mut acc = [0f32; 8];
@@ -116,7 +167,7 @@ fn dot32(a: &[f32], b: &[f32]) -> f64 {
 /// Orthonormal rows spanning the leading `k`-dimensional invariant subspace of the
 /// symmetric `d x d` matrix `m`: subspace iteration with Gram-Schmidt, stopped when the
 /// subspace no longer moves (or after a bounded number of rounds).
-fn leading_subspace(m: &[f64], d: usize, k: usize, seed: u64) -> Vec<f64> {
+fn leading_subspace(m: &Covariance, d: usize, k: usize, seed: u64) -> Vec<f64> {
     const MAX_ROUNDS: usize = 300;
     let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
     let mut q: Vec<f64> = (0..k * d)
@@ -133,11 +184,7 @@ fn leading_subspace(m: &[f64], d: usize, k: usize, seed: u64) -> Vec<f64> {
     for _ in 0..MAX_ROUNDS {
         let mut next: Vec<f64> = q
             .par_chunks_exact(d)
-            .flat_map_iter(|v| {
-                m.chunks_exact(d)
-                    .map(|row| row.iter().zip(v).map(|(a, b)| a * b).sum::<f64>())
-                    .collect::<Vec<_>>()
-            })
+            .flat_map_iter(|v| m.times(v))
             .collect();
         orthonormalise(&mut next, d);
         // ||Q_old Q_new^T||_F^2 is k exactly when the two span the same subspace.
@@ -159,12 +206,9 @@ fn leading_subspace(m: &[f64], d: usize, k: usize, seed: u64) -> Vec<f64> {
 /// The principal directions within the subspace spanned by the orthonormal rows of
 /// `basis`, largest variance first, and their variances: the eigenvectors of the
 /// covariance `m` restricted to the subspace.
-fn rayleigh_ritz(m: &[f64], d: usize, basis: &[f64]) -> (Vec<f64>, Vec<f64>) {
+fn rayleigh_ritz(m: &Covariance, d: usize, basis: &[f64]) -> (Vec<f64>, Vec<f64>) {
     let k = basis.len() / d;
-    let mq: Vec<Vec<f64>> = basis
-        .chunks_exact(d)
-        .map(|v| m.chunks_exact(d).map(|row| dot64(row, v)).collect())
-        .collect();
+    let mq: Vec<Vec<f64>> = basis.chunks_exact(d).map(|v| m.times(v)).collect();
     let mut h: Vec<f64> = basis
         .chunks_exact(d)
         .flat_map(|a| mq.iter().map(move |mb| dot64(a, mb)))
@@ -264,6 +308,46 @@ fn orthonormalise(q: &mut [f64], d: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wide_inputs_are_fitted_without_a_covariance_matrix() {
+        // Issue #28: 10 rows of 65,536 values made `explore` and `plot` abort building
+        // a 32 GiB covariance. Row r is r along axis 0 and (r % 3) along axis 5, so the
+        // leading direction is axis 0.
+        let d = 65_536;
+        let mut rows = vec![0f32; 10 * d];
+        for r in 0..10 {
+            rows[r * d] = r as f32;
+            rows[r * d + 5] = (r % 3) as f32;
+        }
+        let pca = Pca::fit(&rows, d, 2, 0);
+        assert!(pca.components[0].abs() > 0.99, "{}", pca.components[0]);
+        assert!(
+            pca.components[d + 5].abs() > 0.99,
+            "{}",
+            pca.components[d + 5]
+        );
+        // Both ways of taking covariance products agree where both apply.
+        let (n, d) = (40, 12);
+        let data: Vec<f32> = (0..n * d)
+            .map(|i| ((i * 7919) % 97) as f32 / 97.0)
+            .collect();
+        let picked: Vec<&[f32]> = data.chunks_exact(d).collect();
+        let mean: Vec<f64> = (0..d)
+            .map(|c| picked.iter().map(|r| f64::from(r[c])).sum::<f64>() / n as f64)
+            .collect();
+        let scale = 1.0 / (n - 1) as f64;
+        let dense = Covariance::Dense(dense_covariance(&picked, &mean, scale));
+        let centred = picked
+            .iter()
+            .flat_map(|r| r.iter().zip(&mean).map(|(&x, &m)| x - m as f32))
+            .collect();
+        let rows = Covariance::Rows { centred, scale };
+        let v: Vec<f64> = (0..d).map(|i| (i as f64 * 0.37).sin()).collect();
+        for (a, b) in dense.times(&v).iter().zip(rows.times(&v)) {
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
+    }
 
     #[test]
     fn finds_the_directions_of_largest_spread() {

@@ -627,6 +627,10 @@ pub const MAX_STEP_ACTIVATIONS: u128 = 1 << 29;
 pub const MAX_PAIRS_PER_STEP: u128 = 1 << 26;
 /// Most validation pairs.
 pub const MAX_VALIDATION_PAIRS: usize = 10_000_000;
+/// Most values of one step's pair differences (pairs scored times the embedding width:
+/// 256 MiB of f32, and the loss keeps a few tensors of that size with their gradients).
+/// `--dim 65536` with the all-pairs loss asked for 2 GiB in one tensor and aborted.
+pub const MAX_PAIR_VALUES_PER_STEP: u128 = 1 << 26;
 
 impl TrainConfig {
     /// Images embedded in one step: two per sampled pair, twice that with views.
@@ -672,6 +676,16 @@ impl TrainConfig {
                 )));
             }
         }
+        let distances = self.distances_per_step();
+        let values = distances * self.model.embedding_dim as u128;
+        if values > MAX_PAIR_VALUES_PER_STEP {
+            return Err(TrainError::Config(format!(
+                "the loss takes {distances} distances per step between {}-D embeddings, \
+                 {values} values, more than this tool allows ({MAX_PAIR_VALUES_PER_STEP}): use \
+                 a smaller --dim or batch",
+                self.model.embedding_dim
+            )));
+        }
         if self.validation_pairs > MAX_VALIDATION_PAIRS {
             return Err(TrainError::Config(format!(
                 "validation_pairs is {}, more than this tool allows ({MAX_VALIDATION_PAIRS})",
@@ -680,11 +694,47 @@ impl TrainConfig {
         }
         Ok(())
     }
+
+    /// Distances the loss computes in one step: the sampled pairs, every pair of the
+    /// batch's images, or each query of an episode against each class.
+    fn distances_per_step(&self) -> u128 {
+        if let SamplerConfig::Episodes { ways, queries, .. } = self.sampler {
+            return ways as u128 * queries as u128 * ways as u128;
+        }
+        let images = self.images_per_step();
+        if self.pairing == Pairing::Sampled {
+            images / 2
+        } else {
+            images * images.saturating_sub(1) / 2
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_loss_pair_differences_are_bounded_before_allocation() {
+        // Issue #28: --dim 65536 (and 32768) passed and aborted allocating 2 GiB in the
+        // all-pairs loss (8,128 pairs x 65,536 values).
+        for dim in [65_536, 32_768] {
+            let mut c = TrainConfig::preset("default").unwrap();
+            c.model.embedding_dim = dim;
+            let err = c.validate().unwrap_err().to_string();
+            assert!(
+                err.contains("8128 distances") && err.contains("--dim"),
+                "{err}"
+            );
+        }
+        let mut c = TrainConfig::preset("default").unwrap();
+        c.model.embedding_dim = 8192;
+        c.validate().unwrap();
+        // Sampled pairs score 64 distances: a wide embedding is fine there.
+        c.model.embedding_dim = 65_536;
+        c.pairing = Pairing::Sampled;
+        c.validate().unwrap();
+    }
 
     #[test]
     fn presets_validate_and_round_trip_through_json() {
