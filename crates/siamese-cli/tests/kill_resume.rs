@@ -112,20 +112,15 @@ fn killed_at_random_moments_and_resumed_equals_an_uninterrupted_run() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
-/// Issue #28, case 3: `config.json` edited by hand (the learning rate, the seed) and
-/// `--resume` trained on with the edit, exit 0, although `last.safetensors` holds the
-/// run's own config. The two are compared: a difference is refused, naming the fields;
-/// a new `--steps` still resumes.
-#[test]
-fn an_edited_run_folder_does_not_resume() {
-    let root = tempfile::tempdir().unwrap();
-    let data = root.path().join("data");
+/// A finished 4-step run (checkpoints every 2 steps) on a fresh image folder under
+/// `root`; returns its folder.
+fn four_step_run(root: &std::path::Path) -> std::path::PathBuf {
+    let data = root.join("data");
     write_folder(&data);
-    let run = root.path().join("run");
-    let (data, run_text) = (data.to_str().unwrap(), run.to_str().unwrap());
+    let run = root.join("run");
     finish(train(&[
         "--data",
-        data,
+        data.to_str().unwrap(),
         "--test-images",
         "4",
         "--val-images",
@@ -137,8 +132,32 @@ fn an_edited_run_folder_does_not_resume() {
         "--checkpoint-every",
         "2",
         "--out",
-        run_text,
+        run.to_str().unwrap(),
     ]));
+    run
+}
+
+/// A failed command whose last line (after the lines saying what was loaded) is one
+/// clear error holding each of `needles`; no panic.
+fn assert_ends_in_error(out: &std::process::Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !err.contains("panicked"), "{err}");
+    let last_line = err.trim_end().lines().last().unwrap_or("");
+    assert!(last_line.starts_with("error: "), "{err}");
+    for needle in needles {
+        assert!(last_line.contains(needle), "expected {needle:?} in {err}");
+    }
+}
+
+/// Issue #28, case 3: `config.json` edited by hand (the learning rate, the seed) and
+/// `--resume` trained on with the edit, exit 0, although `last.safetensors` holds the
+/// run's own config. The two are compared: a difference is refused, naming the fields;
+/// a new `--steps` still resumes.
+#[test]
+fn an_edited_run_folder_does_not_resume() {
+    let root = tempfile::tempdir().unwrap();
+    let run = four_step_run(root.path());
+    let run_text = run.to_str().unwrap();
     let config_path = run.join("config.json");
     let original = std::fs::read_to_string(&config_path).unwrap();
     let mut edited: serde_json::Value = serde_json::from_str(&original).unwrap();
@@ -148,13 +167,10 @@ fn an_edited_run_folder_does_not_resume() {
     let out = train(&["--resume", run_text, "--steps", "6"])
         .wait_with_output()
         .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && !err.contains("panicked"), "{err}");
-    let last_line = err.trim_end().lines().last().unwrap_or("");
-    assert!(last_line.starts_with("error: "), "{err}");
-    for needle in ["optim.lr", "seed", "last.safetensors", "config.json"] {
-        assert!(last_line.contains(needle), "expected {needle:?} in {err}");
-    }
+    assert_ends_in_error(
+        &out,
+        &["optim.lr", "seed", "last.safetensors", "config.json"],
+    );
     // Put back, it resumes to the new length.
     std::fs::write(&config_path, original).unwrap();
     finish(train(&["--resume", run_text, "--steps", "6"]));
@@ -166,27 +182,8 @@ fn an_edited_run_folder_does_not_resume() {
 #[test]
 fn a_resume_state_with_an_all_zero_generator_is_refused() {
     let root = tempfile::tempdir().unwrap();
-    let data = root.path().join("data");
-    write_folder(&data);
-    let run = root.path().join("run");
-    let (data, run_text) = (data.to_str().unwrap(), run.to_str().unwrap());
-    let settings = [
-        "--data",
-        data,
-        "--test-images",
-        "4",
-        "--val-images",
-        "4",
-        "--steps",
-        "4",
-        "--batch",
-        "8",
-        "--checkpoint-every",
-        "2",
-        "--out",
-        run_text,
-    ];
-    finish(train(&settings));
+    let run = four_step_run(root.path());
+    let run_text = run.to_str().unwrap();
     // The forger's edit: the sampler's state in the checkpoint's metadata, zeroed.
     let last = run.join("last.safetensors");
     let bytes = std::fs::read(&last).unwrap();
@@ -210,12 +207,5 @@ fn a_resume_state_with_an_all_zero_generator_is_refused() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && !err.contains("panicked"), "{err}");
-    // The lines before say what was loaded; the error is the last, in one line.
-    let last_line = err.trim_end().lines().last().unwrap_or("");
-    assert!(last_line.starts_with("error: "), "{err}");
-    for needle in ["all zeros", "last.safetensors", "sampler.rng"] {
-        assert!(last_line.contains(needle), "expected {needle:?} in {err}");
-    }
+    assert_ends_in_error(&out, &["all zeros", "last.safetensors", "sampler.rng"]);
 }
