@@ -707,7 +707,7 @@ fn describe_protocol(data: &Dataset) -> String {
                 data.spec
                     .class_names
                     .get(c)
-                    .cloned()
+                    .map(|n| crate::text::terminal_safe(n))
                     .unwrap_or_else(|| c.to_string())
             })
             .collect();
@@ -817,7 +817,7 @@ fn print_report(r: &siamese_train::EvalReport, json: bool, class_names: &[String
                 let name = |c: u32| {
                     class_names
                         .get(c as usize)
-                        .cloned()
+                        .map(|n| crate::text::terminal_safe(n))
                         .unwrap_or_else(|| c.to_string())
                 };
                 format!(
@@ -928,7 +928,11 @@ fn verify(a: VerifyArgs) -> Result<()> {
     } else {
         "different"
     };
-    println!("{verdict}: distance {distance:.4}, threshold {threshold:.4}");
+    println!(
+        "{verdict}: distance {}, threshold {}",
+        crate::text::number(distance),
+        crate::text::number(threshold)
+    );
     Ok(())
 }
 

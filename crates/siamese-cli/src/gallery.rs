@@ -153,19 +153,20 @@ pub(crate) fn search(a: SearchArgs) -> Result<()> {
             );
             continue;
         }
-        println!("{}:", file.display());
+        use crate::text::{number, terminal_safe};
+        println!("{}:", terminal_safe(&file.display().to_string()));
         for (rank, h) in hits.iter().enumerate() {
             let label = gallery.label(h.index);
             let path = gallery
                 .path(h.index)
-                .map(|p| format!("  {p}"))
+                .map(|p| format!("  {}", terminal_safe(p)))
                 .unwrap_or_default();
             println!(
-                "  {:>2}. item {:>7}  distance {:.4}  class {}{path}",
+                "  {:>2}. item {:>7}  distance {}  class {}{path}",
                 rank + 1,
                 h.index,
-                h.distance,
-                gallery.class_name(label)
+                number(f64::from(h.distance)),
+                terminal_safe(gallery.class_name(label))
             );
         }
     }

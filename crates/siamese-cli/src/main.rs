@@ -6,6 +6,7 @@ mod args;
 mod commands;
 mod gallery;
 mod report;
+mod text;
 
 use std::process::ExitCode;
 

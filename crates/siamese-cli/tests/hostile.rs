@@ -342,3 +342,81 @@ fn finite_weights_that_overflow_give_no_answers() {
     }
     assert!(!dir.path().join("g.st").exists() && !dir.path().join("e.csv").exists());
 }
+
+/// Issue #28, case 5: class names and paths reached the terminal raw: an escape
+/// sequence in a class folder's name ran on the user's terminal, and a newline split a
+/// `search` result over two lines. They are shown escaped, one result a line.
+#[test]
+fn class_names_reach_the_terminal_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    common::write_bar_folder(&data);
+    let evil = "cl\nass\u{1b}[2J\u{202e}0";
+    std::fs::rename(data.join("class0"), data.join(evil)).unwrap();
+    let run = dir.path().join("run");
+    let d = data.to_str().unwrap();
+    let trained = siamese(
+        &[
+            "train",
+            "--data",
+            d,
+            "--test-images",
+            "4",
+            "--val-images",
+            "4",
+            "--steps",
+            "2",
+            "--batch",
+            "8",
+            "--out",
+            run.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    let text = common::check(&trained);
+    assert!(
+        !text.contains('\u{1b}') && !text.contains('\u{202e}'),
+        "{text}"
+    );
+    let m = run.join("model.safetensors");
+    let g = dir.path().join("g.safetensors");
+    let (m, g) = (m.to_str().unwrap(), g.to_str().unwrap());
+    common::check(&siamese(
+        &[
+            "index",
+            "--model",
+            m,
+            "--data",
+            d,
+            "--test-images",
+            "4",
+            "--val-images",
+            "4",
+            "--out",
+            g,
+        ],
+        dir.path(),
+    ));
+    let query = data.join(evil).join("00.pgm");
+    let out = siamese(
+        &[
+            "search",
+            "--gallery",
+            g,
+            "--model",
+            m,
+            "-k",
+            "3",
+            query.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    let found = common::check(&out);
+    assert!(
+        !found.contains('\u{1b}') && !found.contains('\u{202e}'),
+        "{found}"
+    );
+    assert!(found.contains("cl\\u{a}ass\\u{1b}[2J\\u{202e}0"), "{found}");
+    // The query's line and one line per neighbour.
+    assert_eq!(found.trim_end().lines().count(), 4, "{found}");
+}

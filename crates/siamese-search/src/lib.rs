@@ -126,6 +126,11 @@ impl Gallery {
             ));
         }
         let n = labels.len();
+        if n == 0 {
+            // Searching nothing answered nothing with exit 0: an empty gallery is refused
+            // where it is built and where it is read.
+            return fail("a gallery holds at least one item, this one holds none".into());
+        }
         if n.checked_mul(dim) != Some(embeddings.len()) {
             return fail(format!(
                 "{} values are not {n} embeddings (one per label) of {dim}",
@@ -374,6 +379,8 @@ mod tests {
     fn bad_parts_and_queries_are_clear_errors() {
         let err = |r: Result<Gallery, SearchError>| r.unwrap_err().to_string();
         let names = || vec!["a".to_string()];
+        // Issue #28: an empty gallery answered every query with nothing, exit 0.
+        assert!(err(Gallery::new(2, vec![], vec![], names(), vec![], "m".into())).contains("none"));
         assert!(err(Gallery::new(
             2,
             vec![0.0; 3],

@@ -164,6 +164,8 @@ fn the_explorer_works_in_a_real_browser() {
         "clicking lists the neighbours: {seen}"
     );
     assert_eq!(seen["legendEntries"], 3);
+    // Issue #28: a right-to-left override in a class name reordered the legend.
+    assert_eq!(seen["bidiIsolated"], true, "{seen}");
     // The filter "two" lists one class; hiding what it lists leaves two drawn.
     assert_eq!(
         (
