@@ -420,3 +420,50 @@ fn class_names_reach_the_terminal_escaped() {
     // The query's line and one line per neighbour.
     assert_eq!(found.trim_end().lines().count(), 4, "{found}");
 }
+
+/// CRC-32 (PNG's chunk checksum), bit by bit: enough for a test's forged header.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// Issue #28, case 5: a file whose header claims 16,000 x 16,000 pixels in a few hundred
+/// bytes was decoded (627 MB) and answered. A header claiming more pixels than its file
+/// can hold is refused before decoding, naming the file.
+#[test]
+fn a_header_claiming_more_pixels_than_its_file_holds_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = small_model(dir.path(), 1.5);
+    let a = png(&dir.path().join("a.png"), 28);
+    // A valid 28x28 PNG whose IHDR (self-consistent: its CRC recomputed) says 16000x16000.
+    let mut bytes = std::fs::read(&a).unwrap();
+    let ihdr = 8 + 4; // signature, then the chunk length; the type starts here
+    assert_eq!(&bytes[ihdr..ihdr + 4], b"IHDR");
+    bytes[ihdr + 4..ihdr + 8].copy_from_slice(&16_000u32.to_be_bytes());
+    bytes[ihdr + 8..ihdr + 12].copy_from_slice(&16_000u32.to_be_bytes());
+    let crc = crc32(&bytes[ihdr..ihdr + 4 + 13]);
+    bytes[ihdr + 17..ihdr + 21].copy_from_slice(&crc.to_be_bytes());
+    let forged = dir.path().join("bomb.png");
+    std::fs::write(&forged, &bytes).unwrap();
+    let o = siamese(
+        &[
+            "verify",
+            "--model",
+            model.to_str().unwrap(),
+            &a,
+            forged.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_one_line_error(&o, &["bomb.png", "16000x16000", "bytes"]);
+}

@@ -167,6 +167,14 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
 pub const MAX_IMAGE_SIDE: u32 = 16_384;
 
 #[cfg(feature = "image-folder")]
+/// Most pixels an image file may claim per byte of the file. No format this tool reads
+/// packs more: deflate (PNG) stops near 1,032 bytes out per byte in, and a JPEG spends
+/// a few bits at least on each 8x8 block. A header claiming more (16,000 x 16,000
+/// pixels in a 656-byte JPEG was decoded to 627 MB of garbage) is a forgery or a
+/// truncated file, refused before its pixels are allocated.
+pub const MAX_PIXELS_PER_BYTE: u64 = 4096;
+
+#[cfg(feature = "image-folder")]
 /// Decodes one image file to 8-bit grayscale: `(height, width, pixels)`.
 pub(crate) fn decode_gray(path: &Path) -> Result<(usize, usize, Vec<u8>), DataError> {
     let bad = |detail: String| DataError::ImageFile {
@@ -184,6 +192,22 @@ pub(crate) fn decode_gray(path: &Path) -> Result<(usize, usize, Vec<u8>), DataEr
         return Err(bad(
             "not an image this tool reads (expected PNG, PGM/PNM or JPEG)".into(),
         ));
+    }
+    let bytes = std::fs::metadata(path)
+        .map_err(|e| DataError::Io {
+            path: path.to_path_buf(),
+            error: e,
+        })?
+        .len();
+    if let Ok((w, h)) = image::image_dimensions(path) {
+        let pixels = u64::from(w) * u64::from(h);
+        if pixels > bytes.saturating_mul(MAX_PIXELS_PER_BYTE) {
+            return Err(bad(format!(
+                "its header claims {w}x{h} pixels in a file of {bytes} bytes, more than any \
+                 image holds (at most {MAX_PIXELS_PER_BYTE} pixels a byte): forged or \
+                 truncated"
+            )));
+        }
     }
     let mut limits = image::io::Limits::default();
     limits.max_image_width = Some(MAX_IMAGE_SIDE);
