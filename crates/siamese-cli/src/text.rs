@@ -22,10 +22,10 @@ fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
-/// A distance or threshold with four decimals, or in scientific notation when that would
-/// print a very long or an all-zero number (a threshold of 1e300 printed 300 digits).
+/// A distance or threshold with four decimals, or in scientific notation from a million
+/// up (a threshold of 1e300 printed 300 digits).
 pub fn number(x: f64) -> String {
-    if x != 0.0 && x.is_finite() && !(1e-4..1e6).contains(&x.abs()) {
+    if x.is_finite() && x.abs() >= 1e6 {
         format!("{x:.4e}")
     } else {
         format!("{x:.4}")
@@ -50,7 +50,8 @@ mod tests {
         assert_eq!(number(0.5), "0.5000");
         assert_eq!(number(0.0), "0.0000");
         assert_eq!(number(1e300), "1.0000e300");
-        assert_eq!(number(3e-7), "3.0000e-7");
+        assert_eq!(number(3e-7), "0.0000");
         assert_eq!(number(123456.0), "123456.0000");
+        assert_eq!(number(-2.5e6), "-2.5000e6");
     }
 }

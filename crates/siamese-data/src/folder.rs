@@ -201,7 +201,9 @@ pub(crate) fn decode_gray(path: &Path) -> Result<(usize, usize, Vec<u8>), DataEr
         .len();
     if let Ok((w, h)) = image::image_dimensions(path) {
         let pixels = u64::from(w) * u64::from(h);
-        if pixels > bytes.saturating_mul(MAX_PIXELS_PER_BYTE) {
+        // Sides past the limit get the limit's own message, below.
+        let within = w <= MAX_IMAGE_SIDE && h <= MAX_IMAGE_SIDE;
+        if within && pixels > bytes.saturating_mul(MAX_PIXELS_PER_BYTE) {
             return Err(bad(format!(
                 "its header claims {w}x{h} pixels in a file of {bytes} bytes, more than any \
                  image holds (at most {MAX_PIXELS_PER_BYTE} pixels a byte): forged or \
