@@ -266,22 +266,14 @@ fn oversized_images_are_refused_from_their_header() {
     assert_one_line_error(&o, &["big.pgm", "larger than this tool decodes"]);
 }
 
-/// Issue #28, case 1: a checkpoint whose values are all finite but overflow in use (a
-/// layer scaled by 1e37) passed every load check; then `eval` printed `ROC AUC NaN`
-/// with exit 0, `index` wrote a gallery of infinite embeddings and `embed` a file of
-/// NaN. Every command embeds through one check, and refuses in one line.
-#[test]
-fn finite_weights_that_overflow_give_no_answers() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    common::write_bar_folder(&data);
-    let run = dir.path().join("run");
-    let d = data.to_str().unwrap();
-    let trained = siamese(
+/// `siamese train` for 2 steps on the image folder `data` (4 test and 4 validation
+/// images a class) into `run`, with `cache` as its download cache.
+fn train_two_steps(data: &Path, run: &Path, cache: &Path) -> std::process::Output {
+    siamese(
         &[
             "train",
             "--data",
-            d,
+            data.to_str().unwrap(),
             "--test-images",
             "4",
             "--val-images",
@@ -293,8 +285,21 @@ fn finite_weights_that_overflow_give_no_answers() {
             "--out",
             run.to_str().unwrap(),
         ],
-        dir.path(),
-    );
+        cache,
+    )
+}
+
+/// Issue #28, case 1: a checkpoint whose values are all finite but overflow in use (a
+/// layer scaled by 1e37) passed every load check; then `eval` printed `ROC AUC NaN`
+/// with exit 0, `index` wrote a gallery of infinite embeddings and `embed` a file of
+/// NaN. Every command embeds through one check, and refuses in one line.
+#[test]
+fn finite_weights_that_overflow_give_no_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    common::write_bar_folder(&data);
+    let run = dir.path().join("run");
+    let trained = train_two_steps(&data, &run, dir.path());
     common::check(&trained);
     let model = run.join("model.safetensors");
     let mut tensors = candle_core::safetensors::load(&model, &Device::Cpu).unwrap();
@@ -355,24 +360,7 @@ fn class_names_reach_the_terminal_escaped() {
     std::fs::rename(data.join("class0"), data.join(evil)).unwrap();
     let run = dir.path().join("run");
     let d = data.to_str().unwrap();
-    let trained = siamese(
-        &[
-            "train",
-            "--data",
-            d,
-            "--test-images",
-            "4",
-            "--val-images",
-            "4",
-            "--steps",
-            "2",
-            "--batch",
-            "8",
-            "--out",
-            run.to_str().unwrap(),
-        ],
-        dir.path(),
-    );
+    let trained = train_two_steps(&data, &run, dir.path());
     let text = common::check(&trained);
     assert!(
         !text.contains('\u{1b}') && !text.contains('\u{202e}'),
