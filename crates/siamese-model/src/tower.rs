@@ -424,7 +424,8 @@ impl ConvTower {
         let mut x = if fused && !self.convs.is_empty() {
             // The fused convolutions run channels last ([`Conv2dRelu`]); the last one
             // writes channels first, the order `fc1`'s weight columns have in the
-            // reference and in checkpoints.
+            // reference and in checkpoints (Snell's blocks are reordered after the last
+            // pool instead).
             images.permute((0, 2, 3, 1))?.contiguous()?
         } else {
             images.clone()
