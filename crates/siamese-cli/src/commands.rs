@@ -27,16 +27,7 @@ use crate::report::Printer;
 
 /// Runs the chosen subcommand.
 pub fn dispatch(cli: Cli) -> Result<()> {
-    let model = match &cli.command {
-        Command::Eval(a) => Some(a.model.clone()),
-        Command::Embed(a) => Some(a.model.clone()),
-        Command::Verify(a) => Some(a.model.clone()),
-        Command::Index(a) => Some(a.model.clone()),
-        Command::Search(a) => Some(a.model.clone()),
-        Command::LakeRuns(a) => a.model.clone(),
-        _ => None,
-    };
-    let result = match cli.command {
+    match cli.command {
         Command::Train(a) => train(*a),
         Command::Eval(a) => eval(a),
         Command::Embed(a) => embed(a),
@@ -47,25 +38,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Index(a) => crate::gallery::index(a),
         Command::Search(a) => crate::gallery::search(a),
         Command::LakeRuns(a) => lake_runs(a),
-    };
-    // A model that overflows is caught where it embeds (deep in the library, which does
-    // not know the file): the error names the checkpoint here, once for every command.
-    result.map_err(|e| {
-        use siamese_model::ModelError;
-        let overflow = e.chain().any(|c| {
-            let model_error = c.downcast_ref::<ModelError>().or_else(|| {
-                match c.downcast_ref::<siamese_train::TrainError>() {
-                    Some(siamese_train::TrainError::Model(m)) => Some(m),
-                    _ => None,
-                }
-            });
-            matches!(model_error, Some(ModelError::Overflow(_)))
-        });
-        match (&model, overflow) {
-            (Some(path), true) => e.context(format!("the model {}", path.display())),
-            _ => e,
-        }
-    })
+    }
 }
 
 /// Where the tensors live: the first GPU when built with the `cuda` feature (the

@@ -296,7 +296,8 @@ pub fn load_tower(
         }
     }
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
-    let tower = ConvTower::new(&checkpoint.config, vb, dropout_seed)?;
+    let mut tower = ConvTower::new(&checkpoint.config, vb, dropout_seed)?;
+    tower.set_origin(path);
     if varmap.all_vars().len() != checkpoint.tensors.len() {
         return Err(ModelError::Config(format!(
             "{}: the tower needs {} parameters, the file gave {}",

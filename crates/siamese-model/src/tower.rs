@@ -86,6 +86,8 @@ pub struct ConvTower {
     /// Whether the layers run as the fused kernels of [`crate::kernels`] (CPU f32) or
     /// as plain candle ops (any device).
     fused: bool,
+    /// The checkpoint the tower was loaded from, named when it fails in use.
+    origin: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for ConvTower {
@@ -180,7 +182,14 @@ impl ConvTower {
             head,
             dropout: Mutex::new((dropout_seed, ChaCha8Rng::seed_from_u64(dropout_seed))),
             fused: fused_path(vb.device(), vb.dtype()),
+            origin: None,
         })
+    }
+
+    /// Records the checkpoint the tower came from ([`crate::checkpoint::load_tower`]
+    /// does), so that an error in use names it.
+    pub fn set_origin(&mut self, path: &std::path::Path) {
+        self.origin = Some(path.to_path_buf());
     }
 
     /// A freshly initialised tower for training: its parameters live in the returned
@@ -580,7 +589,7 @@ impl Embedder for ConvTower {
             let norm = (x.sqr()?.sum_keepdim(1)? + 1e-12)?.sqrt()?;
             x = x.broadcast_div(&norm)?;
         }
-        check_finite(&x)?;
+        check_finite(&x, self.origin.as_deref())?;
         Ok(x)
     }
 
@@ -627,15 +636,19 @@ impl Stateful for ConvTower {
     }
 }
 
-/// An error unless every value of the embeddings `x` is finite.
-fn check_finite(x: &Tensor) -> Result<(), ModelError> {
+/// An error unless every value of the embeddings `x` is finite, naming the model's
+/// checkpoint when there is one.
+fn check_finite(x: &Tensor, origin: Option<&std::path::Path>) -> Result<(), ModelError> {
     let values = x.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
     let bad = values.iter().filter(|v| !v.is_finite()).count();
     if bad == 0 {
         return Ok(());
     }
+    let model = origin.map_or("the model".to_string(), |p| {
+        format!("the model {}", p.display())
+    });
     Err(ModelError::Overflow(format!(
-        "the model's embeddings hold {bad} NaN or infinite values (of {}): its weights are \
+        "{model}: its embeddings hold {bad} NaN or infinite values (of {}): its weights are \
          finite but overflow in use, so it has no answer to give",
         values.len()
     )))
