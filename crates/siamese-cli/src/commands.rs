@@ -521,6 +521,8 @@ pub(crate) fn load_model(
 ) -> Result<(siamese_model::ConvTower, checkpoint::Checkpoint)> {
     let (tower, _, ckpt) = checkpoint::load_tower(path, &device()?, 0)
         .with_context(|| format!("loading the model {}", path.display()))?;
+    // Its provenance is read by most commands; checked here, where the file is known.
+    Provenance::from_checkpoint(&ckpt).with_context(|| path.display().to_string())?;
     Ok((tower, ckpt))
 }
 

@@ -32,7 +32,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line of cause and context, outermost first.
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", text::error_line(&e));
             ExitCode::FAILURE
         }
     }

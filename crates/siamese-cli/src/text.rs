@@ -32,9 +32,61 @@ pub fn number(x: f64) -> String {
     }
 }
 
+/// An error as one line, outermost context first (like anyhow's `{:#}`), without saying
+/// a path twice: a context that ends with the path its cause starts with ("loading the
+/// model m.safetensors" over "m.safetensors: Is a directory") drops its copy.
+pub fn error_line(error: &anyhow::Error) -> String {
+    let parts: Vec<String> = error.chain().map(|e| e.to_string()).collect();
+    let mut line = String::new();
+    for (i, part) in parts.iter().enumerate() {
+        let mut part = part.as_str();
+        if let Some(cause) = parts.get(i + 1) {
+            part = without_repeated_subject(part, cause);
+        }
+        if i > 0 {
+            line.push_str(": ");
+        }
+        line.push_str(part);
+    }
+    line
+}
+
+/// `context` without its last word when `cause` opens with that word and a colon, and
+/// without the preposition that led to it ("runs in x" -> "runs").
+fn without_repeated_subject<'a>(context: &'a str, cause: &str) -> &'a str {
+    match context.rsplit_once(' ') {
+        Some((head, subject))
+            if !subject.is_empty() && cause.starts_with(&format!("{subject}:")) =>
+        {
+            ["in", "from", "of", "at", "to"]
+                .iter()
+                .find_map(|p| head.strip_suffix(&format!(" {p}")))
+                .unwrap_or(head)
+        }
+        _ => context,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_named_by_context_and_cause_is_said_once() {
+        let io = anyhow::anyhow!("m.safetensors: Is a directory (os error 21)");
+        let e = io.context("loading the model m.safetensors");
+        assert_eq!(
+            error_line(&e),
+            "loading the model: m.safetensors: Is a directory (os error 21)"
+        );
+        // A cause about something else keeps the context whole.
+        let e = anyhow::anyhow!("no such file").context("reading a.csv");
+        assert_eq!(error_line(&e), "reading a.csv: no such file");
+        let e = anyhow::anyhow!("r: no such file").context("reading the runs in r");
+        assert_eq!(error_line(&e), "reading the runs: r: no such file");
+        let e = anyhow::anyhow!("b.csv: no such file").context("reading a.csv");
+        assert_eq!(error_line(&e), "reading a.csv: b.csv: no such file");
+    }
 
     #[test]
     fn control_and_bidi_characters_are_escaped() {

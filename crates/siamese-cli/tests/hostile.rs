@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor};
 use siamese_model::{checkpoint, ConvTower, TowerConfig};
 
 mod common;
-use common::{assert_one_line_error, siamese, small_config, small_model, write_gray_png};
+use common::{assert_one_line_error, siamese, small_config, small_model, stderr, write_gray_png};
 
 /// A valid untrained model: its tensors and metadata.
 fn parts(dir: &Path) -> (HashMap<String, Tensor>, HashMap<String, String>) {
@@ -85,6 +85,14 @@ fn broken_checkpoints_give_no_verdict() {
         let m = forge(&dir.path().join("t.safetensors"), &tensors, &bad);
         assert_one_line_error(&verify(&m), &["t.safetensors", "threshold"]);
     }
+    // A provenance entry that is not JSON is the checkpoint's fault, not a training
+    // config's (the message said "invalid training config").
+    let mut bad = meta.clone();
+    bad.insert("preprocessing".into(), "{not json".into());
+    let m = forge(&dir.path().join("p.safetensors"), &tensors, &bad);
+    let o = verify(&m);
+    assert_one_line_error(&o, &["p.safetensors", "preprocessing"]);
+    assert!(!stderr(&o).contains("training config"), "{}", stderr(&o));
     let mut config = small_config();
     config.batch_norm_eps = 1e308;
     let mut bad = meta.clone();
@@ -454,4 +462,25 @@ fn a_header_claiming_more_pixels_than_its_file_holds_is_refused() {
         dir.path(),
     );
     assert_one_line_error(&o, &["bomb.png", "16000x16000", "bytes"]);
+}
+
+/// Issue #28, case 5: I/O errors printed their path twice ("loading the model m: m: Is a
+/// directory"), from a context and a cause that both named it.
+#[test]
+fn an_unreadable_file_is_named_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("not-a-model");
+    std::fs::create_dir(&folder).unwrap();
+    let name = folder.to_str().unwrap();
+    let o = siamese(&["eval", "--model", name], dir.path());
+    assert_one_line_error(&o, &["Is a directory"]);
+    assert_eq!(stderr(&o).matches(name).count(), 1, "{}", stderr(&o));
+    let missing = dir.path().join("no-runs-here");
+    let o = siamese(
+        &["lake-runs", "--runs", missing.to_str().unwrap()],
+        dir.path(),
+    );
+    assert_one_line_error(&o, &["no-runs-here"]);
+    let said = stderr(&o).matches(missing.to_str().unwrap()).count();
+    assert_eq!(said, 1, "{}", stderr(&o));
 }

@@ -8,6 +8,14 @@ pub enum TrainError {
     /// The configuration is unusable.
     #[error("invalid training config: {0}")]
     Config(String),
+    /// The inputs handed to a function (embeddings, labels, images, a checkpoint's
+    /// metadata) are inconsistent; the message names them.
+    #[error("{0}")]
+    Input(String),
+    /// The run folder cannot be used: it holds another run, or another process is
+    /// training in it.
+    #[error("{0}")]
+    RunFolder(String),
     /// The loss, a weight or a statistic became NaN or infinite; nothing of that step
     /// was saved, and the last good checkpoint is kept.
     #[error("training diverged at step {step}: {what}; {kept}; try a lower learning rate")]

@@ -66,7 +66,7 @@ pub fn sprite(
     width: usize,
 ) -> Result<(Vec<u8>, (usize, usize)), TrainError> {
     if n == 0 || height == 0 || width == 0 || pixels.len() != n * height * width {
-        return Err(TrainError::Config(format!(
+        return Err(TrainError::Input(format!(
             "sprite: {} bytes are not {n} images of {height}x{width}",
             pixels.len()
         )));

@@ -60,7 +60,7 @@ impl Provenance {
     pub fn from_checkpoint(ckpt: &Checkpoint) -> Result<Self, TrainError> {
         let meta = &ckpt.metadata;
         let bad = |key: &str, detail: String| {
-            TrainError::Config(format!(
+            TrainError::Input(format!(
                 "the checkpoint's {key} metadata is not valid: {detail}"
             ))
         };

@@ -73,7 +73,7 @@ impl RunFolder {
                 .into_iter()
                 .find(|f| dir.join(f).exists())
             {
-                return Err(TrainError::Config(format!(
+                return Err(TrainError::RunFolder(format!(
                     "{} already holds a run (it has {found}): resume it (from its last \
                      checkpoint, or from step 0 when it has none) or choose another folder",
                     dir.display()
@@ -392,7 +392,7 @@ impl RunLock {
             .map_err(TrainError::io(&path))?;
         match file.try_lock() {
             Ok(()) => Ok(Self { _file: file }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(TrainError::Config(format!(
+            Err(std::fs::TryLockError::WouldBlock) => Err(TrainError::RunFolder(format!(
                 "another process is training in {} (it holds {}); wait for it or choose another folder",
                 dir.display(),
                 path.display()
