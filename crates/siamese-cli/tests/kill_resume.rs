@@ -104,6 +104,35 @@ fn killed_at_random_moments_and_resumed_equals_an_uninterrupted_run() {
             "{file} differs after {kills} kills"
         );
     }
+    // The TensorBoard curves too: each step's scalars once across the event files
+    // (the steps logged past a checkpoint before a kill were in two files), with the
+    // uninterrupted run's values (speeds aside, which depend on the clock).
+    let curves = |dir: &std::path::Path| {
+        let mut points = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.to_string_lossy().contains("tfevents") {
+                points.extend(siamese_train::tensorboard::read_scalars(&path).unwrap());
+            }
+        }
+        let mut points: Vec<(u64, String, Option<u32>)> = points
+            .into_iter()
+            .map(|(step, tag, v)| {
+                let value = (!tag.ends_with("_per_s")).then_some(v.to_bits());
+                (step, tag, value)
+            })
+            .collect();
+        points.sort();
+        points
+    };
+    let (whole_curves, killed_curves) = (curves(&whole), curves(&killed));
+    assert!(!whole_curves.is_empty());
+    assert!(
+        whole_curves == killed_curves,
+        "TensorBoard scalars differ after {kills} kills: {} points against {}",
+        killed_curves.len(),
+        whole_curves.len()
+    );
     let leftovers: Vec<String> = std::fs::read_dir(&killed)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

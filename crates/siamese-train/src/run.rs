@@ -283,9 +283,12 @@ impl<'a> Run<'a> {
     fn resume(&mut self, reporter: &mut dyn Reporter) -> Result<(), TrainError> {
         let last_path = self.folder.file(files::LAST);
         let dir = self.folder.dir.display().to_string();
-        let mut resumed_at = None;
+        // The first step this process logs, when it continues a run that logged
+        // steps already: the events files drop what the interrupted run logged from it.
+        let mut continues_from = None;
         if self.options.resume && !last_path.exists() {
             self.folder.log.truncate_after(0)?;
+            continues_from = Some(1);
             reporter.note(&format!(
                 "{dir} has no checkpoint yet ({} is absent): starting it from step 0",
                 files::LAST
@@ -308,13 +311,13 @@ impl<'a> Run<'a> {
             self.checkpointed = Some(start);
             self.folder.log.truncate_after(start)?;
             reporter.note(&format!("resumed {dir} at step {start}"));
-            resumed_at = Some(start);
+            continues_from = Some(start + 1);
         }
         if self.folder.new_length.is_some() {
             // Only once the checkpoint is known to be within the new length.
             write_json(&self.folder.file(files::CONFIG), self.config)?;
         }
-        self.events = Some(EventWriter::create(&self.folder.dir, resumed_at)?);
+        self.events = Some(EventWriter::create(&self.folder.dir, continues_from)?);
         self.restart_clock();
         Ok(())
     }
