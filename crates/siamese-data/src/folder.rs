@@ -216,12 +216,23 @@ pub(crate) fn decode_gray(path: &Path) -> Result<(usize, usize, Vec<u8>), DataEr
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
     limits.max_alloc = Some(u64::from(MAX_IMAGE_SIDE).pow(2) * 4);
     reader.limits(limits);
+    let jpeg = reader.format() == Some(image::ImageFormat::Jpeg);
     let decoded = reader.decode().map_err(|e| match e {
         image::ImageError::Limits(_) => bad(format!(
             "larger than this tool decodes ({MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} pixels): {e}"
         )),
         e => bad(format!("not a readable image: {e}")),
     })?;
+    if jpeg {
+        // The decoder pads, skips and ignores what libjpeg calls corrupt data; a file
+        // of garbage scan data decoded to noise (see `jpeg_scan`).
+        let bytes = std::fs::read(path).map_err(|e| DataError::Io {
+            path: path.to_path_buf(),
+            error: e,
+        })?;
+        crate::jpeg_scan::check(&bytes)
+            .map_err(|detail| bad(format!("not a readable image: corrupt JPEG data: {detail}")))?;
+    }
     let gray = decoded.to_luma8();
     let (w, h) = gray.dimensions();
     Ok((h as usize, w as usize, gray.into_raw()))

@@ -52,6 +52,8 @@ pub mod holdout;
 #[cfg(feature = "hub")]
 pub mod hub;
 pub mod idx;
+#[cfg(feature = "image-folder")]
+mod jpeg_scan;
 pub mod npz;
 pub mod omniglot;
 pub mod rng;

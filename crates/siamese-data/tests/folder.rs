@@ -315,3 +315,34 @@ fn ten_thousand_classes_load_split_and_sample() {
         seen.len()
     );
 }
+
+/// Issue #28, case 5: a JPEG whose scan data is garbage decodes (the decoder pads and
+/// skips, as libjpeg does with a warning) and got a verdict. It is refused, named.
+#[test]
+fn a_jpeg_of_garbage_scan_data_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("noise.jpg");
+    gray(28, 28, 3, 1).save(&path).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let sos = bytes.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+    let start = sos + 2 + usize::from(u16::from_be_bytes([bytes[sos + 2], bytes[sos + 3]]));
+    let end = bytes.len() - 2; // before the end-of-image marker
+    for (i, byte) in bytes[start..end].iter_mut().enumerate() {
+        *byte = (i * 73 % 251) as u8; // never 0xFF: no marker inside
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(
+        image::load_from_memory(&bytes).is_ok(),
+        "the decoder alone accepts it"
+    );
+    let preprocessing = Preprocessing {
+        height: 28,
+        width: 28,
+        resize: false,
+    };
+    let err = read_image(&path, &preprocessing).unwrap_err().to_string();
+    assert!(
+        err.contains("noise.jpg") && err.contains("corrupt JPEG data"),
+        "{err}"
+    );
+}
