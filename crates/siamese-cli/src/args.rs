@@ -32,7 +32,8 @@ const EXAMPLES: &str = "Examples:
   siamese plot --embeddings runs/ref/test_embeddings.safetensors --out plot.png
   siamese data info --data mnist
   siamese train --data omniglot --rotate-classes --out runs/omniglot
-  siamese lake-runs --model runs/omniglot/model.safetensors";
+  siamese lake-runs --model runs/omniglot/model.safetensors
+  siamese export --model runs/ref/model.safetensors --out tower.onnx";
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
@@ -59,6 +60,9 @@ pub enum Command {
     /// Score Lake's 20-way one-shot Omniglot runs: his modified Hausdorff baseline, raw
     /// pixels, and a model when given.
     LakeRuns(LakeRunsArgs),
+    /// Write a model's tower as an ONNX file (with its threshold and provenance), to run
+    /// it with onnxruntime or any ONNX runtime.
+    Export(ExportArgs),
 }
 
 /// `siamese lake-runs`.
@@ -416,6 +420,22 @@ pub struct EmbedArgs {
     pub split: SplitName,
     /// Output: `.csv` (label, then one column per dimension) or `.safetensors` (for
     /// `index`: the gallery file, .safetensors).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Also write the images as the model saw them (`.safetensors` only: an `images`
+    /// tensor of bytes, `[n, height, width]`, scaled to [0, 1] by the model): to check
+    /// another runtime of the model (`siamese export`) against these embeddings.
+    #[arg(long)]
+    pub images: bool,
+}
+
+/// `siamese export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The checkpoint.
+    #[arg(long, value_name = "FILE")]
+    pub model: PathBuf,
+    /// The ONNX file to write (`.onnx`).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
 }

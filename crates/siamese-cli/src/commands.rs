@@ -38,6 +38,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Index(a) => crate::gallery::index(a),
         Command::Search(a) => crate::gallery::search(a),
         Command::LakeRuns(a) => lake_runs(a),
+        Command::Export(a) => crate::export::export(a),
     }
 }
 
@@ -843,7 +844,23 @@ fn embed(a: EmbedArgs) -> Result<()> {
             a.split
         );
     }
-    write_embeddings(&a.out, &values, dim, set.labels())?;
+    if a.images {
+        if a.out.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+            bail!(
+                "{}: --images needs a .safetensors output (a CSV holds embeddings only)",
+                a.out.display()
+            );
+        }
+        siamese_train::run_folder::save_embeddings_and_images(
+            &a.out,
+            &values,
+            dim,
+            set.labels(),
+            Some((set.pixels(), set.rows(), set.cols())),
+        )?;
+    } else {
+        write_embeddings(&a.out, &values, dim, set.labels())?;
+    }
     eprintln!(
         "wrote {} embeddings of dimension {dim} to {}",
         set.len(),

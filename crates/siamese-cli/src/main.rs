@@ -4,6 +4,7 @@
 
 mod args;
 mod commands;
+mod export;
 mod gallery;
 mod report;
 mod text;

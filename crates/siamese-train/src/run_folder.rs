@@ -190,8 +190,22 @@ pub fn save_embeddings(
     dim: usize,
     labels: &[u32],
 ) -> Result<(), TrainError> {
+    save_embeddings_and_images(path, values, dim, labels, None)
+}
+
+/// [`save_embeddings`], with the images as the model saw them when `images` is given
+/// (`(pixels, height, width)`: an `images` tensor `[n, height, width]` of u8, which the
+/// model read scaled to [0, 1]): what another framework running the same model needs
+/// to check it gives the same embeddings.
+pub fn save_embeddings_and_images(
+    path: &Path,
+    values: &[f32],
+    dim: usize,
+    labels: &[u32],
+    images: Option<(&[u8], usize, usize)>,
+) -> Result<(), TrainError> {
     let n = labels.len();
-    let tensors = vec![
+    let mut tensors = vec![
         (
             "embeddings".to_string(),
             Tensor::from_vec(values.to_vec(), (n, dim), &Device::Cpu)?,
@@ -201,6 +215,19 @@ pub fn save_embeddings(
             Tensor::from_vec(labels.to_vec(), n, &Device::Cpu)?,
         ),
     ];
+    if let Some((pixels, h, w)) = images {
+        if pixels.len() != n * h * w {
+            return Err(TrainError::Input(format!(
+                "{}: {} pixels are not {n} images of {h}x{w}",
+                path.display(),
+                pixels.len()
+            )));
+        }
+        tensors.push((
+            "images".to_string(),
+            Tensor::from_vec(pixels.to_vec(), (n, h, w), &Device::Cpu)?,
+        ));
+    }
     // Refuses NaN or infinite embeddings: such a file would answer nonsense later.
     Ok(checkpoint::write_safetensors(
         path,
