@@ -198,4 +198,29 @@ fn broken_models_and_unwritable_outputs_are_refused_in_one_line() {
         );
         assert_one_line_error(&o, &[needle]);
     }
+    // A folder without write permission (not for root, whom permissions do not stop).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let locked = dir.join("locked");
+        std::fs::create_dir(&locked).unwrap();
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o500)).unwrap();
+        if std::fs::write(locked.join("probe"), b"x").is_err() {
+            let target = locked.join("t.onnx");
+            let o = siamese(
+                &[
+                    "export",
+                    "--model",
+                    good.to_str().unwrap(),
+                    "--out",
+                    target.to_str().unwrap(),
+                ],
+                dir,
+            );
+            assert_one_line_error(&o, &["locked", "ermission denied"]);
+        } else {
+            eprintln!("permission case skipped: this user writes anywhere");
+        }
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
 }
