@@ -148,6 +148,49 @@ fn scan(
     best.into_sorted_vec().into_iter().map(|r| r.0).collect()
 }
 
+/// [`scan`] for a tile of queries at once (`(query, k, skip)` each), rows `0..`: each
+/// row is read from memory once for the whole tile and compared with every query while
+/// it is in cache. For wide rows (3,000 rows of 20,000 values: 240 MB) the scan is
+/// memory-bound, and one query at a time read the rows 3,000 times. Each distance is
+/// the same [`squared_euclidean`] and each list the same set as [`scan`]'s.
+fn scan_tile(
+    rows: &[f32],
+    dim: usize,
+    tile: &[(&[f32], usize, Option<usize>)],
+) -> Vec<Vec<Neighbour>> {
+    let mut best: Vec<BinaryHeap<Ranked>> = tile
+        .iter()
+        .map(|&(_, k, _)| BinaryHeap::with_capacity(k + 1))
+        .collect();
+    for (i, row) in rows.chunks_exact(dim).enumerate() {
+        for (heap, &(query, k, skip)) in best.iter_mut().zip(tile) {
+            if k == 0 || skip == Some(i) {
+                continue;
+            }
+            let hit = Ranked(Neighbour {
+                index: i,
+                distance: squared_euclidean(row, query),
+            });
+            if heap.len() < k {
+                heap.push(hit);
+            } else if let Some(mut worst) = heap.peek_mut() {
+                if hit < *worst {
+                    *worst = hit;
+                }
+            }
+        }
+    }
+    best.into_iter()
+        .map(|heap| heap.into_sorted_vec().into_iter().map(|r| r.0).collect())
+        .collect()
+}
+
+/// Queries per tile of [`scan_tile`]: up to 8, fewer when there are too few queries to
+/// keep every thread busy with several tiles.
+fn tile_size(queries: usize) -> usize {
+    (queries / (4 * rayon::current_num_threads())).clamp(1, 8)
+}
+
 /// Squared distances to distances, in place.
 fn take_roots(hits: &mut [Neighbour]) {
     for h in hits {
@@ -181,13 +224,19 @@ pub fn nearest_to_each<T: Send>(
     f: impl Fn(usize, &[Neighbour]) -> T + Sync,
 ) -> Vec<T> {
     assert!(dim > 0, "rows need a dimension");
+    let per_tile = tile_size(queries.len() / dim);
     queries
-        .par_chunks(dim)
+        .par_chunks(per_tile * dim)
         .enumerate()
-        .map(|(q, query)| {
-            let mut hits = scan(rows, 0, dim, query, k, None);
-            take_roots(&mut hits);
-            f(q, &hits)
+        .flat_map_iter(|(t, block)| {
+            let first = t * per_tile;
+            let tile: Vec<_> = block.chunks(dim).map(|q| (q, k, None)).collect();
+            let lists = scan_tile(rows, dim, &tile);
+            let f = &f;
+            lists.into_iter().enumerate().map(move |(j, mut hits)| {
+                take_roots(&mut hits);
+                f(first + j, &hits)
+            })
         })
         .collect()
 }
@@ -204,12 +253,22 @@ pub fn nearest_to_each_row<T: Send>(
     f: impl Fn(usize, &[Neighbour]) -> T + Sync,
 ) -> Vec<T> {
     assert!(dim > 0, "rows need a dimension");
-    rows.par_chunks(dim)
+    let per_tile = tile_size(rows.len() / dim);
+    rows.par_chunks(per_tile * dim)
         .enumerate()
-        .map(|(q, query)| {
-            let mut hits = scan(rows, 0, dim, query, k_of(q), Some(q));
-            take_roots(&mut hits);
-            f(q, &hits)
+        .flat_map_iter(|(t, block)| {
+            let first = t * per_tile;
+            let queries: Vec<_> = block
+                .chunks(dim)
+                .enumerate()
+                .map(|(j, q)| (q, k_of(first + j), Some(first + j)))
+                .collect();
+            let lists = scan_tile(rows, dim, &queries);
+            let f = &f;
+            lists.into_iter().enumerate().map(move |(j, mut hits)| {
+                take_roots(&mut hits);
+                f(first + j, &hits)
+            })
         })
         .collect()
 }
@@ -282,15 +341,18 @@ mod tests {
         /// Every row's neighbours leave the row out and equal the naive loop; so do
         /// queries from another set.
         #[test]
-        fn each_row_and_each_query_equal_the_naive_loop(n in 1usize..300, dim in 1usize..20, k in 0usize..12, seed in 0u64..1000) {
+        fn each_row_and_each_query_equal_the_naive_loop(n in 1usize..300, m in 1usize..80, dim in 1usize..20, k in 0usize..12, seed in 0u64..1000) {
+            // Rows and queries go in tiles of up to 8 (the last one short), each row
+            // with its own k, as retrieval asks.
             let e = values(n * dim, seed);
-            let lists = nearest_to_each_row(&e, dim, |_| k, |_, hits| hits.to_vec());
+            let k_of = |q: usize| (q * 7 + k) % 13;
+            let lists = nearest_to_each_row(&e, dim, k_of, |_, hits| hits.to_vec());
             for (q, hits) in lists.iter().enumerate() {
-                same_as_naive(hits, &naive(&e, dim, &e[q * dim..(q + 1) * dim], k, Some(q)))?;
+                same_as_naive(hits, &naive(&e, dim, &e[q * dim..(q + 1) * dim], k_of(q), Some(q)))?;
             }
-            let queries = values(7 * dim, seed + 1);
+            let queries = values(m * dim, seed + 1);
             let lists = nearest_to_each(&e, &queries, dim, k, |_, hits| hits.to_vec());
-            prop_assert_eq!(lists.len(), 7);
+            prop_assert_eq!(lists.len(), m);
             for (q, hits) in lists.iter().enumerate() {
                 same_as_naive(hits, &naive(&e, dim, &queries[q * dim..(q + 1) * dim], k, None))?;
             }
