@@ -105,10 +105,7 @@ fn onnxruntime_gives_the_embeddings_of_siamese_embed() {
             let embeddings = dir.join(format!("{name}.safetensors-embeddings.safetensors"));
             let [ckpt, onnx_arg, emb] =
                 [&checkpoint, &onnx, &embeddings].map(|p| p.to_str().unwrap().to_string());
-            check(&siamese(
-                &["export", "--model", &ckpt, "--out", &onnx_arg],
-                dir,
-            ));
+            check(&export(&checkpoint, &onnx, dir));
             check(&siamese(
                 &[
                     "embed",
@@ -156,6 +153,12 @@ fn onnxruntime_gives_the_embeddings_of_siamese_embed() {
     }
 }
 
+/// `siamese export --model model --out out`, run in `dir`.
+fn export(model: &Path, out: &Path, dir: &Path) -> std::process::Output {
+    let [model, out] = [model, out].map(|p| p.to_str().unwrap());
+    siamese(&["export", "--model", model, "--out", out], dir)
+}
+
 /// A broken checkpoint gets the loader's error; an output the tool cannot write, one
 /// line; nothing is written in either case.
 #[test]
@@ -167,17 +170,7 @@ fn broken_models_and_unwritable_outputs_are_refused_in_one_line() {
     let truncated = dir.join("truncated.safetensors");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
     let out = dir.join("t.onnx");
-    let o = siamese(
-        &[
-            "export",
-            "--model",
-            truncated.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        dir,
-    );
-    assert_one_line_error(&o, &["truncated.safetensors"]);
+    assert_one_line_error(&export(&truncated, &out, dir), &["truncated.safetensors"]);
     assert!(!out.exists());
     // A parent that is a file, not a folder; and an output that is not .onnx.
     let file = dir.join("a-file");
@@ -186,17 +179,7 @@ fn broken_models_and_unwritable_outputs_are_refused_in_one_line() {
         (file.join("t.onnx"), "a-file"),
         (dir.join("t.txt"), "must end in .onnx"),
     ] {
-        let o = siamese(
-            &[
-                "export",
-                "--model",
-                good.to_str().unwrap(),
-                "--out",
-                target.to_str().unwrap(),
-            ],
-            dir,
-        );
-        assert_one_line_error(&o, &[needle]);
+        assert_one_line_error(&export(&good, &target, dir), &[needle]);
     }
     // A folder without write permission (not for root, whom permissions do not stop).
     #[cfg(unix)]
@@ -206,17 +189,7 @@ fn broken_models_and_unwritable_outputs_are_refused_in_one_line() {
         std::fs::create_dir(&locked).unwrap();
         std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o500)).unwrap();
         if std::fs::write(locked.join("probe"), b"x").is_err() {
-            let target = locked.join("t.onnx");
-            let o = siamese(
-                &[
-                    "export",
-                    "--model",
-                    good.to_str().unwrap(),
-                    "--out",
-                    target.to_str().unwrap(),
-                ],
-                dir,
-            );
+            let o = export(&good, &locked.join("t.onnx"), dir);
             assert_one_line_error(&o, &["locked", "ermission denied"]);
         } else {
             eprintln!("permission case skipped: this user writes anywhere");
