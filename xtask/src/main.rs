@@ -348,6 +348,26 @@ fn ci() -> Result<()> {
         bail!("cargo-machete found unused dependencies ({status})");
     }
     vendor::vendor_check()?;
+    // The MPI collectives across real processes (`mpiexec -n 2` and `-n 3`), where an MPI
+    // is installed (`.ci/run` installs MPICH); the rest of the workspace builds without.
+    if Command::new("mpiexec").arg("--version").output().is_ok() {
+        cargo(&[
+            "clippy",
+            "-p",
+            "siamese-collective",
+            "--features",
+            "mpi",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])?;
+        cargo(&["test", "-p", "siamese-collective", "--features", "mpi"])?;
+    } else if std::env::var_os("CI").is_some() {
+        bail!("mpiexec is not installed: CI runs the MPI tests (apt-get install mpich libmpich-dev libclang-dev)");
+    } else {
+        eprintln!("no mpiexec: skipping the MPI tests");
+    }
     if std::env::var_os("SIAMESE_DATA_DIR").is_some() {
         let bin = siamese_binary(false)?;
         data_check(&bin)?;
