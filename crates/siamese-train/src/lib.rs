@@ -15,6 +15,7 @@
 //! ```
 
 pub mod config;
+pub mod distributed;
 pub mod error;
 pub mod eval;
 pub mod explore;

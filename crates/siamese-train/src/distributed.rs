@@ -1,0 +1,205 @@
+//! The tensor side of data-parallel training, over any [`Collective`]
+//! (siamese-collective: one process, threads, or MPI).
+//!
+//! Each rank embeds its own share of the global batch ([`siamese_collective::shard`]).
+//! A loss that pairs images across the batch (all pairs, mining, self-supervised views,
+//! episodes) must see the whole batch: [`all_gather_rows`] gives every rank every
+//! rank's embeddings, the other ranks' as constants and its own still in the graph
+//! (pytorch-metric-learning's `DistributedLossWrapper`). Every rank then computes the
+//! same loss of the whole batch, and its backward pass reaches the parameters only
+//! through its own images; [`all_reduce_gradients`] sums those contributions over the
+//! ranks (one fused buffer, Horovod's tensor fusion), which is the whole batch's
+//! gradient: every path from a parameter to the loss runs through exactly one rank's
+//! images.
+//!
+//! What a step needs beyond these two (not built yet, see the README's design notes):
+//! batch norm over the global batch in training (its statistics gathered the same way),
+//! and each rank's rows of the global batch's dropout masks.
+
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+use siamese_collective::{shard, Collective, Fusion};
+
+use crate::error::TrainError;
+
+fn collective_error(e: siamese_collective::CollectiveError) -> TrainError {
+    TrainError::Input(format!("data-parallel step: {e}"))
+}
+
+/// The whole batch's rows, in rank order, from each rank's share `local` (rank r holds
+/// rows [`shard`]`(n, r, world)` of `n`): the other ranks' rows as constants, this
+/// rank's as `local` itself, so gradients flow back to it alone. A world of one returns
+/// `local` unchanged.
+pub fn all_gather_rows(
+    local: &Tensor,
+    n: usize,
+    collective: &dyn Collective,
+) -> Result<Tensor, TrainError> {
+    let (world, rank) = (collective.world_size(), collective.rank());
+    if world == 1 {
+        return Ok(local.clone());
+    }
+    let (rows, cols) = local.dims2()?;
+    let mine = shard(n, rank, world);
+    if rows != mine.len() {
+        return Err(TrainError::Input(format!(
+            "data-parallel step: rank {rank} holds {rows} rows, its share of {n} is {}",
+            mine.len()
+        )));
+    }
+    // Shares differ by one row at most: each is padded to the largest for the gather
+    // (which takes equal lengths), and the padding dropped after.
+    let widest = n.div_ceil(world);
+    let mut values: Vec<f32> = local.flatten_all()?.to_vec1()?;
+    values.resize(widest * cols, 0.0);
+    let all = collective.all_gather(&values).map_err(collective_error)?;
+    let rows_of = |r: usize| -> Vec<f32> {
+        let start = r * widest * cols;
+        all[start..start + shard(n, r, world).len() * cols].to_vec()
+    };
+    let constant = |ranks: std::ops::Range<usize>| -> Result<Tensor, TrainError> {
+        let values: Vec<f32> = ranks.clone().flat_map(rows_of).collect();
+        let rows = values.len() / cols.max(1);
+        Ok(Tensor::from_vec(values, (rows, cols), local.device())?.to_dtype(local.dtype())?)
+    };
+    let parts = [
+        constant(0..rank)?,
+        local.clone(),
+        constant(rank + 1..world)?,
+    ];
+    Ok(Tensor::cat(&parts, 0)?)
+}
+
+/// Sums every parameter's gradient over the ranks, in place in `grads`, as one fused
+/// buffer in the order of `params`; a parameter without a gradient on this rank counts
+/// as zeros (every rank must send the same buffer length). A world of one changes
+/// nothing.
+pub fn all_reduce_gradients(
+    params: &[(String, Var)],
+    grads: &mut GradStore,
+    collective: &dyn Collective,
+) -> Result<(), TrainError> {
+    if collective.world_size() == 1 {
+        return Ok(());
+    }
+    let mut parts: Vec<Vec<f32>> = Vec::with_capacity(params.len());
+    for (_, var) in params {
+        parts.push(match grads.get(var) {
+            Some(g) => g
+                .flatten_all()?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec1()?,
+            None => vec![0.0; var.elem_count()],
+        });
+    }
+    let slices: Vec<&[f32]> = parts.iter().map(Vec::as_slice).collect();
+    let (fusion, mut buffer) = Fusion::fuse(&slices);
+    collective
+        .all_reduce_sum(&mut buffer)
+        .map_err(collective_error)?;
+    for ((_, var), summed) in params.iter().zip(fusion.split(&buffer)) {
+        let g = Tensor::from_slice(summed, var.shape(), var.device())?.to_dtype(var.dtype())?;
+        grads.insert(var.as_tensor(), g);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use siamese_collective::{SingleProcess, ThreadGroup};
+
+    /// A hand-made case: a linear map `w` of 5 rows of 3 features to 2-D embeddings, and
+    /// a loss that pairs rows across the batch (every pair's squared distance, weighted
+    /// by the pair). Split over 2 ranks (3 rows and 2), gathered, each rank's backward
+    /// summed over the ranks: the one-process gradient.
+    #[test]
+    fn gathered_rows_backpropagate_to_the_one_process_gradient() {
+        let dev = Device::Cpu;
+        let x: Vec<f32> = (0..15).map(|i| ((i * 7) % 11) as f32 / 5.0 - 1.0).collect();
+        let w0: Vec<f32> = vec![0.3, -0.2, 0.5, 0.1, -0.4, 0.25];
+        let loss_of = |emb: &Tensor| -> Tensor {
+            let n = emb.dim(0).unwrap();
+            let mut total = Tensor::zeros((), DType::F32, &dev).unwrap();
+            for i in 0..n {
+                for j in i + 1..n {
+                    let d = (emb.get(i).unwrap() - emb.get(j).unwrap()).unwrap();
+                    let weight = 1.0 + (i * n + j) as f64 / 10.0;
+                    let term = (d.sqr().unwrap().sum_all().unwrap() * weight).unwrap();
+                    total = (total + term).unwrap();
+                }
+            }
+            total
+        };
+        let grad_of = |rows: std::ops::Range<usize>, c: &dyn Collective| -> Vec<f32> {
+            let w = Var::from_vec(w0.clone(), (3, 2), &dev).unwrap();
+            let local = Tensor::from_vec(
+                x[rows.start * 3..rows.end * 3].to_vec(),
+                (rows.len(), 3),
+                &dev,
+            )
+            .unwrap();
+            let emb = local.matmul(w.as_tensor()).unwrap();
+            let all = all_gather_rows(&emb, 5, c).unwrap();
+            let mut grads = loss_of(&all).backward().unwrap();
+            let params = vec![("w".to_string(), w.clone())];
+            all_reduce_gradients(&params, &mut grads, c).unwrap();
+            grads
+                .get(&w)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        let one = grad_of(0..5, &SingleProcess);
+        let ranks = ThreadGroup::run(2, |c| grad_of(shard(5, c.rank(), 2), c));
+        for got in &ranks {
+            for (a, b) in got.iter().zip(&one) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                    "{got:?} vs {one:?}"
+                );
+            }
+        }
+        // Every rank ends with the same bits, to update its parameters identically.
+        assert_eq!(ranks[0], ranks[1]);
+    }
+
+    #[test]
+    fn gradients_round_trip_through_the_fused_buffer_in_shape_and_order() {
+        let dev = Device::Cpu;
+        let a = Var::from_vec(vec![1f32, 2.0, 3.0, 4.0, 5.0, 6.0], (2, 3), &dev).unwrap();
+        let b = Var::from_vec(vec![1f32; 4], (2, 1, 2), &dev).unwrap();
+        let unused = Var::from_vec(vec![0f32; 3], 3, &dev).unwrap();
+        let params = vec![
+            ("a".to_string(), a.clone()),
+            ("unused".to_string(), unused.clone()),
+            ("b".to_string(), b.clone()),
+        ];
+        let sums = ThreadGroup::run(2, |c| {
+            // Rank r's loss: (r + 1) * (sum(a^2) + sum(3 b)).
+            let scale = (c.rank() + 1) as f64;
+            let loss = ((a.as_tensor().sqr().unwrap().sum_all().unwrap()
+                + (b.as_tensor() * 3.0).unwrap().sum_all().unwrap())
+            .unwrap()
+                * scale)
+                .unwrap();
+            let mut grads = loss.backward().unwrap();
+            all_reduce_gradients(&params, &mut grads, c).unwrap();
+            let get = |v: &Var| grads.get(v).unwrap().clone();
+            (get(&a), get(&b), get(&unused))
+        });
+        for (ga, gb, gu) in sums {
+            // (1 + 2) * 2a, (1 + 2) * 3, zeros: summed, each in its own shape.
+            assert_eq!(ga.dims(), [2, 3]);
+            assert_eq!(gb.dims(), [2, 1, 2]);
+            let ga: Vec<f32> = ga.flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(ga, [6.0, 12.0, 18.0, 24.0, 30.0, 36.0]);
+            let gb: Vec<f32> = gb.flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(gb, [9.0; 4]);
+            assert_eq!(gu.to_vec1::<f32>().unwrap(), [0.0; 3]);
+        }
+    }
+}
