@@ -81,6 +81,11 @@ impl Adam {
         self.in_place = false;
     }
 
+    /// The parameters it updates (name, variable), in its order.
+    pub fn params(&self) -> &[(String, Var)] {
+        &self.params
+    }
+
     /// Steps taken.
     pub fn step_count(&self) -> u64 {
         self.step

@@ -84,6 +84,71 @@ impl<S: StepSampler, E: Embedder, L: BatchLoss> Trainer<S, E, L> {
         Ok(value)
     }
 
+    /// [`Self::step`] as one rank of a data-parallel group: every rank draws the same
+    /// global batch (the same sampler and augmenter streams), embeds its own rows of it
+    /// ([`siamese_collective::shard`]), and computes the loss of the whole batch from
+    /// every rank's embeddings ([`crate::distributed::all_gather_rows`]); the gradients,
+    /// summed over the ranks ([`crate::distributed::all_reduce_gradients`]), are the
+    /// one-process gradient of that batch, and every rank makes the same update.
+    ///
+    /// Refused for a tower that draws dropout masks or batch statistics in training
+    /// (`training_is_per_image` false): each rank would see only its own rows' (global
+    /// batch norm is the next step, see the README).
+    pub fn step_data_parallel(
+        &mut self,
+        set: &ImageSet,
+        batch_size: usize,
+        lr: f64,
+        step: u64,
+        collective: &dyn siamese_collective::Collective,
+        training_is_per_image: bool,
+    ) -> Result<f64, TrainError> {
+        if collective.world_size() == 1 {
+            return self.step(set, batch_size, lr, step);
+        }
+        if !training_is_per_image {
+            return Err(TrainError::Config(
+                "data-parallel training needs a tower without batch norm or dropout in \
+                 training (their statistics and masks are not shared across ranks yet)"
+                    .into(),
+            ));
+        }
+        let (value, grads) = self.gradients_data_parallel(set, batch_size, step, collective)?;
+        self.optimizer.step(&grads, lr)?;
+        Ok(value)
+    }
+
+    /// The loss of the next global batch and its gradients summed over the ranks, as
+    /// [`Self::step_data_parallel`] takes them, before the update: sample -> batch ->
+    /// this rank's rows -> embed -> gather every rank's embeddings -> loss -> backward ->
+    /// all-reduce.
+    pub fn gradients_data_parallel(
+        &mut self,
+        set: &ImageSet,
+        batch_size: usize,
+        step: u64,
+        collective: &dyn siamese_collective::Collective,
+    ) -> Result<(f64, candle_core::backprop::GradStore), TrainError> {
+        let batch = self.batch(set, batch_size)?;
+        let n = batch.labels.len();
+        let rows = siamese_collective::shard(n, collective.rank(), collective.world_size());
+        let local = batch.images.narrow(0, rows.start, rows.len())?;
+        let embeddings = self.tower.forward_t(&local, true)?;
+        let all = crate::distributed::all_gather_rows(&embeddings, n, collective)?;
+        let loss = self.loss.forward(&all, &batch.labels)?;
+        let value = f64::from(loss.to_scalar::<f32>()?);
+        if !value.is_finite() {
+            return Err(TrainError::Diverged {
+                step,
+                what: format!("the loss is {value}"),
+                kept: String::new(),
+            });
+        }
+        let mut grads = loss.backward()?;
+        crate::distributed::all_reduce_gradients(self.optimizer.params(), &mut grads, collective)?;
+        Ok((value, grads))
+    }
+
     /// Sample and batch: the next `batch_size` pairs' images (or the next episode's)
     /// with their labels.
     pub fn batch(
