@@ -137,9 +137,9 @@ fn two_ranks_make_the_one_process_update_and_stay_identical() {
     let set = images();
     let one = train(&set, &SingleProcess);
     let ranks = ThreadGroup::run(2, |c| train(&set, c));
-    for step in 0..STEPS as usize {
+    for (step, (a, b)) in ranks[0].iter().zip(&ranks[1]).enumerate() {
         assert!(
-            ranks[0][step] == ranks[1][step],
+            a == b,
             "the ranks' parameters differ after step {}",
             step + 1
         );
