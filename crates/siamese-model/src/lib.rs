@@ -51,6 +51,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod data_parallel;
 pub mod error;
 pub mod init;
 pub mod kernels;

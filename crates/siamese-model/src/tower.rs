@@ -38,6 +38,19 @@ pub trait Embedder {
     }
     /// The dimension of [`Embedder::embed`]'s rows.
     fn embedding_dim(&self) -> usize;
+    /// [`Embedder::forward_t`] of this rank's rows `shard` of a global batch spread over
+    /// ranks, as the global batch would give them: an embedder whose training draws
+    /// batch statistics or random masks must take them over the global batch. The
+    /// default, for embedders that treat each image alone, is `forward_t`.
+    fn forward_t_shard(
+        &self,
+        images: &Tensor,
+        train: bool,
+        shard: &crate::data_parallel::Shard,
+    ) -> Result<Tensor, ModelError> {
+        let _ = shard;
+        self.forward_t(images, train)
+    }
 }
 
 /// Where the dropout generator stands, for checkpoints: a resumed run continues the
@@ -263,6 +276,24 @@ impl ConvTower {
         Ok((x * mask)?)
     }
 
+    /// [`Self::dropout`] of `x`, or, for one rank's rows of a global batch, those rows
+    /// of the global batch's masks (the generator advances by the whole batch on every
+    /// rank, as in one process).
+    fn dropout_rows(
+        &self,
+        x: &Tensor,
+        shard: Option<&crate::data_parallel::Shard>,
+    ) -> Result<Tensor, ModelError> {
+        let Some(s) = shard else {
+            return self.dropout(x);
+        };
+        let features = x.elem_count() / x.dim(0)?.max(1);
+        let all = self.dropout_mask(s.total * features);
+        let mine = all[s.rows.0 * features..s.rows.1 * features].to_vec();
+        let mask = Tensor::from_vec(mine, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        Ok((x * mask)?)
+    }
+
     /// The next `n` dropout multipliers: 0 with probability `dropout`, else
     /// `1 / (1 - dropout)`.
     fn dropout_mask(&self, n: usize) -> Vec<f32> {
@@ -394,6 +425,23 @@ impl ConvTower {
         train: bool,
         layer: TowerLayer,
     ) -> Result<Tensor, ModelError> {
+        self.forward_shard(images, train, layer, None)
+    }
+
+    /// [`Self::forward_to`] of one rank's rows of a global batch (`shard`, in training
+    /// with more than one rank): dropout uses this rank's rows of the global batch's
+    /// masks, so the ranks together compute what one process would. Batch norm in
+    /// training is refused: its statistics must be the global batch's, and their
+    /// gradient reaches every rank's rows, which needs an all-reduce inside the backward
+    /// pass (PyTorch's SyncBatchNorm; not built yet). Runs as plain candle ops.
+    fn forward_shard(
+        &self,
+        images: &Tensor,
+        train: bool,
+        layer: TowerLayer,
+        shard: Option<&crate::data_parallel::Shard>,
+    ) -> Result<Tensor, ModelError> {
+        let shard = shard.filter(|s| train && s.collective.world_size() > 1);
         self.layer_width(layer)?;
         let c = &self.config;
         let expected = [c.input_channels, c.input_height, c.input_width];
@@ -417,9 +465,25 @@ impl ConvTower {
             }
             return Ok(Tensor::cat(&parts, 0)?);
         }
-        let fused = self.fused && fused_path(images.device(), images.dtype());
+        if let Some(s) = shard {
+            if c_has_training_batch_norm(&self.config) {
+                return Err(ModelError::Config(
+                    "data-parallel training of a tower with batch norm is not supported yet \
+                     (its statistics would be each rank's, not the global batch's)"
+                        .into(),
+                ));
+            }
+            if batch != s.rows.1 - s.rows.0 {
+                return Err(ModelError::Config(format!(
+                    "data-parallel step: {batch} images for rows {:?} of {}",
+                    s.range(),
+                    s.total
+                )));
+            }
+        }
+        let fused = shard.is_none() && self.fused && fused_path(images.device(), images.dtype());
         let x = self.convolutions(images, train, fused)?.flatten_from(1)?;
-        self.fully_connected(x, train, fused, layer)
+        self.fully_connected(x, train, fused, layer, shard)
     }
 
     /// The convolutions (with their batch norm and pooling) of `images`, channels first.
@@ -481,7 +545,7 @@ impl ConvTower {
             if let Some(bn) = &layer.bn {
                 y = bn.forward_t(&y, train)?;
             }
-            y = y.relu()?;
+            y = relu(&y)?;
             let p = c.conv_pool;
             if blocks && p > 1 {
                 // Not candle's `max_pool2d`: its backward (candle 0.11) scales the
@@ -519,6 +583,21 @@ impl ConvTower {
     }
 }
 
+/// Whether training draws batch statistics: batch norm after a convolution, or after
+/// a hidden layer.
+fn c_has_training_batch_norm(c: &TowerConfig) -> bool {
+    c.conv_batch_norm || (c.batch_norm && !c.fc_widths.is_empty())
+}
+
+/// ReLU whose gradient is 1 where the input is above 0 and 0 elsewhere, as PyTorch's and
+/// the fused kernels'. candle's own `relu` passes the gradient at exactly 0 too, and
+/// exact zeros are common (blank patches of an image through a zero bias): the two paths
+/// then gave conv1's bias gradients 20% apart.
+fn relu(x: &Tensor) -> Result<Tensor, ModelError> {
+    let above = x.gt(0.0)?.to_dtype(x.dtype())?;
+    Ok((x * above)?)
+}
+
 /// Inference-mode batch norm of `x` `[rows, features]` with the running statistics, as
 /// one scale and shift per feature.
 fn batch_norm_eval(x: &Tensor, bn: &BatchNorm, eps: f64) -> Result<Tensor, ModelError> {
@@ -540,6 +619,7 @@ impl ConvTower {
         train: bool,
         fused: bool,
         layer: TowerLayer,
+        shard: Option<&crate::data_parallel::Shard>,
     ) -> Result<Tensor, ModelError> {
         let c = &self.config;
         for (i, hidden) in self.hidden.iter().enumerate() {
@@ -548,7 +628,7 @@ impl ConvTower {
                 Some(bn) if fused && train => x = self.dropout_batch_norm(&x, bn)?,
                 bn => {
                     if train && c.dropout > 0.0 {
-                        x = self.dropout(&x)?;
+                        x = self.dropout_rows(&x, shard)?;
                     }
                     if let Some(bn) = bn {
                         x = bn.forward_t(&x, train)?;
@@ -595,6 +675,15 @@ impl Embedder for ConvTower {
 
     fn embedding_dim(&self) -> usize {
         self.config.output_dim()
+    }
+
+    fn forward_t_shard(
+        &self,
+        images: &Tensor,
+        train: bool,
+        shard: &crate::data_parallel::Shard,
+    ) -> Result<Tensor, ModelError> {
+        self.forward_shard(images, train, TowerLayer::Head, Some(shard))
     }
 }
 
@@ -663,7 +752,7 @@ fn linear(fc: &Linear, x: &Tensor, relu: bool, fused: bool) -> Result<Tensor, Mo
         }
     }
     let y = fc.forward(x)?;
-    Ok(if relu { y.relu()? } else { y })
+    Ok(if relu { self::relu(&y)? } else { y })
 }
 
 /// Copies `tensors` into the variables of `varmap` with the same names.

@@ -508,15 +508,23 @@ fn fused_tower_matches_plain_tower_with_snell_blocks() {
 /// The tower on both paths: inference and training embeddings, and the gradient of
 /// every parameter.
 fn check_tower(config: &TowerConfig) {
-    let (mut tower, varmap) = ConvTower::init(config, &Device::Cpu, 7).unwrap();
-    assert!(tower.fused(), "CPU f32 takes the fused path by default");
     let shape = [
         6,
         config.input_channels,
         config.input_height,
         config.input_width,
     ];
-    let images = ((random(&shape, 70) + 1.0).unwrap() * 0.5).unwrap();
+    check_tower_on(
+        config,
+        &((random(&shape, 70) + 1.0).unwrap() * 0.5).unwrap(),
+    );
+}
+
+/// [`check_tower`] on given images.
+fn check_tower_on(config: &TowerConfig, images: &Tensor) {
+    let images = images.clone();
+    let (mut tower, varmap) = ConvTower::init(config, &Device::Cpu, 7).unwrap();
+    assert!(tower.fused(), "CPU f32 takes the fused path by default");
     let r = random(&[6, config.embedding_dim], 71);
     // Inference first: a training pass moves batch norm's running statistics.
     let mut evals = Vec::new();
@@ -636,4 +644,20 @@ fn max_pool_relu_on_a_hand_made_case() {
     let y = nan.apply_op1(MaxPoolRelu { window: 2 }).unwrap();
     assert!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0].is_nan());
     assert!(nan.apply_op1(MaxPoolRelu { window: 3 }).is_err());
+}
+
+/// Blank patches (exact zeros through zero biases: pre-activations of exactly 0) on
+/// both paths: ReLU's gradient there is 0 on both, as PyTorch's. candle's own `relu`
+/// passes it, and conv1's bias gradients were 20% apart.
+#[test]
+fn fused_tower_matches_plain_tower_on_blank_patches() {
+    for config in [TowerConfig::strided_four(16, 16, 8), TowerConfig::default()] {
+        let (h, w) = (config.input_height, config.input_width);
+        let noise = ((random(&[6, 1, h, w], 72) + 1.0).unwrap() * 0.5).unwrap();
+        let left_half_blank: Vec<f32> = (0..6 * h * w)
+            .map(|i| if i % w < w / 2 { 0.0 } else { 1.0 })
+            .collect();
+        let mask = Tensor::from_vec(left_half_blank, (6, 1, h, w), &Device::Cpu).unwrap();
+        check_tower_on(&config, &(noise * mask).unwrap());
+    }
 }

@@ -12,13 +12,13 @@
 //! gradient: every path from a parameter to the loss runs through exactly one rank's
 //! images.
 //!
-//! What a step needs beyond these two (not built yet, see the README's design notes):
-//! batch norm over the global batch in training (its statistics gathered the same way),
-//! and each rank's rows of the global batch's dropout masks.
+//! Dropout uses each rank's rows of the global batch's masks
+//! (`siamese_model::Embedder::forward_t_shard`); a tower with batch norm in training is
+//! refused (see `siamese_model::data_parallel`).
 
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
-use siamese_collective::{shard, Collective, Fusion};
+use siamese_collective::{Collective, Fusion};
 
 use crate::error::TrainError;
 
@@ -26,49 +26,7 @@ fn collective_error(e: siamese_collective::CollectiveError) -> TrainError {
     TrainError::Input(format!("data-parallel step: {e}"))
 }
 
-/// The whole batch's rows, in rank order, from each rank's share `local` (rank r holds
-/// rows [`shard`]`(n, r, world)` of `n`): the other ranks' rows as constants, this
-/// rank's as `local` itself, so gradients flow back to it alone. A world of one returns
-/// `local` unchanged.
-pub fn all_gather_rows(
-    local: &Tensor,
-    n: usize,
-    collective: &dyn Collective,
-) -> Result<Tensor, TrainError> {
-    let (world, rank) = (collective.world_size(), collective.rank());
-    if world == 1 {
-        return Ok(local.clone());
-    }
-    let (rows, cols) = local.dims2()?;
-    let mine = shard(n, rank, world);
-    if rows != mine.len() {
-        return Err(TrainError::Input(format!(
-            "data-parallel step: rank {rank} holds {rows} rows, its share of {n} is {}",
-            mine.len()
-        )));
-    }
-    // Shares differ by one row at most: each is padded to the largest for the gather
-    // (which takes equal lengths), and the padding dropped after.
-    let widest = n.div_ceil(world);
-    let mut values: Vec<f32> = local.flatten_all()?.to_vec1()?;
-    values.resize(widest * cols, 0.0);
-    let all = collective.all_gather(&values).map_err(collective_error)?;
-    let rows_of = |r: usize| -> Vec<f32> {
-        let start = r * widest * cols;
-        all[start..start + shard(n, r, world).len() * cols].to_vec()
-    };
-    let constant = |ranks: std::ops::Range<usize>| -> Result<Tensor, TrainError> {
-        let values: Vec<f32> = ranks.clone().flat_map(rows_of).collect();
-        let rows = values.len() / cols.max(1);
-        Ok(Tensor::from_vec(values, (rows, cols), local.device())?.to_dtype(local.dtype())?)
-    };
-    let parts = [
-        constant(0..rank)?,
-        local.clone(),
-        constant(rank + 1..world)?,
-    ];
-    Ok(Tensor::cat(&parts, 0)?)
-}
+pub use siamese_model::data_parallel::{all_gather_rows, Shard};
 
 /// Sums every parameter's gradient over the ranks, in place in `grads`, as one fused
 /// buffer in the order of `params`; a parameter without a gradient on this rank counts
@@ -108,7 +66,7 @@ pub fn all_reduce_gradients(
 mod tests {
     use super::*;
     use candle_core::{DType, Device};
-    use siamese_collective::{SingleProcess, ThreadGroup};
+    use siamese_collective::{shard, SingleProcess, ThreadGroup};
 
     /// A hand-made case: a linear map `w` of 5 rows of 3 features to 2-D embeddings, and
     /// a loss that pairs rows across the batch (every pair's squared distance, weighted

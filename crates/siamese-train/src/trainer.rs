@@ -86,14 +86,12 @@ impl<S: StepSampler, E: Embedder, L: BatchLoss> Trainer<S, E, L> {
 
     /// [`Self::step`] as one rank of a data-parallel group: every rank draws the same
     /// global batch (the same sampler and augmenter streams), embeds its own rows of it
-    /// ([`siamese_collective::shard`]), and computes the loss of the whole batch from
-    /// every rank's embeddings ([`crate::distributed::all_gather_rows`]); the gradients,
-    /// summed over the ranks ([`crate::distributed::all_reduce_gradients`]), are the
-    /// one-process gradient of that batch, and every rank makes the same update.
-    ///
-    /// Refused for a tower that draws dropout masks or batch statistics in training
-    /// (`training_is_per_image` false): each rank would see only its own rows' (global
-    /// batch norm is the next step, see the README).
+    /// ([`siamese_collective::shard`]; batch norm over the global batch, its rows of the
+    /// global dropout masks: [`Embedder::forward_t_shard`]), and computes the loss of the
+    /// whole batch from every rank's embeddings ([`crate::distributed::all_gather_rows`]);
+    /// the gradients, summed over the ranks ([`crate::distributed::all_reduce_gradients`]),
+    /// are the one-process gradient of that batch, and every rank makes the same update.
+    /// A world of one is [`Self::step`] itself.
     pub fn step_data_parallel(
         &mut self,
         set: &ImageSet,
@@ -101,17 +99,9 @@ impl<S: StepSampler, E: Embedder, L: BatchLoss> Trainer<S, E, L> {
         lr: f64,
         step: u64,
         collective: &dyn siamese_collective::Collective,
-        training_is_per_image: bool,
     ) -> Result<f64, TrainError> {
         if collective.world_size() == 1 {
             return self.step(set, batch_size, lr, step);
-        }
-        if !training_is_per_image {
-            return Err(TrainError::Config(
-                "data-parallel training needs a tower without batch norm or dropout in \
-                 training (their statistics and masks are not shared across ranks yet)"
-                    .into(),
-            ));
         }
         let (value, grads) = self.gradients_data_parallel(set, batch_size, step, collective)?;
         self.optimizer.step(&grads, lr)?;
@@ -131,9 +121,11 @@ impl<S: StepSampler, E: Embedder, L: BatchLoss> Trainer<S, E, L> {
     ) -> Result<(f64, candle_core::backprop::GradStore), TrainError> {
         let batch = self.batch(set, batch_size)?;
         let n = batch.labels.len();
-        let rows = siamese_collective::shard(n, collective.rank(), collective.world_size());
-        let local = batch.images.narrow(0, rows.start, rows.len())?;
-        let embeddings = self.tower.forward_t(&local, true)?;
+        let shard = siamese_model::data_parallel::Shard::of(collective, n);
+        let local = batch
+            .images
+            .narrow(0, shard.rows.0, shard.rows.1 - shard.rows.0)?;
+        let embeddings = self.tower.forward_t_shard(&local, true, &shard)?;
         let all = crate::distributed::all_gather_rows(&embeddings, n, collective)?;
         let loss = self.loss.forward(&all, &batch.labels)?;
         let value = f64::from(loss.to_scalar::<f32>()?);
