@@ -177,6 +177,126 @@ fn episodes(count: usize, plain: bool) -> serde_json::Value {
     })
 }
 
+/// A collective that times its calls and counts the bytes it sends.
+struct Timed<'a> {
+    inner: &'a dyn siamese_collective::Collective,
+    seconds: std::cell::Cell<f64>,
+    bytes: std::cell::Cell<usize>,
+}
+
+impl Timed<'_> {
+    fn time<T>(&self, bytes: usize, f: impl FnOnce() -> T) -> T {
+        let start = Instant::now();
+        let out = f();
+        self.seconds
+            .set(self.seconds.get() + start.elapsed().as_secs_f64());
+        self.bytes.set(self.bytes.get() + bytes);
+        out
+    }
+}
+
+impl siamese_collective::Collective for Timed<'_> {
+    fn rank(&self) -> usize {
+        self.inner.rank()
+    }
+    fn world_size(&self) -> usize {
+        self.inner.world_size()
+    }
+    fn all_reduce_sum(&self, v: &mut [f32]) -> Result<(), siamese_collective::CollectiveError> {
+        self.time(v.len() * 4, || self.inner.all_reduce_sum(v))
+    }
+    fn broadcast(
+        &self,
+        v: &mut [f32],
+        root: usize,
+    ) -> Result<(), siamese_collective::CollectiveError> {
+        self.time(v.len() * 4, || self.inner.broadcast(v, root))
+    }
+    fn broadcast_bytes(
+        &self,
+        b: &mut Vec<u8>,
+        root: usize,
+    ) -> Result<(), siamese_collective::CollectiveError> {
+        self.time(b.len(), || self.inner.broadcast_bytes(b, root))
+    }
+    fn all_gather(&self, l: &[f32]) -> Result<Vec<f32>, siamese_collective::CollectiveError> {
+        self.time(l.len() * 4, || self.inner.all_gather(l))
+    }
+    fn barrier(&self) -> Result<(), siamese_collective::CollectiveError> {
+        self.time(0, || self.inner.barrier())
+    }
+}
+
+/// The faces recipe's step (20-way episodes of 2 + 3 photos of 56x46, four strided
+/// convolutions, augmentation) on every rank of the MPI world when launched by
+/// `mpiexec` (built with `--features mpi`), else in one process: episodes/s, and the
+/// seconds and bytes each step spends in the collectives.
+fn data_parallel(count: usize) -> serde_json::Value {
+    #[cfg(feature = "mpi")]
+    let mpi = siamese_collective::Mpi::launched()
+        .then(|| siamese_collective::Mpi::init().expect("MPI initialised once"));
+    #[cfg(not(feature = "mpi"))]
+    let mpi: Option<siamese_collective::SingleProcess> = None;
+    let single = siamese_collective::SingleProcess;
+    let inner: &dyn siamese_collective::Collective = match &mpi {
+        Some(m) => m,
+        None => &single,
+    };
+    let timed = Timed {
+        inner,
+        seconds: 0.0.into(),
+        bytes: 0.into(),
+    };
+    let (ways, shots, queries, h, w) = (20, 2, 3, 56, 46);
+    let n = 400usize;
+    let pixels = (0..n * h * w)
+        .map(|i| ((i * 2_654_435_761) >> 13) as u8)
+        .collect();
+    let labels = (0..n).map(|i| (i / 10) as u32).collect();
+    let set = ImageSet::new(h, w, n / 10, pixels, labels, "synthetic".as_ref()).expect("sizes");
+    let config = TowerConfig::strided_four(h, w, 64);
+    let (tower, varmap) = ConvTower::init(&config, &Device::Cpu, 0).expect("valid config");
+    let params = ConvTower::trainable_parameters(&varmap);
+    let param_count: usize = params.iter().map(|(_, v)| v.elem_count()).sum();
+    let sampler = EpisodeSampler::new(set.labels(), ways, shots, queries, 0).expect("sampler");
+    let loss = Prototypical {
+        ways,
+        shots,
+        queries,
+    };
+    let batcher = Batcher::new(Device::Cpu);
+    let mut trainer = Trainer::new(sampler, tower, loss, params, AdamConfig::default(), batcher)
+        .expect("trainer");
+    trainer.augmenter = Some(
+        siamese_data::Augmenter::new(siamese_data::AugmentConfig::default(), 1).expect("augment"),
+    );
+    for s in 0..WARMUP {
+        trainer
+            .step_data_parallel(&set, 0, 1e-3, s as u64, &timed)
+            .expect("step");
+    }
+    timed.seconds.set(0.0);
+    timed.bytes.set(0);
+    let start = Instant::now();
+    for s in 0..count {
+        trainer
+            .step_data_parallel(&set, 0, 1e-3, s as u64, &timed)
+            .expect("step");
+    }
+    let secs = start.elapsed().as_secs_f64();
+    serde_json::json!({
+        "mode": "data-parallel", "ranks": inner.world_size(), "rank": inner.rank(),
+        "threads_per_rank": rayon::current_num_threads(),
+        "recipe": "faces: 20-way 2-shot 3-query episodes, 56x46, strided_four, augmented",
+        "episodes": count, "train_episodes_per_s": count as f64 / secs,
+        "collective_seconds_per_step": timed.seconds.get() / count as f64,
+        "collective_share": timed.seconds.get() / secs,
+        "bytes_sent_per_step": timed.bytes.get() / count,
+        "gradient_bytes": param_count * 4,
+        "machine": siamese_benches::machine(),
+    })
+}
+
 fn embed(batches: usize, plain: bool) -> serde_json::Value {
     let device = Device::Cpu;
     let (mut tower, _varmap) =
@@ -519,6 +639,7 @@ fn main() {
         Some("train") => train(count(30), plain, pairing),
         Some("embed") => embed(count(5), plain),
         Some("episodes") => episodes(count(20), plain),
+        Some("data-parallel") => data_parallel(count(20)),
         Some("gemm") => {
             for line in gemm_products(count(9)) {
                 println!("{line}");
@@ -534,6 +655,7 @@ fn main() {
         _ => {
             eprintln!(
                 "usage: throughput train [STEPS] | embed [BATCHES] | episodes [EPISODES] | \
+                 data-parallel [EPISODES] (under mpiexec with --features mpi) | \
                  layers [REPS] | gemm [REPS], \
                  options --plain --all-in-batch --candle-pool --default-malloc"
             );

@@ -433,7 +433,8 @@ impl ConvTower {
     /// masks, so the ranks together compute what one process would. Batch norm in
     /// training is refused: its statistics must be the global batch's, and their
     /// gradient reaches every rank's rows, which needs an all-reduce inside the backward
-    /// pass (PyTorch's SyncBatchNorm; not built yet). Runs as plain candle ops.
+    /// pass (PyTorch's SyncBatchNorm; not built yet). Everything else is per image, so
+    /// the fused kernels run it as in one process.
     fn forward_shard(
         &self,
         images: &Tensor,
@@ -481,7 +482,7 @@ impl ConvTower {
                 )));
             }
         }
-        let fused = shard.is_none() && self.fused && fused_path(images.device(), images.dtype());
+        let fused = self.fused && fused_path(images.device(), images.dtype());
         let x = self.convolutions(images, train, fused)?.flatten_from(1)?;
         self.fully_connected(x, train, fused, layer, shard)
     }
