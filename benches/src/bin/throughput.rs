@@ -178,24 +178,24 @@ fn episodes(count: usize, plain: bool) -> serde_json::Value {
 }
 
 /// A collective that times its calls and counts the bytes it sends.
-struct Timed<'a> {
-    inner: &'a dyn siamese_collective::Collective,
-    seconds: std::cell::Cell<f64>,
-    bytes: std::cell::Cell<usize>,
+struct Timed {
+    inner: siamese_collective::SharedCollective,
+    /// Seconds in the collectives, and bytes sent.
+    spent: std::sync::Mutex<(f64, usize)>,
 }
 
-impl Timed<'_> {
+impl Timed {
     fn time<T>(&self, bytes: usize, f: impl FnOnce() -> T) -> T {
         let start = Instant::now();
         let out = f();
-        self.seconds
-            .set(self.seconds.get() + start.elapsed().as_secs_f64());
-        self.bytes.set(self.bytes.get() + bytes);
+        let mut spent = self.spent.lock().expect("not poisoned");
+        spent.0 += start.elapsed().as_secs_f64();
+        spent.1 += bytes;
         out
     }
 }
 
-impl siamese_collective::Collective for Timed<'_> {
+impl siamese_collective::Collective for Timed {
     fn rank(&self) -> usize {
         self.inner.rank()
     }
@@ -233,20 +233,17 @@ impl siamese_collective::Collective for Timed<'_> {
 /// seconds and bytes each step spends in the collectives.
 fn data_parallel(count: usize) -> serde_json::Value {
     #[cfg(feature = "mpi")]
-    let mpi = siamese_collective::Mpi::launched()
-        .then(|| siamese_collective::Mpi::init().expect("MPI initialised once"));
+    let inner: siamese_collective::SharedCollective = match siamese_collective::Mpi::launched() {
+        true => Arc::new(siamese_collective::Mpi::init().expect("MPI initialised once")),
+        false => Arc::new(siamese_collective::SingleProcess),
+    };
     #[cfg(not(feature = "mpi"))]
-    let mpi: Option<siamese_collective::SingleProcess> = None;
-    let single = siamese_collective::SingleProcess;
-    let inner: &dyn siamese_collective::Collective = match &mpi {
-        Some(m) => m,
-        None => &single,
-    };
-    let timed = Timed {
-        inner,
-        seconds: 0.0.into(),
-        bytes: 0.into(),
-    };
+    let inner: siamese_collective::SharedCollective = Arc::new(siamese_collective::SingleProcess);
+    let timed = Arc::new(Timed {
+        inner: inner.clone(),
+        spent: std::sync::Mutex::new((0.0, 0)),
+    });
+    let collective: siamese_collective::SharedCollective = timed.clone();
     let (ways, shots, queries, h, w) = (20, 2, 3, 56, 46);
     let n = 400usize;
     let pixels = (0..n * h * w)
@@ -272,26 +269,26 @@ fn data_parallel(count: usize) -> serde_json::Value {
     );
     for s in 0..WARMUP {
         trainer
-            .step_data_parallel(&set, 0, 1e-3, s as u64, &timed)
+            .step_data_parallel(&set, 0, 1e-3, s as u64, &collective)
             .expect("step");
     }
-    timed.seconds.set(0.0);
-    timed.bytes.set(0);
+    *timed.spent.lock().expect("not poisoned") = (0.0, 0);
     let start = Instant::now();
     for s in 0..count {
         trainer
-            .step_data_parallel(&set, 0, 1e-3, s as u64, &timed)
+            .step_data_parallel(&set, 0, 1e-3, s as u64, &collective)
             .expect("step");
     }
     let secs = start.elapsed().as_secs_f64();
+    let (spent, bytes) = *timed.spent.lock().expect("not poisoned");
     serde_json::json!({
         "mode": "data-parallel", "ranks": inner.world_size(), "rank": inner.rank(),
         "threads_per_rank": rayon::current_num_threads(),
         "recipe": "faces: 20-way 2-shot 3-query episodes, 56x46, strided_four, augmented",
         "episodes": count, "train_episodes_per_s": count as f64 / secs,
-        "collective_seconds_per_step": timed.seconds.get() / count as f64,
-        "collective_share": timed.seconds.get() / secs,
-        "bytes_sent_per_step": timed.bytes.get() / count,
+        "collective_seconds_per_step": spent / count as f64,
+        "collective_share": spent / secs,
+        "bytes_sent_per_step": bytes / count,
         "gradient_bytes": param_count * 4,
         "machine": siamese_benches::machine(),
     })

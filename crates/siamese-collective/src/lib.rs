@@ -79,6 +79,10 @@ pub trait Collective {
     fn barrier(&self) -> Result<(), CollectiveError>;
 }
 
+/// A collective shared by the parts of a training step that talk to the other ranks
+/// (the gradient all-reduce, batch norm's statistics inside the backward pass).
+pub type SharedCollective = Arc<dyn Collective + Send + Sync>;
+
 /// A world of one process: rank 0 of 1, every operation a no-op.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SingleProcess;
@@ -170,6 +174,7 @@ pub const THREAD_GROUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// step tested without MPI. Sums are taken in rank order, so every rank gets the same
 /// bits. A rank whose closure panics or returns leaves the group, and the others'
 /// operations fail naming it instead of waiting.
+#[derive(Clone)]
 pub struct ThreadGroup {
     rank: usize,
     shared: Arc<Shared>,

@@ -1,19 +1,20 @@
 //! One rank's share of a data-parallel forward pass: which rows of the global batch it
-//! holds ([`Shard`]), and every rank's rows gathered with gradients flowing to its own
-//! ([`all_gather_rows`]).
+//! holds ([`Shard`]), every rank's rows gathered with gradients flowing to its own
+//! ([`all_gather_rows`]), and a differentiable all-reduce ([`all_reduce_sum`]) for batch
+//! norm's statistics over the global batch.
 //!
 //! Every rank computes the same loss of the whole batch from the gathered rows, and its
 //! backward pass reaches the parameters only through its own rows; the ranks' gradients
 //! summed are the one-process gradient, because every path from a parameter to the loss
-//! runs through exactly one rank's rows. That holds while each rank's rows are computed
-//! from its own images alone: batch statistics shared across ranks (batch norm) would
-//! add paths from one rank's images through another rank's rows, whose gradient only an
-//! all-reduce inside the backward pass recovers.
+//! runs through exactly one rank's rows. Batch norm's statistics add paths from one
+//! rank's images through every rank's rows: their all-reduce sums the gradient over the
+//! ranks in the backward pass too (as PyTorch's `SyncBatchNorm`), so each rank's
+//! statistics receive the whole gradient.
 
 use std::ops::Range;
 
-use candle_core::Tensor;
-use siamese_collective::{shard, Collective};
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use siamese_collective::{shard, Collective, SharedCollective};
 
 use crate::error::ModelError;
 
@@ -21,7 +22,7 @@ use crate::error::ModelError;
 #[derive(Clone, Copy)]
 pub struct Shard<'a> {
     /// The group of ranks.
-    pub collective: &'a dyn Collective,
+    pub collective: &'a SharedCollective,
     /// The rows of the global batch this rank holds ([`siamese_collective::shard`]).
     pub rows: (usize, usize),
     /// Images in the global batch.
@@ -30,7 +31,7 @@ pub struct Shard<'a> {
 
 impl<'a> Shard<'a> {
     /// This rank's share of a global batch of `total` images.
-    pub fn of(collective: &'a dyn Collective, total: usize) -> Self {
+    pub fn of(collective: &'a SharedCollective, total: usize) -> Self {
         let rows = shard(total, collective.rank(), collective.world_size());
         Self {
             collective,
@@ -94,4 +95,56 @@ pub fn all_gather_rows(
         constant(rank + 1..world)?,
     ];
     Ok(Tensor::cat(&parts, 0)?)
+}
+
+/// The element-wise sum of `local` over the ranks, differentiable: the backward pass sums
+/// the incoming gradient over the ranks as well, so each rank's term receives the whole
+/// batch's gradient (every rank uses the sum). Every rank must call it at the same point
+/// of its forward pass, and so of its backward pass. CPU f32.
+pub fn all_reduce_sum(local: &Tensor, collective: &SharedCollective) -> Result<Tensor, ModelError> {
+    Ok(local.contiguous()?.apply_op1(AllReduceSum {
+        collective: collective.clone(),
+    })?)
+}
+
+struct AllReduceSum {
+    collective: SharedCollective,
+}
+
+impl AllReduceSum {
+    fn reduce(&self, mut values: Vec<f32>) -> candle_core::Result<Vec<f32>> {
+        self.collective
+            .all_reduce_sum(&mut values)
+            .map_err(|e| candle_core::Error::Msg(format!("data-parallel step: {e}")))?;
+        Ok(values)
+    }
+}
+
+impl CustomOp1 for AllReduceSum {
+    fn name(&self) -> &'static str {
+        "all-reduce-sum"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(data), Some((start, end))) = (storage, layout.contiguous_offsets())
+        else {
+            candle_core::bail!("all-reduce-sum takes a contiguous f32 tensor");
+        };
+        let summed = self.reduce(data[start..end].to_vec())?;
+        Ok((CpuStorage::F32(summed), layout.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let summed = self.reduce(grad.flatten_all()?.to_vec1::<f32>()?)?;
+        Ok(Some(Tensor::from_vec(summed, grad.shape(), grad.device())?))
+    }
 }

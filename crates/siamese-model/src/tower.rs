@@ -294,6 +294,49 @@ impl ConvTower {
         Ok((x * mask)?)
     }
 
+    /// Training-mode batch norm of one rank's rows `x` (`[rows, features]`, or
+    /// `[images, channels, height, width]` after a convolution) with the statistics of
+    /// the global batch: per-channel sums all-reduced over the ranks, in the backward
+    /// pass too. The running statistics move by candle-nn's rule, the same on every rank.
+    fn batch_norm_global(
+        &self,
+        x: &Tensor,
+        bn: &BatchNorm,
+        shard: &crate::data_parallel::Shard,
+    ) -> Result<Tensor, ModelError> {
+        use crate::data_parallel::all_reduce_sum;
+        let c = &self.config;
+        let Some((gamma, beta)) = bn.weight_and_bias() else {
+            return Err(ModelError::Config(
+                "batch norm has a scale and shift".into(),
+            ));
+        };
+        let images = x.dim(0)?;
+        let xt = x.transpose(0, 1)?;
+        let transposed_dims = xt.dims().to_vec();
+        let xt = xt.flatten_from(1)?.contiguous()?;
+        let channels = xt.dim(0)?;
+        let per_image = xt.dim(1)? / images.max(1);
+        let count = (shard.total * per_image) as f64;
+        let mean = (all_reduce_sum(&xt.sum(1)?, shard.collective)? / count)?;
+        let centred = xt.broadcast_sub(&mean.reshape((channels, 1))?)?;
+        let var = (all_reduce_sum(&centred.sqr()?.sum(1)?, shard.collective)? / count)?;
+        let momentum = c.batch_norm_momentum;
+        let unbiased = momentum * count / (count - 1.0);
+        for (running, stat, weight) in [
+            (bn.running_mean(), &mean, momentum),
+            (bn.running_var(), &var, unbiased),
+        ] {
+            let updated = ((running * (1.0 - momentum))? + (stat.detach() * weight)?)?;
+            Var::from_tensor(running)?.set(&updated)?;
+        }
+        let y = centred
+            .broadcast_div(&(var + c.batch_norm_eps)?.sqrt()?.reshape((channels, 1))?)?
+            .broadcast_mul(&gamma.reshape((channels, 1))?)?
+            .broadcast_add(&beta.reshape((channels, 1))?)?;
+        Ok(y.reshape(transposed_dims)?.transpose(0, 1)?)
+    }
+
     /// The next `n` dropout multipliers: 0 with probability `dropout`, else
     /// `1 / (1 - dropout)`.
     fn dropout_mask(&self, n: usize) -> Vec<f32> {
@@ -429,12 +472,11 @@ impl ConvTower {
     }
 
     /// [`Self::forward_to`] of one rank's rows of a global batch (`shard`, in training
-    /// with more than one rank): dropout uses this rank's rows of the global batch's
-    /// masks, so the ranks together compute what one process would. Batch norm in
-    /// training is refused: its statistics must be the global batch's, and their
-    /// gradient reaches every rank's rows, which needs an all-reduce inside the backward
-    /// pass (PyTorch's SyncBatchNorm; not built yet). Everything else is per image, so
-    /// the fused kernels run it as in one process.
+    /// with more than one rank): batch norm takes its statistics over the global batch
+    /// (summed over the ranks, and their gradient too: [`crate::data_parallel::all_reduce_sum`])
+    /// and dropout uses this rank's rows of the global batch's masks, so the ranks
+    /// together compute what one process would. Everything else is per image, run by
+    /// the fused kernels as in one process; the batch norms run as plain candle ops.
     fn forward_shard(
         &self,
         images: &Tensor,
@@ -467,13 +509,6 @@ impl ConvTower {
             return Ok(Tensor::cat(&parts, 0)?);
         }
         if let Some(s) = shard {
-            if c_has_training_batch_norm(&self.config) {
-                return Err(ModelError::Config(
-                    "data-parallel training of a tower with batch norm is not supported yet \
-                     (its statistics would be each rank's, not the global batch's)"
-                        .into(),
-                ));
-            }
             if batch != s.rows.1 - s.rows.0 {
                 return Err(ModelError::Config(format!(
                     "data-parallel step: {batch} images for rows {:?} of {}",
@@ -483,7 +518,12 @@ impl ConvTower {
             }
         }
         let fused = self.fused && fused_path(images.device(), images.dtype());
-        let x = self.convolutions(images, train, fused)?.flatten_from(1)?;
+        // Snell's blocks with batch norm over the global batch run as plain candle ops:
+        // the fused kernels take their statistics from the rows they are given.
+        let fused = fused && !(shard.is_some() && self.config.conv_batch_norm);
+        let x = self
+            .convolutions(images, train, fused, shard)?
+            .flatten_from(1)?;
         self.fully_connected(x, train, fused, layer, shard)
     }
 
@@ -493,6 +533,7 @@ impl ConvTower {
         images: &Tensor,
         train: bool,
         fused: bool,
+        shard: Option<&crate::data_parallel::Shard>,
     ) -> Result<Tensor, ModelError> {
         let c = &self.config;
         let mut x = if fused && !self.convs.is_empty() {
@@ -518,7 +559,7 @@ impl ConvTower {
             }
         } else {
             for layer in &self.convs {
-                x = self.conv_block(layer, &x, train, fused)?;
+                x = self.conv_block(layer, &x, train, fused, shard)?;
             }
         }
         if fused && c.conv_blocks() && !self.convs.is_empty() {
@@ -537,6 +578,7 @@ impl ConvTower {
         x: &Tensor,
         train: bool,
         fused: bool,
+        shard: Option<&crate::data_parallel::Shard>,
     ) -> Result<Tensor, ModelError> {
         let c = &self.config;
         let blocks = c.conv_blocks();
@@ -544,23 +586,15 @@ impl ConvTower {
             let padded = layer.fused.geometry.pad_tensor(x)?;
             let mut y = layer.conv.forward(&padded)?;
             if let Some(bn) = &layer.bn {
-                y = bn.forward_t(&y, train)?;
+                y = match shard {
+                    Some(s) => self.batch_norm_global(&y, bn, s)?,
+                    None => bn.forward_t(&y, train)?,
+                };
             }
             y = relu(&y)?;
             let p = c.conv_pool;
             if blocks && p > 1 {
-                // Not candle's `max_pool2d`: its backward (candle 0.11) scales the
-                // gradient by 1 / p^2 and maps the rows of an odd-sized input to the
-                // wrong windows. The windows as two axes of their own, cropped to whole
-                // windows, reduced by `max`, whose backward is right.
-                let (b, ch, h, w) = y.dims4()?;
-                let (ho, wo) = (h / p, w / p);
-                y = y
-                    .narrow(2, 0, ho * p)?
-                    .narrow(3, 0, wo * p)?
-                    .reshape((b, ch, ho, p, wo, p))?
-                    .max(5)?
-                    .max(3)?;
+                y = max_pool(&y, p)?;
             }
             return Ok(y);
         }
@@ -584,10 +618,26 @@ impl ConvTower {
     }
 }
 
-/// Whether training draws batch statistics: batch norm after a convolution, or after
-/// a hidden layer.
-fn c_has_training_batch_norm(c: &TowerConfig) -> bool {
-    c.conv_batch_norm || (c.batch_norm && !c.fc_widths.is_empty())
+/// Max-pool of `x` `[B, C, H, W]` over `p x p` windows at stride `p`, rounding the
+/// output size down, with the gradient going to each window's first largest value (in
+/// row order), as PyTorch's `MaxPool2d` and the fused kernel. Not candle's `max_pool2d`:
+/// its backward (candle 0.11) scales the gradient by 1 / p^2 and maps the rows of an
+/// odd-sized input to the wrong windows; nor its `max` reduction, whose backward gives
+/// the whole gradient to every tied value (ties are common: blank patches through batch
+/// norm), which made Snell's blocks' gradients 7.6% apart between the two paths.
+fn max_pool(x: &Tensor, p: usize) -> Result<Tensor, ModelError> {
+    let (b, ch, h, w) = x.dims4()?;
+    let (ho, wo) = (h / p, w / p);
+    let windows = x
+        .narrow(2, 0, ho * p)?
+        .narrow(3, 0, wo * p)?
+        .reshape((b, ch, ho, p, wo, p))?
+        .permute((0, 1, 2, 4, 3, 5))?
+        .reshape((b, ch, ho, wo, p * p))?;
+    let first = windows.argmax_keepdim(4)?;
+    let taps = Tensor::arange(0u32, (p * p) as u32, x.device())?.reshape((1, 1, 1, 1, p * p))?;
+    let chosen = taps.broadcast_eq(&first)?.to_dtype(x.dtype())?;
+    Ok((windows * chosen)?.sum(4)?)
 }
 
 /// ReLU whose gradient is 1 where the input is above 0 and 0 elsewhere, as PyTorch's and
@@ -626,13 +676,18 @@ impl ConvTower {
         for (i, hidden) in self.hidden.iter().enumerate() {
             x = linear(&hidden.fc, &x, true, fused)?;
             match &hidden.bn {
-                Some(bn) if fused && train => x = self.dropout_batch_norm(&x, bn)?,
+                Some(bn) if fused && train && shard.is_none() => {
+                    x = self.dropout_batch_norm(&x, bn)?
+                }
                 bn => {
                     if train && c.dropout > 0.0 {
                         x = self.dropout_rows(&x, shard)?;
                     }
                     if let Some(bn) = bn {
-                        x = bn.forward_t(&x, train)?;
+                        x = match shard {
+                            Some(s) => self.batch_norm_global(&x, bn, s)?,
+                            None => bn.forward_t(&x, train)?,
+                        };
                     }
                 }
             }

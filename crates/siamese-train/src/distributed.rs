@@ -12,9 +12,9 @@
 //! gradient: every path from a parameter to the loss runs through exactly one rank's
 //! images.
 //!
-//! Dropout uses each rank's rows of the global batch's masks
-//! (`siamese_model::Embedder::forward_t_shard`); a tower with batch norm in training is
-//! refused (see `siamese_model::data_parallel`).
+//! Batch norm in training takes the global batch's statistics, all-reduced over the
+//! ranks in the forward and the backward pass, and dropout each rank's rows of the
+//! global batch's masks (`siamese_model::Embedder::forward_t_shard`).
 
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
@@ -26,7 +26,7 @@ fn collective_error(e: siamese_collective::CollectiveError) -> TrainError {
     TrainError::Input(format!("data-parallel step: {e}"))
 }
 
-pub use siamese_model::data_parallel::{all_gather_rows, Shard};
+pub use siamese_model::data_parallel::{all_gather_rows, all_reduce_sum, Shard};
 
 /// Sums every parameter's gradient over the ranks, in place in `grads`, as one fused
 /// buffer in the order of `params`; a parameter without a gradient on this rank counts

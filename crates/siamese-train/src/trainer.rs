@@ -98,7 +98,7 @@ impl<S: StepSampler, E: Embedder, L: BatchLoss> Trainer<S, E, L> {
         batch_size: usize,
         lr: f64,
         step: u64,
-        collective: &dyn siamese_collective::Collective,
+        collective: &siamese_collective::SharedCollective,
     ) -> Result<f64, TrainError> {
         if collective.world_size() == 1 {
             return self.step(set, batch_size, lr, step);
@@ -117,7 +117,7 @@ impl<S: StepSampler, E: Embedder, L: BatchLoss> Trainer<S, E, L> {
         set: &ImageSet,
         batch_size: usize,
         step: u64,
-        collective: &dyn siamese_collective::Collective,
+        collective: &siamese_collective::SharedCollective,
     ) -> Result<(f64, candle_core::backprop::GradStore), TrainError> {
         let batch = self.batch(set, batch_size)?;
         let n = batch.labels.len();
@@ -126,7 +126,7 @@ impl<S: StepSampler, E: Embedder, L: BatchLoss> Trainer<S, E, L> {
             .images
             .narrow(0, shard.rows.0, shard.rows.1 - shard.rows.0)?;
         let embeddings = self.tower.forward_t_shard(&local, true, &shard)?;
-        let all = crate::distributed::all_gather_rows(&embeddings, n, collective)?;
+        let all = crate::distributed::all_gather_rows(&embeddings, n, collective.as_ref())?;
         let loss = self.loss.forward(&all, &batch.labels)?;
         let value = f64::from(loss.to_scalar::<f32>()?);
         if !value.is_finite() {
@@ -137,7 +137,8 @@ impl<S: StepSampler, E: Embedder, L: BatchLoss> Trainer<S, E, L> {
             });
         }
         let mut grads = loss.backward()?;
-        crate::distributed::all_reduce_gradients(self.optimizer.params(), &mut grads, collective)?;
+        let params = self.optimizer.params();
+        crate::distributed::all_reduce_gradients(params, &mut grads, collective.as_ref())?;
         Ok((value, grads))
     }
 
