@@ -71,14 +71,7 @@ impl<S: StepSampler, E: Embedder, L: BatchLoss> Trainer<S, E, L> {
     ) -> Result<f64, TrainError> {
         let batch = self.batch(set, batch_size)?;
         let loss = self.loss_of(&batch)?;
-        let value = f64::from(loss.to_scalar::<f32>()?);
-        if !value.is_finite() {
-            return Err(TrainError::Diverged {
-                step,
-                what: format!("the loss is {value}"),
-                kept: String::new(),
-            });
-        }
+        let value = finite_loss(&loss, step)?;
         let grads = loss.backward()?;
         self.optimizer.step(&grads, lr)?;
         Ok(value)
@@ -128,14 +121,7 @@ impl<S: StepSampler, E: Embedder, L: BatchLoss> Trainer<S, E, L> {
         let embeddings = self.tower.forward_t_shard(&local, true, &shard)?;
         let all = crate::distributed::all_gather_rows(&embeddings, n, collective.as_ref())?;
         let loss = self.loss.forward(&all, &batch.labels)?;
-        let value = f64::from(loss.to_scalar::<f32>()?);
-        if !value.is_finite() {
-            return Err(TrainError::Diverged {
-                step,
-                what: format!("the loss is {value}"),
-                kept: String::new(),
-            });
-        }
+        let value = finite_loss(&loss, step)?;
         let mut grads = loss.backward()?;
         let params = self.optimizer.params();
         crate::distributed::all_reduce_gradients(params, &mut grads, collective.as_ref())?;
@@ -160,6 +146,20 @@ impl<S: StepSampler, E: Embedder, L: BatchLoss> Trainer<S, E, L> {
         let embeddings = self.tower.forward_t(&batch.images, true)?;
         Ok(self.loss.forward(&embeddings, &batch.labels)?)
     }
+}
+
+/// The loss's value, or the divergence error at `step` when it is NaN or infinite
+/// (nothing of the step is applied then).
+fn finite_loss(loss: &Tensor, step: u64) -> Result<f64, TrainError> {
+    let value = f64::from(loss.to_scalar::<f32>()?);
+    if !value.is_finite() {
+        return Err(TrainError::Diverged {
+            step,
+            what: format!("the loss is {value}"),
+            kept: String::new(),
+        });
+    }
+    Ok(value)
 }
 
 /// A trainer's state, for checkpoints: the embedder's under `model.`, the optimiser's
