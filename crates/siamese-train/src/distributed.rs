@@ -62,6 +62,83 @@ pub fn all_reduce_gradients(
     Ok(())
 }
 
+/// The ranks that answered `true`, on every rank (an all-gather of one flag each), so
+/// that every rank takes the same decision.
+fn ranks_where(flag: bool, collective: &dyn Collective) -> Result<Vec<usize>, TrainError> {
+    let flags = collective
+        .all_gather(&[f32::from(u8::from(flag))])
+        .map_err(collective_error)?;
+    Ok(flags
+        .iter()
+        .enumerate()
+        .filter(|(_, &f)| f != 0.0)
+        .map(|(rank, _)| rank)
+        .collect())
+}
+
+/// Checks, before training, that every rank runs the same configuration (`config`,
+/// the serialised config of this rank): rank 0's is sent to all, and if any rank's
+/// differs, every rank returns the same error naming those ranks, so none starts while
+/// another refuses.
+pub fn check_same_config(config: &[u8], collective: &dyn Collective) -> Result<(), TrainError> {
+    let mut root = config.to_vec();
+    collective
+        .broadcast_bytes(&mut root, 0)
+        .map_err(collective_error)?;
+    let differ = ranks_where(root != config, collective)?;
+    if differ.is_empty() {
+        Ok(())
+    } else {
+        Err(TrainError::Config(format!(
+            "the ranks disagree: the config of rank(s) {differ:?} differs from rank 0's \
+             (every rank must be started with the same arguments)"
+        )))
+    }
+}
+
+/// Sends rank 0's values of `tensors` (every parameter and batch-norm statistic, in one
+/// fused buffer) to every rank and checks that each rank held the same values already
+/// (built from the same config and seed): a rank that did not makes every rank return
+/// the same error naming it; otherwise each rank now holds rank 0's exact bits.
+pub fn broadcast_parameters(
+    tensors: &[(String, Tensor)],
+    collective: &dyn Collective,
+) -> Result<(), TrainError> {
+    if collective.world_size() == 1 {
+        return Ok(());
+    }
+    let mut parts: Vec<Vec<f32>> = Vec::with_capacity(tensors.len());
+    for (_, t) in tensors {
+        parts.push(
+            t.flatten_all()?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec1()?,
+        );
+    }
+    let slices: Vec<&[f32]> = parts.iter().map(Vec::as_slice).collect();
+    let (fusion, mine) = Fusion::fuse(&slices);
+    let mut root = mine.clone();
+    collective
+        .broadcast(&mut root, 0)
+        .map_err(collective_error)?;
+    let same = root
+        .iter()
+        .zip(&mine)
+        .all(|(a, b)| a.to_bits() == b.to_bits());
+    let differ = ranks_where(!same, collective)?;
+    if !differ.is_empty() {
+        return Err(TrainError::Config(format!(
+            "the ranks disagree: the parameters of rank(s) {differ:?} differ from rank 0's \
+             at the start (the same config and seed on every rank?)"
+        )));
+    }
+    for ((_, t), values) in tensors.iter().zip(fusion.split(&root)) {
+        let v = Tensor::from_slice(values, t.shape(), t.device())?.to_dtype(t.dtype())?;
+        Var::from_tensor(t)?.set(&v)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,6 +200,46 @@ mod tests {
         }
         // Every rank ends with the same bits, to update its parameters identically.
         assert_eq!(ranks[0], ranks[1]);
+    }
+
+    #[test]
+    fn ranks_that_disagree_on_the_config_or_the_start_all_refuse_naming_them() {
+        let configs = ThreadGroup::run(3, |c| {
+            let text = if c.rank() == 2 {
+                "{\"seed\":1}"
+            } else {
+                "{\"seed\":0}"
+            };
+            check_same_config(text.as_bytes(), c).map_err(|e| e.to_string())
+        });
+        for r in &configs {
+            let err = r.as_ref().unwrap_err();
+            assert!(err.contains("rank(s) [2]"), "{err}");
+        }
+        let agreed = ThreadGroup::run(2, |c| check_same_config(b"{}", c).is_ok());
+        assert_eq!(agreed, [true, true]);
+
+        let dev = Device::Cpu;
+        let starts = ThreadGroup::run(2, |c| {
+            let w = Var::from_vec(vec![1f32, 2.0, 3.0], 3, &dev).unwrap();
+            let b = Var::from_vec(vec![4f32], 1, &dev).unwrap();
+            let tensors = vec![
+                ("w".to_string(), w.as_tensor().clone()),
+                ("b".to_string(), b.as_tensor().clone()),
+            ];
+            broadcast_parameters(&tensors, c)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        });
+        assert!(starts.iter().all(Result::is_ok), "{starts:?}");
+        let differing = ThreadGroup::run(2, |c| {
+            let w = Var::from_vec(vec![1f32, 2.0, 3.0 + c.rank() as f32], 3, &dev).unwrap();
+            let tensors = vec![("w".to_string(), w.as_tensor().clone())];
+            broadcast_parameters(&tensors, c).map_err(|e| e.to_string())
+        });
+        for r in differing {
+            assert!(r.unwrap_err().contains("rank(s) [1]"));
+        }
     }
 
     #[test]
