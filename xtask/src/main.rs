@@ -363,6 +363,27 @@ fn ci() -> Result<()> {
             "warnings",
         ])?;
         cargo(&["test", "-p", "siamese-collective", "--features", "mpi"])?;
+        // `mpiexec -n 2 siamese train` against one process, and ranks that disagree.
+        cargo(&[
+            "clippy",
+            "-p",
+            "siamese-cli",
+            "--features",
+            "mpi",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])?;
+        cargo(&[
+            "test",
+            "-p",
+            "siamese-cli",
+            "--features",
+            "mpi",
+            "--test",
+            "mpi_train",
+        ])?;
     } else if std::env::var_os("CI").is_some() {
         bail!("mpiexec is not installed: CI runs the MPI tests (apt-get install mpich libmpich-dev libclang-dev)");
     } else {

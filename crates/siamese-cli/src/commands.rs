@@ -472,6 +472,8 @@ fn train_run(
             (config, dir, false)
         }
     };
+    let data_parallel = data_parallel()?;
+    let rank = data_parallel.as_ref().map_or(0, |d| d.0.rank());
     let mut config = config;
     let description = describe(
         &a.source,
@@ -492,29 +494,87 @@ fn train_run(
     let test_paths = loaded.paths.map(|[_, _, test]| test).unwrap_or_default();
     let data = loaded.data;
     let one_shot_runs = one_shot_runs_for(&config.data, [data.spec.rows, data.spec.cols])?;
-    eprintln!(
-        "data: {} from {}; run folder: {}",
-        data.spec.name,
-        loaded.origin,
-        dir.display()
-    );
-    eprintln!("{}", describe_protocol(&data));
+    if rank == 0 {
+        eprintln!(
+            "data: {} from {}; run folder: {}",
+            data.spec.name,
+            loaded.origin,
+            dir.display()
+        );
+        eprintln!("{}", describe_protocol(&data));
+        if let Some(d) = &data_parallel {
+            eprintln!(
+                "data-parallel: {} ranks; each embeds its share of every step's images",
+                d.0.world_size()
+            );
+        }
+    }
     let options = RunOptions {
         resume,
         device: device()?,
         test_paths: test_paths.iter().map(|p| p.display().to_string()).collect(),
         one_shot_runs,
+        data_parallel: data_parallel.clone(),
         ..RunOptions::default()
     };
     let mut printer = Printer::new();
     let summary = run(&config, &data, &dir, &options, &mut printer)
-        .with_context(|| format!("training in {}", dir.display()))?;
+        .with_context(|| format!("training in {}", dir.display()));
+    let summary = match (summary, &data_parallel) {
+        (Ok(summary), _) => summary,
+        (Err(e), None) => return Err(e),
+        (Err(e), Some(d)) => {
+            // Leave without finalising MPI: the launcher then ends the other ranks,
+            // which would otherwise wait for this one in their next collective.
+            eprintln!(
+                "error: rank {} of {}: {}",
+                d.0.rank(),
+                d.0.world_size(),
+                crate::text::error_line(&e)
+            );
+            std::process::exit(1);
+        }
+    };
     printer.finish();
     if let Some(report) = &summary.report {
         print_report(report, false, &data.spec.class_names);
         eprintln!("model: {}", dir.join("model.safetensors").display());
     }
     Ok(summary.report)
+}
+
+/// The ranks of `mpiexec -n N siamese train` (N > 1), from the launcher's environment.
+/// A build without the feature `mpi` refuses to run as one of several ranks: each would
+/// train alone and write the same folder.
+fn data_parallel() -> Result<Option<siamese_train::run::DataParallel>> {
+    #[cfg(feature = "mpi")]
+    {
+        use siamese_collective::Collective;
+        if !siamese_collective::Mpi::launched() {
+            return Ok(None);
+        }
+        let mpi = siamese_collective::Mpi::init().context("MPI was initialised twice")?;
+        if mpi.world_size() == 1 {
+            return Ok(None);
+        }
+        Ok(Some(siamese_train::run::DataParallel(std::sync::Arc::new(
+            mpi,
+        ))))
+    }
+    #[cfg(not(feature = "mpi"))]
+    {
+        let ranks = ["PMI_SIZE", "OMPI_COMM_WORLD_SIZE"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok()?.parse::<usize>().ok());
+        if let Some(n) = ranks.filter(|&n| n > 1) {
+            bail!(
+                "started by an MPI launcher as one of {n} ranks, but this siamese was built \
+                 without MPI: build it with `cargo build --release -p siamese-cli --features \
+                 mpi` (MPICH: apt-get install mpich libmpich-dev libclang-dev)"
+            );
+        }
+        Ok(None)
+    }
 }
 
 pub(crate) fn load_model(

@@ -60,6 +60,19 @@ pub struct RunOptions {
     pub test_paths: Vec<String>,
     /// Lake's one-shot runs, scored in the final evaluation (Omniglot).
     pub one_shot_runs: Option<Vec<siamese_data::omniglot::runs::OneShotRun>>,
+    /// The ranks of a data-parallel run (`mpiexec -n N siamese train`), when there are
+    /// others: rank 0 runs the folder, the others only train (see [`run`]).
+    pub data_parallel: Option<DataParallel>,
+}
+
+/// The ranks a data-parallel run trains with.
+#[derive(Clone)]
+pub struct DataParallel(pub siamese_collective::SharedCollective);
+
+impl std::fmt::Debug for DataParallel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "rank {} of {}", self.0.rank(), self.0.world_size())
+    }
 }
 
 impl Default for RunOptions {
@@ -71,6 +84,7 @@ impl Default for RunOptions {
             device: Device::Cpu,
             test_paths: Vec::new(),
             one_shot_runs: None,
+            data_parallel: None,
         }
     }
 }
@@ -142,6 +156,13 @@ pub fn run(
 ) -> Result<RunSummary, TrainError> {
     config.validate()?;
     check_data(config, data)?;
+    if let Some(DataParallel(ranks)) = &options.data_parallel {
+        let text = serde_json::to_vec(config).map_err(|e| TrainError::Config(e.to_string()))?;
+        crate::distributed::check_same_config(&text, ranks.as_ref())?;
+        if ranks.rank() != 0 {
+            return follow(config, data, dir, options, ranks);
+        }
+    }
     let folder = RunFolder::open(dir, config, options.resume)?;
     if let Some(saved) = folder.new_length {
         reporter.note(&format!(
@@ -151,6 +172,12 @@ pub fn run(
     }
     let mut run = Run::build(config, data, options, folder)?;
     run.resume(reporter)?;
+    if let Some(DataParallel(ranks)) = &options.data_parallel {
+        crate::distributed::broadcast_parameters(
+            &run.trainer.tower.named_tensors(),
+            ranks.as_ref(),
+        )?;
+    }
     while run.progress.step < config.steps {
         let lr = run.train_step()?;
         let done = run.progress.step;
@@ -179,6 +206,86 @@ pub fn run(
     Ok(run.summary(report))
 }
 
+/// The run's trainer at step 0: the tower, sampler, loss, optimiser and augmenter the
+/// config describes, seeded from its seed; with the tower's variables and the batcher.
+fn new_trainer(
+    config: &TrainConfig,
+    data: &Dataset,
+    device: &Device,
+) -> Result<(RunTrainer, VarMap, Batcher), TrainError> {
+    let (tower, varmap) = ConvTower::init(&config.model, device, config.seed)?;
+    let params = ConvTower::trainable_parameters(&varmap);
+    let sampler = config.sampler.build(
+        data.train.labels(),
+        data.train.num_classes(),
+        config.seed.wrapping_add(2),
+    )?;
+    let batcher = Batcher::new(device.clone());
+    let mut trainer = Trainer::new(
+        sampler,
+        tower,
+        config.batch_loss()?,
+        params,
+        config.optim.adam,
+        batcher.clone(),
+    )?;
+    trainer.layout = config.layout();
+    if let Some(augment) = config.augment {
+        trainer.augmenter = Some(Augmenter::new(augment, config.seed.wrapping_add(3))?);
+    }
+    Ok((trainer, varmap, batcher))
+}
+
+/// A rank other than 0 of a data-parallel run: the same trainer, resumed from the same
+/// `last.safetensors` (read, never written: the folder is rank 0's, on a file system
+/// every rank sees), checked equal to rank 0's, then the same steps. It writes nothing,
+/// validates nothing and evaluates nothing; its divergence checks are rank 0's, on the
+/// same numbers, so every rank stops at the same step.
+fn follow(
+    config: &TrainConfig,
+    data: &Dataset,
+    dir: &Path,
+    options: &RunOptions,
+    ranks: &siamese_collective::SharedCollective,
+) -> Result<RunSummary, TrainError> {
+    let (mut trainer, _varmap, _) = new_trainer(config, data, &options.device)?;
+    let mut step = 0;
+    let last = dir.join(files::LAST);
+    if options.resume && last.exists() {
+        let state = read_last(&last, &options.device, config)?;
+        trainer
+            .load_state_dict(&state.components)
+            .map_err(|e| TrainError::Resume(format!("{}: {e}", last.display())))?;
+        step = state.progress.step;
+    }
+    crate::distributed::broadcast_parameters(&trainer.tower.named_tensors(), ranks.as_ref())?;
+    let mut watched = trainer.tower.named_tensors();
+    watched.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut last_loss = f64::NAN;
+    while step < config.steps {
+        let lr = config.optim.lr_at(step, config.steps);
+        last_loss =
+            trainer.step_data_parallel(&data.train, config.batch_size, lr, step + 1, ranks)?;
+        let named = watched.iter().map(|(n, t)| (n.as_str(), t));
+        if let Some(name) = checkpoint::first_non_finite(named)? {
+            return Err(TrainError::Diverged {
+                step: step + 1,
+                what: format!("{name} holds NaN or infinity after the update"),
+                kept: "rank 0 keeps the run's checkpoints".into(),
+            });
+        }
+        step += 1;
+        if options.stop_after == Some(step) {
+            break;
+        }
+    }
+    Ok(RunSummary {
+        steps: step,
+        last_loss,
+        report: None,
+    })
+}
+
 /// The data fits the model, and the training split holds no class the config holds out.
 fn check_data(config: &TrainConfig, data: &Dataset) -> Result<(), TrainError> {
     let (h, w) = (config.model.input_height, config.model.input_width);
@@ -200,6 +307,9 @@ fn check_data(config: &TrainConfig, data: &Dataset) -> Result<(), TrainError> {
     Ok(())
 }
 
+/// The trainer a run builds from its config.
+type RunTrainer = Trainer<Box<dyn StepSampler>, ConvTower, StepLoss>;
+
 /// A run in progress: its folder, its trainer and where it stands. Each method is one
 /// named step of [`run`].
 struct Run<'a> {
@@ -207,7 +317,7 @@ struct Run<'a> {
     data: &'a Dataset,
     options: &'a RunOptions,
     folder: RunFolder,
-    trainer: Trainer<Box<dyn StepSampler>, ConvTower, StepLoss>,
+    trainer: RunTrainer,
     varmap: VarMap,
     batcher: Batcher,
     /// Every weight and batch-norm statistic, watched for divergence after each step:
@@ -232,27 +342,7 @@ impl<'a> Run<'a> {
         options: &'a RunOptions,
         folder: RunFolder,
     ) -> Result<Self, TrainError> {
-        let device = &options.device;
-        let (tower, varmap) = ConvTower::init(&config.model, device, config.seed)?;
-        let params = ConvTower::trainable_parameters(&varmap);
-        let sampler = config.sampler.build(
-            data.train.labels(),
-            data.train.num_classes(),
-            config.seed.wrapping_add(2),
-        )?;
-        let batcher = Batcher::new(device.clone());
-        let mut trainer = Trainer::new(
-            sampler,
-            tower,
-            config.batch_loss()?,
-            params,
-            config.optim.adam,
-            batcher.clone(),
-        )?;
-        trainer.layout = config.layout();
-        if let Some(augment) = config.augment {
-            trainer.augmenter = Some(Augmenter::new(augment, config.seed.wrapping_add(3))?);
-        }
+        let (trainer, varmap, batcher) = new_trainer(config, data, &options.device)?;
         let mut watched = trainer.tower.named_tensors();
         watched.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(Self {
@@ -327,16 +417,24 @@ impl<'a> Run<'a> {
     fn train_step(&mut self) -> Result<f64, TrainError> {
         let (config, step) = (self.config, self.progress.step);
         let lr = config.optim.lr_at(step, config.steps);
-        self.progress.last_loss =
-            match self
+        let stepped = match &self.options.data_parallel {
+            Some(DataParallel(ranks)) => self.trainer.step_data_parallel(
+                &self.data.train,
+                config.batch_size,
+                lr,
+                step + 1,
+                ranks,
+            ),
+            None => self
                 .trainer
-                .step(&self.data.train, config.batch_size, lr, step + 1)
-            {
-                Err(TrainError::Diverged { step, what, .. }) => {
-                    return Err(self.diverged(step, what));
-                }
-                other => other?,
-            };
+                .step(&self.data.train, config.batch_size, lr, step + 1),
+        };
+        self.progress.last_loss = match stepped {
+            Err(TrainError::Diverged { step, what, .. }) => {
+                return Err(self.diverged(step, what));
+            }
+            other => other?,
+        };
         let watched = self.watched.iter().map(|(n, t)| (n.as_str(), t));
         if let Some(name) = checkpoint::first_non_finite(watched)? {
             let what = format!(

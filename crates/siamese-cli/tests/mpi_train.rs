@@ -1,0 +1,155 @@
+//! `mpiexec -n 2 siamese train` (issue #26): the two ranks train as one process would,
+//! rank 0 alone writes the run folder, and ranks started with different arguments both
+//! refuse. Only with the feature `mpi` (CI runs it: `cargo xtask ci`).
+#![cfg(feature = "mpi")]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+mod common;
+
+/// 12 classes of 16 PGM images of 12x12: bars at class-dependent rows and columns.
+fn write_folder(dir: &Path) {
+    let mut rng = siamese_data::Rng::new(26);
+    for c in 0..12 {
+        let class = dir.join(format!("c{c:02}"));
+        std::fs::create_dir_all(&class).unwrap();
+        for i in 0..16 {
+            let mut bytes = b"P5\n12 12\n255\n".to_vec();
+            bytes.extend((0..144).map(|p| {
+                let on = p / 12 == c || p % 12 == (c * 5) % 12;
+                (if on { 190 } else { 20 } + rng.below(40)) as u8
+            }));
+            std::fs::write(class.join(format!("{i:02}.pgm")), bytes).unwrap();
+        }
+    }
+}
+
+fn mpiexec(args: &[&str]) -> Output {
+    Command::new("mpiexec")
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("SIAMESE_DATA_DIR")
+        .output()
+        .expect("mpiexec (Debian: apt-get install mpich libmpich-dev)")
+}
+
+/// The f32 tensors of a safetensors file, by name.
+fn tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<(String, Vec<f32>)> = file
+        .tensors()
+        .into_iter()
+        .filter(|(_, t)| t.dtype() == safetensors::Dtype::F32)
+        .map(|(name, t)| {
+            let values = t
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            (name, values)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Folder entries, with the TensorBoard file's time-stamped name reduced to its kind.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .map(|n| {
+            if n.starts_with("events.out.tfevents") {
+                "events".into()
+            } else {
+                n
+            }
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn two_ranks_train_as_one_process_and_only_rank_0_writes() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    write_folder(&data);
+    let bin = env!("CARGO_BIN_EXE_siamese");
+    let settings = |out: &Path| -> Vec<String> {
+        [
+            "train",
+            "--data",
+            data.to_str().unwrap(),
+            "--steps",
+            "6",
+            "--eval-every",
+            "3",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["--out".to_string(), out.to_str().unwrap().to_string()])
+        .collect()
+    };
+    let one = root.path().join("one");
+    let o = common::command().args(settings(&one)).output().unwrap();
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let two = root.path().join("two");
+    let mut args = vec!["-n".to_string(), "2".to_string(), bin.to_string()];
+    args.extend(settings(&two));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = mpiexec(&args);
+    let err = common::stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(
+        err.matches("data-parallel: 2 ranks").count(),
+        1,
+        "rank 0 alone reports: {err}"
+    );
+    let reports = err.lines().filter(|l| l.starts_with("model: ")).count();
+    assert_eq!(reports, 1, "rank 0 alone evaluates: {err}");
+    assert_eq!(entries(&one), entries(&two));
+    // The default recipe (dropout and batch norm over the global batch): the same model
+    // but for Adam's drift of rounding differences (3e-5 measured after 6 steps).
+    let (a, b) = (
+        tensors(&one.join("model.safetensors")),
+        tensors(&two.join("model.safetensors")),
+    );
+    assert_eq!(a.len(), b.len());
+    let (mut diff, mut norm) = (0f64, 0f64);
+    for ((na, va), (nb, vb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        for (x, y) in va.iter().zip(vb) {
+            diff += f64::from(x - y).powi(2);
+            norm += f64::from(*x).powi(2);
+        }
+    }
+    let relative = (diff / norm).sqrt();
+    eprintln!("2 ranks against 1 process after 6 steps: relative difference {relative:e}");
+    assert!(relative < 1e-3, "relative difference {relative}");
+}
+
+#[test]
+fn ranks_started_with_different_arguments_both_refuse() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    write_folder(&data);
+    let bin = env!("CARGO_BIN_EXE_siamese");
+    let out = root.path().join("run");
+    let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
+    let rank = |seed: &'static str| -> Vec<&str> {
+        vec![
+            "-n", "1", bin, "train", "--data", d, "--steps", "2", "--seed", seed, "--out", o,
+        ]
+    };
+    let mut args = rank("1");
+    args.push(":");
+    args.extend(rank("2"));
+    let output = mpiexec(&args);
+    let err = common::stderr(&output);
+    assert!(!output.status.success(), "{err}");
+    assert!(err.contains("the ranks disagree"), "{err}");
+    assert!(!out.join("last.safetensors").exists());
+}
