@@ -343,6 +343,11 @@ pub struct TrainArgs {
     /// 2 pixels).
     #[arg(long)]
     pub augment: bool,
+    /// Mirror half the training images left to right, on top of the run's distortions
+    /// (or alone): for faces, whose mirror image is the same person; not for
+    /// characters.
+    #[arg(long)]
+    pub flip: bool,
     /// Add the self-supervised term with this weight: two augmented views of each
     /// image, the two views of one image as the only positives (needs --augment).
     #[arg(long, value_name = "WEIGHT")]

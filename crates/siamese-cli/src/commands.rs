@@ -268,6 +268,18 @@ fn apply_plain_settings(a: &TrainArgs, c: &mut TrainConfig) {
     if a.augment {
         c.augment = Some(siamese_data::AugmentConfig::default());
     }
+    if a.flip {
+        let distortions = c.augment.unwrap_or(siamese_data::AugmentConfig {
+            max_rotation_degrees: 0.0,
+            scale: [1.0, 1.0],
+            max_shift: 0.0,
+            horizontal_flip: true,
+        });
+        c.augment = Some(siamese_data::AugmentConfig {
+            horizontal_flip: true,
+            ..distortions
+        });
+    }
     if let Some(weight) = a.self_supervised {
         c.self_supervised = Some(siamese_train::SelfSupervised {
             weight,

@@ -23,6 +23,10 @@ pub struct AugmentConfig {
     pub scale: [f64; 2],
     /// Shift in `[-max, max]` pixels, rows and columns drawn apart.
     pub max_shift: f64,
+    /// Mirror left to right with probability 1/2 (faces, not characters: a mirrored
+    /// letter can be another letter).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub horizontal_flip: bool,
 }
 
 impl Default for AugmentConfig {
@@ -32,6 +36,7 @@ impl Default for AugmentConfig {
             max_rotation_degrees: 15.0,
             scale: [0.9, 1.1],
             max_shift: 2.0,
+            horizontal_flip: false,
         }
     }
 }
@@ -108,13 +113,25 @@ impl Augmenter {
             uniform(-c.max_shift, c.max_shift),
             uniform(-c.max_shift, c.max_shift),
         );
+        // The coin is drawn only when flips are on, so a configuration without them
+        // draws the same distortions as before flips existed.
+        let flip = c.horizontal_flip && self.rng.unit_f64() < 0.5;
         let (sin, cos) = sin_cos(angle);
-        warp(image, rows, cols, out, [cos / scale, sin / scale], shift);
+        warp(
+            image,
+            rows,
+            cols,
+            out,
+            [cos / scale, sin / scale],
+            shift,
+            flip,
+        );
     }
 }
 
 /// Output pixel `p` reads the source at `R(-angle) (p - centre - shift) / scale +
-/// centre`: `inverse = [cos, sin] / scale`. Bilinear, zero outside.
+/// centre`: `inverse = [cos, sin] / scale`, then mirrored left to right when `flip`.
+/// Bilinear, zero outside.
 fn warp(
     image: &[u8],
     rows: usize,
@@ -122,6 +139,7 @@ fn warp(
     out: &mut [f32],
     inverse: [f64; 2],
     shift: (f64, f64),
+    flip: bool,
 ) {
     let [a, b] = inverse;
     let (cy, cx) = ((rows as f64 - 1.0) / 2.0, (cols as f64 - 1.0) / 2.0);
@@ -137,6 +155,7 @@ fn warp(
             let (dy, dx) = (y as f64 - cy - shift.0, x as f64 - cx - shift.1);
             let sy = a * dy - b * dx + cy;
             let sx = b * dy + a * dx + cx;
+            let sx = if flip { 2.0 * cx - sx } else { sx };
             let (y0, x0) = (sy.floor(), sx.floor());
             let (fy, fx) = (sy - y0, sx - x0);
             let (y0, x0) = (y0 as isize, x0 as isize);
@@ -210,13 +229,14 @@ mod tests {
             max_rotation_degrees: 0.0,
             scale: [1.0, 1.0],
             max_shift: 0.0,
+            horizontal_flip: false,
         };
         let mut out = vec![0f32; 81];
         Augmenter::new(none, 1).unwrap().apply(&img, 9, 9, &mut out);
         let plain: Vec<f32> = img.iter().map(|&p| f32::from(p) / 255.0).collect();
         assert_eq!(out, plain);
         // A shift of one column to the right, exactly.
-        warp(&img, 9, 9, &mut out, [1.0, 0.0], (0.0, 1.0));
+        warp(&img, 9, 9, &mut out, [1.0, 0.0], (0.0, 1.0), false);
         for y in 0..9 {
             assert_eq!(out[y * 9], 0.0);
             for x in 1..9 {
@@ -225,8 +245,39 @@ mod tests {
         }
         // A quarter turn maps the horizontal bar onto the vertical one's place.
         let (s, c) = sin_cos(std::f64::consts::FRAC_PI_2);
-        warp(&img, 9, 9, &mut out, [c, s], (0.0, 0.0));
+        warp(&img, 9, 9, &mut out, [c, s], (0.0, 0.0), false);
         assert!((out[2 * 9 + 4] - 1.0).abs() < 1e-6, "{out:?}");
+    }
+
+    #[test]
+    fn flips_mirror_about_half_the_images_exactly() {
+        // An asymmetric 5x4 image: pixel value from its position.
+        let img: Vec<u8> = (0..20u8).map(|i| i * 12).collect();
+        let plain: Vec<f32> = img.iter().map(|&p| f32::from(p) / 255.0).collect();
+        let mirror: Vec<f32> = (0..20).map(|i| plain[(i / 4) * 4 + (3 - i % 4)]).collect();
+        let config = AugmentConfig {
+            max_rotation_degrees: 0.0,
+            scale: [1.0, 1.0],
+            max_shift: 0.0,
+            horizontal_flip: true,
+        };
+        let mut augmenter = Augmenter::new(config, 5).unwrap();
+        let (mut flipped, mut kept) = (0, 0);
+        let mut out = vec![0f32; 20];
+        for _ in 0..400 {
+            augmenter.apply(&img, 5, 4, &mut out);
+            if out == mirror {
+                flipped += 1;
+            } else {
+                assert_eq!(out, plain, "neither the image nor its mirror");
+                kept += 1;
+            }
+        }
+        assert!((160..=240).contains(&flipped), "{flipped} of 400 flipped");
+        assert_eq!(flipped + kept, 400);
+        // Without flips the configuration's JSON is what it was before flips existed.
+        let json = serde_json::to_string(&AugmentConfig::default()).unwrap();
+        assert!(!json.contains("flip"), "{json}");
     }
 
     #[test]

@@ -449,6 +449,7 @@ impl TrainConfig {
                 max_rotation_degrees: 10.0,
                 scale: [0.9, 1.1],
                 max_shift: 3.0,
+                horizontal_flip: false,
             }),
             steps: 500,
             ..Self::omniglot()
