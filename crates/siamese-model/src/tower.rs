@@ -221,16 +221,40 @@ impl ConvTower {
     }
 
     /// The variables of `varmap` an optimiser trains, by name in name order: every
-    /// parameter but batch norm's running statistics (which the forward pass updates).
+    /// parameter but batch norm's running statistics (which the forward pass updates)
+    /// and the bias of a convolution that batch norm follows. Batch norm subtracts that
+    /// bias again, so its true gradient is zero and the computed one is rounding noise,
+    /// which Adam (dividing each gradient by its own size) would turn into steps of the
+    /// full learning rate: harmless to the function, but the ranks of a data-parallel
+    /// run, whose noise differs, would drift apart. Those biases keep their initial zero.
     pub fn trainable_parameters(varmap: &VarMap) -> Vec<(String, Var)> {
         let vars = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+        let before_batch_norm = |name: &str| {
+            name.strip_suffix(".bias")
+                .is_some_and(|conv| vars.contains_key(&format!("{conv}.bn.weight")))
+        };
         let mut params: Vec<(String, Var)> = vars
             .iter()
             .filter(|(n, _)| !n.ends_with("running_mean") && !n.ends_with("running_var"))
+            .filter(|(n, _)| !before_batch_norm(n))
             .map(|(n, v)| (n.clone(), v.clone()))
             .collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
         params
+    }
+
+    /// The parameters that move every embedding by one common vector: the head's bias
+    /// and, when the last hidden layer ends in batch norm, that batch norm's shift. A
+    /// loss that sees only differences of embeddings (Euclidean distances, unnormalised)
+    /// gives them a zero gradient, so a trainer leaves them out for the reason
+    /// [`Self::trainable_parameters`] leaves out a bias before batch norm.
+    pub fn shift_parameters(config: &TowerConfig) -> Vec<String> {
+        let hidden = config.fc_widths.len();
+        let mut names = vec![format!("fc{}.bias", hidden + 1)];
+        if config.batch_norm && hidden > 0 {
+            names.push(format!("bn{hidden}.bias"));
+        }
+        names
     }
 
     /// The configuration.

@@ -456,6 +456,23 @@ impl TrainConfig {
         }
     }
 
+    /// Whether the training loss sees only differences of embeddings: every pair
+    /// loss, miner and the prototypical loss work on Euclidean distances, unchanged
+    /// when all embeddings move by one vector, unless the embeddings are scaled to
+    /// unit length or the self-supervised term is NT-Xent (cosine). The tower's
+    /// [`siamese_model::ConvTower::shift_parameters`] then have a zero gradient and are
+    /// not trained.
+    pub fn loss_sees_only_differences(&self) -> bool {
+        let cosine = matches!(
+            self.self_supervised,
+            Some(SelfSupervised {
+                loss: ViewLoss::NtXent { .. },
+                ..
+            })
+        );
+        !self.model.normalize && !cosine
+    }
+
     /// The training step's loss, composed once: the pairing's miner, the Euclidean
     /// distance, the pair loss and the pairing's reduction; with a self-supervised term,
     /// that plus the weighted instance term over two views of each image.
