@@ -195,6 +195,16 @@ fn parse_size(text: &str) -> Result<[usize; 2], String> {
     Ok([parse(h)?, parse(w)?])
 }
 
+/// The optimiser, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OptimizerName {
+    /// Adam (Kingma & Ba), TensorFlow's constants.
+    Adam,
+    /// SGD with momentum (`--momentum`): runs that differ only in rounding (one process
+    /// against data-parallel ranks) stay together under it.
+    Sgd,
+}
+
 /// The loss, by name.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LossName {
@@ -291,6 +301,12 @@ pub struct TrainArgs {
     /// Learning rate.
     #[arg(long)]
     pub lr: Option<f64>,
+    /// The optimiser (default: the recipe's, Adam in every preset).
+    #[arg(long, value_enum)]
+    pub optimizer: Option<OptimizerName>,
+    /// Momentum of `--optimizer sgd` (default 0.9).
+    #[arg(long)]
+    pub momentum: Option<f64>,
     /// Loss function.
     #[arg(long, value_enum)]
     pub loss: Option<LossName>,

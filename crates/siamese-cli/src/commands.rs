@@ -185,6 +185,7 @@ fn train_config(a: &TrainArgs, base: Option<TrainConfig>) -> Result<TrainConfig>
     let mut c = base_config(a, base)?;
     apply_plain_settings(a, &mut c);
     c.loss = loss_config(a, c.loss)?;
+    c.optim.sgd = optimizer_config(a, c.optim.sgd)?;
     c.sampler = sampler_config(a, c.sampler);
     c.pairing = pairing_config(a, c.pairing)?;
     if let Some(held_out) = &a.source.holdout_classes {
@@ -294,6 +295,25 @@ fn apply_plain_settings(a: &TrainArgs, c: &mut TrainConfig) {
     }
     if let Some(v) = a.checkpoint_every {
         c.checkpoint_every = v;
+    }
+}
+
+/// SGD's settings (`None`: Adam) with `--optimizer` and `--momentum` applied to the
+/// recipe's `sgd`.
+fn optimizer_config(
+    a: &TrainArgs,
+    sgd: Option<siamese_train::SgdConfig>,
+) -> Result<Option<siamese_train::SgdConfig>> {
+    use crate::args::OptimizerName;
+    let sgd = match a.optimizer {
+        Some(OptimizerName::Adam) => None,
+        Some(OptimizerName::Sgd) => Some(sgd.unwrap_or_default()),
+        None => sgd,
+    };
+    match (sgd, a.momentum) {
+        (Some(_), Some(momentum)) => Ok(Some(siamese_train::SgdConfig { momentum })),
+        (None, Some(_)) => bail!("--momentum applies to --optimizer sgd"),
+        (sgd, None) => Ok(sgd),
     }
 }
 
@@ -1158,4 +1178,59 @@ fn data(a: DataArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn config(args: &[&str]) -> TrainConfig {
+        let cli =
+            crate::args::Cli::try_parse_from(["siamese", "train"].iter().chain(args)).unwrap();
+        let crate::args::Command::Train(a) = cli.command else {
+            panic!("not train")
+        };
+        train_config(&a, None).unwrap()
+    }
+
+    #[test]
+    fn flip_adds_mirroring_to_the_runs_distortions_or_alone() {
+        let faces = config(&["--preset", "faces", "--data", "faces_folder"]);
+        let flipped = config(&["--preset", "faces", "--data", "faces_folder", "--flip"]);
+        let (kept, added) = (faces.augment.unwrap(), flipped.augment.unwrap());
+        assert!(!kept.horizontal_flip && added.horizontal_flip);
+        assert_eq!(
+            siamese_data::AugmentConfig {
+                horizontal_flip: false,
+                ..added
+            },
+            kept,
+            "the preset's other distortions are kept"
+        );
+        assert_eq!(config(&[]).augment, None);
+        let alone = config(&["--flip"]).augment.unwrap();
+        assert!(alone.horizontal_flip && alone.max_rotation_degrees == 0.0);
+        assert_eq!((alone.scale, alone.max_shift), ([1.0, 1.0], 0.0));
+    }
+
+    #[test]
+    fn optimizer_and_momentum() {
+        assert_eq!(config(&[]).optim.sgd, None);
+        let sgd = config(&["--optimizer", "sgd"]).optim.sgd.unwrap();
+        assert_eq!(sgd.momentum, 0.9);
+        let slow = config(&["--optimizer", "sgd", "--momentum", "0.5"]);
+        assert_eq!(slow.optim.sgd.unwrap().momentum, 0.5);
+        let parse = |args: &[&str]| {
+            let all = ["siamese", "train"].iter().chain(args);
+            let cli = crate::args::Cli::try_parse_from(all).unwrap();
+            let crate::args::Command::Train(a) = cli.command else {
+                panic!("not train")
+            };
+            train_config(&a, None).unwrap_err().to_string()
+        };
+        assert!(parse(&["--momentum", "0.5"]).contains("--optimizer sgd"));
+        let bad = parse(&["--optimizer", "sgd", "--momentum", "1"]);
+        assert!(bad.contains("momentum must be in [0, 1)"), "{bad}");
+    }
 }

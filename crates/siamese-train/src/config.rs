@@ -14,7 +14,7 @@ use siamese_loss::{
 use siamese_model::TowerConfig;
 
 use crate::error::TrainError;
-use crate::optim::AdamConfig;
+use crate::optim::{AdamConfig, Method, SgdConfig};
 
 /// The loss.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -180,9 +180,20 @@ pub struct OptimConfig {
     /// Adam's constants.
     #[serde(default)]
     pub adam: AdamConfig,
+    /// SGD with momentum instead of Adam, when set (absent: Adam).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sgd: Option<SgdConfig>,
 }
 
 impl OptimConfig {
+    /// The update rule: SGD when [`Self::sgd`] is set, Adam otherwise.
+    pub fn method(&self) -> Method {
+        match self.sgd {
+            Some(sgd) => Method::Sgd(sgd),
+            None => Method::Adam(self.adam),
+        }
+    }
+
     /// The learning rate at `step` (0-based) of `steps`.
     pub fn lr_at(&self, step: u64, steps: u64) -> f64 {
         match self.schedule {
@@ -326,6 +337,7 @@ impl TrainConfig {
                 lr: 0.01,
                 schedule: Schedule::Constant,
                 adam: AdamConfig::default(),
+                sgd: None,
             },
             steps: 20_000,
             batch_size: 64,
@@ -353,6 +365,7 @@ impl TrainConfig {
                     final_fraction: 0.0,
                 },
                 adam: AdamConfig::default(),
+                sgd: None,
             },
             steps: 5_000,
             eval_every: 500,
@@ -553,6 +566,14 @@ impl TrainConfig {
                 "learning rate must be positive, found {}",
                 self.optim.lr
             )));
+        }
+        if let Some(sgd) = self.optim.sgd {
+            if !(0.0..1.0).contains(&sgd.momentum) {
+                return Err(TrainError::Config(format!(
+                    "SGD momentum must be in [0, 1), found {}",
+                    sgd.momentum
+                )));
+            }
         }
         self.check_step_size()?;
         if let Some(augment) = &self.augment {
@@ -773,6 +794,7 @@ mod tests {
                 final_fraction: 0.1,
             },
             adam: AdamConfig::default(),
+            sgd: None,
         };
         assert_eq!(o.lr_at(0, 100), 1.0);
         assert!((o.lr_at(50, 100) - 0.55).abs() < 1e-12);

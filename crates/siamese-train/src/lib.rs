@@ -40,7 +40,7 @@ pub use config::{
 pub use error::TrainError;
 pub use eval::{evaluate, EvalReport, KnnGallery};
 pub use labelled::LabelledEmbeddings;
-pub use optim::{Adam, AdamConfig};
+pub use optim::{Adam, AdamConfig, Method, Optimizer, Sgd, SgdConfig};
 pub use provenance::Provenance;
 pub use run::{
     final_evaluation, run, EvalRecord, Reporter, RunOptions, RunSummary, Silent, StepRecord,

@@ -230,7 +230,7 @@ fn new_trainer(
         tower,
         config.batch_loss()?,
         params,
-        config.optim.adam,
+        config.optim.method(),
         batcher.clone(),
     )?;
     trainer.layout = config.layout();

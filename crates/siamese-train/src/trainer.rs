@@ -4,7 +4,7 @@
 //! ([`Batcher`]: the images as one tensor, one label per image, pairs laid out as a
 //! [`Layout`], an episode's support then query rows) -> embed ([`Embedder`]: one
 //! pass of the shared-weight tower over the whole batch) -> loss ([`BatchLoss`]: miner,
-//! distance, pair loss and reduction, composed once) -> backward -> optimiser ([`Adam`]).
+//! distance, pair loss and reduction, composed once) -> backward -> optimiser ([`Optimizer`]: Adam or SGD).
 //!
 //! Each part sees only what the part before it handed on: nothing after the tower
 //! reaches back to the sampler or the data set. Swapping any part is a type (or
@@ -17,7 +17,7 @@ use siamese_model::Embedder;
 use siamese_state::{StateDict, StateError, Stateful};
 
 use crate::error::TrainError;
-use crate::optim::{Adam, AdamConfig};
+use crate::optim::{Method, Optimizer};
 
 /// Sampler, tower, loss and optimiser of one run.
 pub struct Trainer<S, E, L> {
@@ -28,7 +28,7 @@ pub struct Trainer<S, E, L> {
     /// The loss over the batch's labelled embeddings.
     pub loss: L,
     /// Updates the parameters.
-    pub optimizer: Adam,
+    pub optimizer: Optimizer,
     /// Distorts every training image, when set.
     pub augmenter: Option<Augmenter>,
     /// How the batch's images are laid out ([`Layout::TwoViews`] for a loss with a
@@ -45,14 +45,14 @@ impl<S: StepSampler, E: Embedder, L: BatchLoss> Trainer<S, E, L> {
         tower: E,
         loss: L,
         params: Vec<(String, Var)>,
-        adam: AdamConfig,
+        method: impl Into<Method>,
         batcher: Batcher,
     ) -> Result<Self, TrainError> {
         Ok(Self {
             sampler,
             tower,
             loss,
-            optimizer: Adam::new(params, adam)?,
+            optimizer: Optimizer::new(params, method)?,
             augmenter: None,
             layout: Layout::Pairs,
             batcher,
@@ -163,14 +163,14 @@ fn finite_loss(loss: &Tensor, step: u64) -> Result<f64, TrainError> {
 }
 
 /// A trainer's state, for checkpoints: the embedder's under `model.`, the optimiser's
-/// under `adam.`, the sampler's under `sampler.` and, with augmentation, the
+/// under `adam.` or `sgd.`, the sampler's under `sampler.` and, with augmentation, the
 /// augmenter's under `augment.`. Any embedder and sampler that implement [`Stateful`]
 /// resume this way, built-in or not.
 impl<S: StepSampler, E: Embedder + Stateful, L> Stateful for Trainer<S, E, L> {
     fn state_dict(&self) -> Result<StateDict, StateError> {
         let mut state = StateDict::new();
         state.nest("model", self.tower.state_dict()?);
-        state.nest("adam", self.optimizer.state_dict()?);
+        state.nest(self.optimizer.state_key(), self.optimizer.state_dict()?);
         state.nest("sampler", self.sampler.state_dict()?);
         if let Some(augmenter) = &self.augmenter {
             state.nest("augment", augmenter.state_dict()?);
@@ -189,7 +189,8 @@ impl<S: StepSampler, E: Embedder + Stateful, L> Stateful for Trainer<S, E, L> {
         }
         self.sampler.load_state_dict(&state.child("sampler"))?;
         self.tower.load_state_dict(&state.child("model"))?;
-        self.optimizer.load_state_dict(&state.child("adam"))?;
+        self.optimizer
+            .load_state_dict(&state.child(self.optimizer.state_key()))?;
         if let Some(augmenter) = &mut self.augmenter {
             augmenter.load_state_dict(&state.child("augment"))?;
         }

@@ -77,6 +77,7 @@ fn config() -> TrainConfig {
                 final_fraction: 0.1,
             },
             adam: Default::default(),
+            sgd: None,
         },
         steps: 60,
         batch_size: 32,
