@@ -77,9 +77,9 @@ fn ranks_where(flag: bool, collective: &dyn Collective) -> Result<Vec<usize>, Tr
 }
 
 /// Checks, before training, that every rank runs the same configuration (`config`,
-/// the serialised config of this rank): rank 0's is sent to all, and if any rank's
-/// differs, every rank returns the same error naming those ranks, so none starts while
-/// another refuses.
+/// the serialised config of this rank, JSON): rank 0's is sent to all, and if any
+/// rank's differs, every rank returns an error naming those ranks, so none starts while
+/// another refuses. A rank that differs also names the fields, with both values.
 pub fn check_same_config(config: &[u8], collective: &dyn Collective) -> Result<(), TrainError> {
     let mut root = config.to_vec();
     collective
@@ -87,13 +87,59 @@ pub fn check_same_config(config: &[u8], collective: &dyn Collective) -> Result<(
         .map_err(collective_error)?;
     let differ = ranks_where(root != config, collective)?;
     if differ.is_empty() {
-        Ok(())
-    } else {
-        Err(TrainError::Config(format!(
-            "the ranks disagree: the config of rank(s) {differ:?} differs from rank 0's \
-             (every rank must be started with the same arguments)"
-        )))
+        return Ok(());
     }
+    let mut message = format!(
+        "the ranks disagree: the config of rank(s) {differ:?} differs from rank 0's \
+         (every rank must be started with the same arguments)"
+    );
+    if root != config {
+        let fields = differing_fields(&root, config);
+        if !fields.is_empty() {
+            message.push_str(&format!(
+                "; here, rank 0's / this rank's: {}",
+                fields.join(", ")
+            ));
+        }
+    }
+    Err(TrainError::Config(message))
+}
+
+/// The fields (dotted paths) where two JSON documents differ, each with both values,
+/// at most 8; empty when either is not JSON.
+fn differing_fields(root: &[u8], mine: &[u8]) -> Vec<String> {
+    use serde_json::Value;
+    fn walk(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
+        match (a, b) {
+            (Value::Object(x), Value::Object(y)) => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                for key in keys {
+                    let path = if path.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{path}.{key}")
+                    };
+                    let (a, b) = (
+                        x.get(key).unwrap_or(&Value::Null),
+                        y.get(key).unwrap_or(&Value::Null),
+                    );
+                    walk(&path, a, b, out);
+                }
+            }
+            _ if a != b => out.push(format!("{path} = {a} / {b}")),
+            _ => {}
+        }
+    }
+    let (Ok(a), Ok(b)) = (
+        serde_json::from_slice::<Value>(root),
+        serde_json::from_slice::<Value>(mine),
+    ) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    walk("", &a, &b, &mut out);
+    out.truncate(8);
+    out
 }
 
 /// Sends rank 0's values of `tensors` (every parameter and batch-norm statistic, in one
@@ -216,6 +262,21 @@ mod tests {
             let err = r.as_ref().unwrap_err();
             assert!(err.contains("rank(s) [2]"), "{err}");
         }
+        // The rank that differs names the field and both values.
+        let err = configs[2].as_ref().unwrap_err();
+        assert!(
+            err.ends_with("rank 0's / this rank's: seed = 0 / 1"),
+            "{err}"
+        );
+        assert!(!configs[0].as_ref().unwrap_err().contains("seed ="));
+        let nested = ThreadGroup::run(2, |c| {
+            let lr = if c.rank() == 1 { "0.02" } else { "0.01" };
+            let text =
+                format!("{{\"optim\":{{\"lr\":{lr},\"schedule\":\"constant\"}},\"seed\":0}}");
+            check_same_config(text.as_bytes(), c).map_err(|e| e.to_string())
+        });
+        let err = nested[1].as_ref().unwrap_err();
+        assert!(err.ends_with(": optim.lr = 0.01 / 0.02"), "{err}");
         let agreed = ThreadGroup::run(2, |c| check_same_config(b"{}", c).is_ok());
         assert_eq!(agreed, [true, true]);
 
