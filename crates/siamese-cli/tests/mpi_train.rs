@@ -112,7 +112,8 @@ fn two_ranks_train_as_one_process_and_only_rank_0_writes() {
     assert_eq!(reports, 1, "rank 0 alone evaluates: {err}");
     assert_eq!(entries(&one), entries(&two));
     // The default recipe (dropout and batch norm over the global batch): the same model
-    // but for Adam's drift of rounding differences (3e-5 measured after 6 steps).
+    // within the 1e-5 (2.3e-6 measured after 6 steps; 3e-5 before the
+    // parameters with a zero true gradient were left out of training).
     let (a, b) = (
         tensors(&one.join("model.safetensors")),
         tensors(&two.join("model.safetensors")),
@@ -128,7 +129,7 @@ fn two_ranks_train_as_one_process_and_only_rank_0_writes() {
     }
     let relative = (diff / norm).sqrt();
     eprintln!("2 ranks against 1 process after 6 steps: relative difference {relative:e}");
-    assert!(relative < 1e-3, "relative difference {relative}");
+    assert!(relative <= 1e-5, "relative difference {relative}");
 }
 
 #[test]

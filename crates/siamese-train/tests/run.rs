@@ -4,9 +4,7 @@
 
 use std::path::Path;
 
-use siamese_data::{
-    evaluation_pairs, AugmentConfig, Dataset, DatasetSpec, Draw, HeldOutClasses, ImageSet, Rng,
-};
+use siamese_data::{evaluation_pairs, AugmentConfig, Dataset, Draw, HeldOutClasses, ImageSet};
 use siamese_model::TowerConfig;
 use siamese_train::eval::{PROTOCOL_PAIRS, TEST_PAIRS_SEED, VALIDATION_PAIRS_SEED};
 use siamese_train::{
@@ -15,38 +13,8 @@ use siamese_train::{
     TrainError, ViewLoss,
 };
 
-const SIDE: usize = 8;
-const CLASSES: usize = 4;
-
-/// Class c is a bright 4x4 square in quadrant c, on noise.
-fn synthetic(n: usize, seed: u64) -> ImageSet {
-    let mut rng = Rng::new(seed);
-    let mut pixels = Vec::with_capacity(n * SIDE * SIDE);
-    let mut labels = Vec::with_capacity(n);
-    for i in 0..n {
-        let c = i % CLASSES;
-        let (oy, ox) = ((c / 2) * 4, (c % 2) * 4);
-        for y in 0..SIDE {
-            for x in 0..SIDE {
-                let inside = (oy..oy + 4).contains(&y) && (ox..ox + 4).contains(&x);
-                let base = if inside { 180 } else { 20 };
-                pixels.push((base + rng.below(60)) as u8);
-            }
-        }
-        labels.push(c as u32);
-    }
-    ImageSet::new(SIDE, SIDE, CLASSES, pixels, labels, Path::new("synthetic")).unwrap()
-}
-
-fn dataset() -> Dataset {
-    let mut spec = DatasetSpec::mnist();
-    spec.name = "synthetic".into();
-    spec.rows = SIDE;
-    spec.cols = SIDE;
-    spec.class_names = (0..CLASSES).map(|c| c.to_string()).collect();
-    spec.validation_size = 200;
-    Dataset::from_parts(spec, synthetic(1000, 1), synthetic(400, 2))
-}
+mod common;
+use common::{dataset, CLASSES, SIDE};
 
 fn config() -> TrainConfig {
     TrainConfig {
