@@ -568,12 +568,7 @@ impl TrainConfig {
             )));
         }
         if let Some(sgd) = self.optim.sgd {
-            if !(0.0..1.0).contains(&sgd.momentum) {
-                return Err(TrainError::Config(format!(
-                    "SGD momentum must be in [0, 1), found {}",
-                    sgd.momentum
-                )));
-            }
+            sgd.validate()?;
         }
         self.check_step_size()?;
         if let Some(augment) = &self.augment {

@@ -65,6 +65,21 @@ impl Default for SgdConfig {
     }
 }
 
+impl SgdConfig {
+    /// Refuses a momentum outside `[0, 1)` (NaN included): at 1 or more the velocity
+    /// never forgets and the steps grow without bound.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        if (0.0..1.0).contains(&self.momentum) {
+            Ok(())
+        } else {
+            Err(TrainError::Config(format!(
+                "SGD momentum must be in [0, 1), found {}",
+                self.momentum
+            )))
+        }
+    }
+}
+
 /// Which update rule, with its constants.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Method {
@@ -173,12 +188,7 @@ impl Sgd {
     /// An optimiser for `params` (name, variable), velocities at zero; a momentum
     /// outside `[0, 1)` is refused.
     pub fn new(params: Vec<(String, Var)>, config: SgdConfig) -> Result<Self, TrainError> {
-        if !(0.0..1.0).contains(&config.momentum) {
-            return Err(TrainError::Config(format!(
-                "SGD momentum must be in [0, 1), found {}",
-                config.momentum
-            )));
-        }
+        config.validate()?;
         let velocity = params
             .iter()
             .map(|(_, p)| Var::zeros(p.shape(), p.dtype(), p.device()))

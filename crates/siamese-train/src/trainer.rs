@@ -4,7 +4,8 @@
 //! ([`Batcher`]: the images as one tensor, one label per image, pairs laid out as a
 //! [`Layout`], an episode's support then query rows) -> embed ([`Embedder`]: one
 //! pass of the shared-weight tower over the whole batch) -> loss ([`BatchLoss`]: miner,
-//! distance, pair loss and reduction, composed once) -> backward -> optimiser ([`Optimizer`]: Adam or SGD).
+//! distance, pair loss and reduction, composed once) -> backward -> optimiser
+//! ([`Optimizer`]: Adam or SGD).
 //!
 //! Each part sees only what the part before it handed on: nothing after the tower
 //! reaches back to the sampler or the data set. Swapping any part is a type (or
