@@ -78,29 +78,33 @@ fn ranks_where(flag: bool, collective: &dyn Collective) -> Result<Vec<usize>, Tr
 
 /// Checks, before training, that every rank runs the same configuration (`config`,
 /// the serialised config of this rank, JSON): rank 0's is sent to all, and if any
-/// rank's differs, every rank returns an error naming those ranks, so none starts while
-/// another refuses. A rank that differs also names the fields, with both values.
+/// rank's differs, every rank returns an error naming those ranks and the fields the
+/// first of them differs in, with both values, so none starts while another refuses.
+/// Every rank says it all because a launcher may stop the others as soon as one exits
+/// (mpiexec does): whichever message is printed must be the whole story.
 pub fn check_same_config(config: &[u8], collective: &dyn Collective) -> Result<(), TrainError> {
     let mut root = config.to_vec();
     collective
         .broadcast_bytes(&mut root, 0)
         .map_err(collective_error)?;
     let differ = ranks_where(root != config, collective)?;
-    if differ.is_empty() {
+    let Some(&first) = differ.first() else {
         return Ok(());
-    }
+    };
+    let mut theirs = config.to_vec();
+    collective
+        .broadcast_bytes(&mut theirs, first)
+        .map_err(collective_error)?;
     let mut message = format!(
         "the ranks disagree: the config of rank(s) {differ:?} differs from rank 0's \
          (every rank must be started with the same arguments)"
     );
-    if root != config {
-        let fields = differing_fields(&root, config);
-        if !fields.is_empty() {
-            message.push_str(&format!(
-                "; here, rank 0's / this rank's: {}",
-                fields.join(", ")
-            ));
-        }
+    let fields = differing_fields(&root, &theirs);
+    if !fields.is_empty() {
+        message.push_str(&format!(
+            "; rank 0's / rank {first}'s: {}",
+            fields.join(", ")
+        ));
     }
     Err(TrainError::Config(message))
 }
@@ -262,21 +266,21 @@ mod tests {
             let err = r.as_ref().unwrap_err();
             assert!(err.contains("rank(s) [2]"), "{err}");
         }
-        // The rank that differs names the field and both values.
-        let err = configs[2].as_ref().unwrap_err();
-        assert!(
-            err.ends_with("rank 0's / this rank's: seed = 0 / 1"),
-            "{err}"
-        );
-        assert!(!configs[0].as_ref().unwrap_err().contains("seed ="));
+        // Every rank names the field and both values (a launcher may print only one).
+        for r in &configs {
+            let err = r.as_ref().unwrap_err();
+            assert!(err.ends_with("rank 0's / rank 2's: seed = 0 / 1"), "{err}");
+        }
         let nested = ThreadGroup::run(2, |c| {
             let lr = if c.rank() == 1 { "0.02" } else { "0.01" };
             let text =
                 format!("{{\"optim\":{{\"lr\":{lr},\"schedule\":\"constant\"}},\"seed\":0}}");
             check_same_config(text.as_bytes(), c).map_err(|e| e.to_string())
         });
-        let err = nested[1].as_ref().unwrap_err();
-        assert!(err.ends_with(": optim.lr = 0.01 / 0.02"), "{err}");
+        for r in &nested {
+            let err = r.as_ref().unwrap_err();
+            assert!(err.ends_with("rank 1's: optim.lr = 0.01 / 0.02"), "{err}");
+        }
         let agreed = ThreadGroup::run(2, |c| check_same_config(b"{}", c).is_ok());
         assert_eq!(agreed, [true, true]);
 
