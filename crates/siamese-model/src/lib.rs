@@ -57,6 +57,7 @@ pub mod init;
 pub mod kernels;
 pub mod pair;
 pub mod tower;
+pub mod uniform_shift;
 
 pub use checkpoint::Checkpoint;
 pub use config::{Padding, TowerConfig, TowerLayer};
@@ -66,3 +67,4 @@ pub use pair::SiameseModel;
 /// other dependency.
 pub use siamese_state::{StateDict, StateError, Stateful};
 pub use tower::{ConvTower, DropoutState, Embedder};
+pub use uniform_shift::ShiftActivity;

@@ -21,6 +21,7 @@ use crate::kernels::{
     batch_statistics, conv_stack_inference, fused_path, Conv2dRelu, DropoutBatchNorm, LinearAct,
     MaxPoolRelu,
 };
+use crate::uniform_shift::ShiftActivity;
 
 /// Images per slice when a large batch is embedded in inference mode.
 const INFERENCE_SLICE: usize = 1024;
@@ -38,6 +39,14 @@ pub trait Embedder {
     }
     /// The dimension of [`Embedder::embed`]'s rows.
     fn embedding_dim(&self) -> usize;
+    /// How the shift parameters whose effect on the embeddings depends on the batch
+    /// reached the outputs of the last training forward (this process's rows), so that
+    /// a trainer can leave out the entries that moved every embedding by one common
+    /// vector ([`crate::uniform_shift`]); unlike [`ConvTower::shift_parameters`], which
+    /// always do. By default none.
+    fn shift_activity(&self) -> Vec<ShiftActivity> {
+        Vec::new()
+    }
     /// [`Embedder::forward_t`] of this rank's rows `shard` of a global batch spread over
     /// ranks, as the global batch would give them: an embedder whose training draws
     /// batch statistics or random masks must take them over the global batch. The
@@ -99,6 +108,10 @@ pub struct ConvTower {
     /// Whether the layers run as the fused kernels of [`crate::kernels`] (CPU f32) or
     /// as plain candle ops (any device).
     fused: bool,
+    /// After a training forward of a tower whose last convolution feeds the head
+    /// directly, how that convolution's shift reached its outputs
+    /// ([`Embedder::shift_activity`]).
+    last_shift: Mutex<Option<ShiftActivity>>,
     /// The checkpoint the tower was loaded from, named when it fails in use.
     origin: Option<std::path::PathBuf>,
 }
@@ -195,6 +208,7 @@ impl ConvTower {
             head,
             dropout: Mutex::new((dropout_seed, ChaCha8Rng::seed_from_u64(dropout_seed))),
             fused: fused_path(vb.device(), vb.dtype()),
+            last_shift: Mutex::new(None),
             origin: None,
         })
     }
@@ -545,10 +559,34 @@ impl ConvTower {
         // Snell's blocks with batch norm over the global batch run as plain candle ops:
         // the fused kernels take their statistics from the rows they are given.
         let fused = fused && !(shard.is_some() && self.config.conv_batch_norm);
-        let x = self
-            .convolutions(images, train, fused, shard)?
-            .flatten_from(1)?;
-        self.fully_connected(x, train, fused, layer, shard)
+        let x = self.convolutions(images, train, fused, shard)?;
+        if train && layer == TowerLayer::Head {
+            self.record_last_shift(&x)?;
+        }
+        self.fully_connected(x.flatten_from(1)?, train, fused, layer, shard)
+    }
+
+    /// Records, for [`Embedder::shift_activity`], how the last convolution's shift
+    /// (batch norm's, or the convolution's bias without batch norm) reached its output
+    /// `x` (`[images, channels, height, width]`, after its ReLU and pool), when that
+    /// output goes straight to the linear head: a max-pool keeps a constant, so where
+    /// the ReLU passed the shift adds one constant to the output cell, which the head
+    /// turns into one vector. With normalised embeddings the head's output is divided
+    /// by its length, and a common vector is no longer common: nothing then.
+    fn record_last_shift(&self, x: &Tensor) -> Result<(), ModelError> {
+        let n = self.convs.len();
+        let activity = if self.hidden.is_empty() && n > 0 && !self.config.normalize {
+            let name = if self.convs[n - 1].bn.is_some() {
+                format!("conv{n}.bn.bias")
+            } else {
+                format!("conv{n}.bias")
+            };
+            Some(ShiftActivity::of_outputs(name, x)?)
+        } else {
+            None
+        };
+        *self.last_shift.lock().unwrap_or_else(|e| e.into_inner()) = activity;
+        Ok(())
     }
 
     /// The convolutions (with their batch norm and pooling) of `images`, channels first.
@@ -755,6 +793,11 @@ impl Embedder for ConvTower {
 
     fn embedding_dim(&self) -> usize {
         self.config.output_dim()
+    }
+
+    fn shift_activity(&self) -> Vec<ShiftActivity> {
+        let last = self.last_shift.lock().unwrap_or_else(|e| e.into_inner());
+        last.iter().cloned().collect()
     }
 
     fn forward_t_shard(

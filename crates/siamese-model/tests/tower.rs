@@ -426,3 +426,69 @@ fn tower_state_restores_parameters_statistics_and_dropout() {
     assert_eq!(err, "the state lacks \"conv2.bias\"");
     assert_eq!(c.embed(&x).unwrap().to_vec2::<f32>().unwrap(), before);
 }
+
+/// The loss's value for embeddings `e` under a loss that sees only their differences:
+/// the sum of squared distances to their mean (every pairwise squared distance, up to
+/// a factor).
+fn spread(e: &Tensor) -> Tensor {
+    e.broadcast_sub(&e.mean_keepdim(0).unwrap())
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+}
+
+#[test]
+fn shift_entries_reported_uniform_have_a_zero_true_gradient_and_the_others_do_not() {
+    for config in [
+        TowerConfig::strided_four(16, 16, 8),
+        TowerConfig::four_block(16, 16, 8),
+    ] {
+        let (tower, varmap) = ConvTower::init(&config, &Device::Cpu, 3).unwrap();
+        let e = tower.forward_t(&images(12, 5, &config), true).unwrap();
+        let activity = tower.shift_activity();
+        assert_eq!(activity.len(), 1);
+        let name = &activity[0].name;
+        let expected = if config.conv_batch_norm {
+            "conv4.bn.bias"
+        } else {
+            "conv4.bias"
+        };
+        assert_eq!(name, expected);
+        let uniform = activity[0].uniform();
+        let grads = spread(&e).backward().unwrap();
+        let shift = varmap.data().lock().unwrap()[name.as_str()].clone();
+        let g = grads.get(&shift).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(uniform.len(), g.len());
+        let largest = g.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let (mut zero, mut real) = (0, 0);
+        for (u, x) in uniform.iter().zip(&g) {
+            if *u {
+                // Rounding noise only.
+                assert!(x.abs() <= 1e-5 * largest, "{name}: {x} of {largest}");
+                zero += 1;
+            } else if x.abs() > 1e-3 * largest {
+                real += 1;
+            }
+        }
+        assert!(zero > 0 && real > 0, "{name}: {zero} uniform, {real} real");
+    }
+    // Not reported where a shift is not common to every embedding: a hidden layer after
+    // the convolutions, unit-length embeddings, or an inference forward.
+    let hidden = small();
+    let (tower, _) = ConvTower::init(&hidden, &Device::Cpu, 3).unwrap();
+    tower.forward_t(&images(4, 1, &hidden), true).unwrap();
+    assert!(tower.shift_activity().is_empty());
+    let unit = TowerConfig {
+        normalize: true,
+        ..TowerConfig::strided_four(16, 16, 8)
+    };
+    let (tower, _) = ConvTower::init(&unit, &Device::Cpu, 3).unwrap();
+    tower.forward_t(&images(4, 1, &unit), true).unwrap();
+    assert!(tower.shift_activity().is_empty());
+    let plain = TowerConfig::strided_four(16, 16, 8);
+    let (tower, _) = ConvTower::init(&plain, &Device::Cpu, 3).unwrap();
+    tower.forward_t(&images(4, 1, &plain), false).unwrap();
+    assert!(tower.shift_activity().is_empty());
+}

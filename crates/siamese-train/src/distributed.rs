@@ -62,6 +62,22 @@ pub fn all_reduce_gradients(
     Ok(())
 }
 
+/// Per entry, whether `local` is `true` on every rank (on every rank: an all-reduce of
+/// the count of ranks where it is not).
+pub fn everywhere(local: &[bool], collective: &dyn Collective) -> Result<Vec<bool>, TrainError> {
+    if collective.world_size() == 1 {
+        return Ok(local.to_vec());
+    }
+    let mut not = local
+        .iter()
+        .map(|&f| f32::from(u8::from(!f)))
+        .collect::<Vec<_>>();
+    collective
+        .all_reduce_sum(&mut not)
+        .map_err(collective_error)?;
+    Ok(not.iter().map(|&n| n == 0.0).collect())
+}
+
 /// The ranks that answered `true`, on every rank (an all-gather of one flag each), so
 /// that every rank takes the same decision.
 fn ranks_where(flag: bool, collective: &dyn Collective) -> Result<Vec<usize>, TrainError> {

@@ -234,6 +234,7 @@ fn new_trainer(
         batcher.clone(),
     )?;
     trainer.layout = config.layout();
+    trainer.loss_sees_only_differences = config.loss_sees_only_differences();
     if let Some(augment) = config.augment {
         trainer.augmenter = Some(Augmenter::new(augment, config.seed.wrapping_add(3))?);
     }

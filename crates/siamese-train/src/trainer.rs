@@ -4,8 +4,9 @@
 //! ([`Batcher`]: the images as one tensor, one label per image, pairs laid out as a
 //! [`Layout`], an episode's support then query rows) -> embed ([`Embedder`]: one
 //! pass of the shared-weight tower over the whole batch) -> loss ([`BatchLoss`]: miner,
-//! distance, pair loss and reduction, composed once) -> backward -> optimiser
-//! ([`Optimizer`]: Adam or SGD).
+//! distance, pair loss and reduction, composed once) -> backward -> leave out what moved
+//! every embedding alike (for a loss of differences: [`Embedder::shift_activity`]) ->
+//! optimiser ([`Optimizer`]: Adam or SGD).
 //!
 //! Each part sees only what the part before it handed on: nothing after the tower
 //! reaches back to the sampler or the data set. Swapping any part is a type (or
@@ -17,6 +18,7 @@ use siamese_loss::BatchLoss;
 use siamese_model::Embedder;
 use siamese_state::{StateDict, StateError, Stateful};
 
+use crate::distributed::everywhere;
 use crate::error::TrainError;
 use crate::optim::{Method, Optimizer};
 
@@ -35,6 +37,12 @@ pub struct Trainer<S, E, L> {
     /// How the batch's images are laid out ([`Layout::TwoViews`] for a loss with a
     /// self-supervised term; it needs the augmenter).
     pub layout: Layout,
+    /// Whether the loss sees only differences of embeddings (unchanged when every
+    /// embedding moves by one vector): each step then leaves out of the update the
+    /// entries the tower reports as such a move ([`Embedder::shift_activity`]).
+    /// Their true gradient is zero and the computed one rounding noise, which Adam
+    /// would turn into full steps, different in one process and over several ranks.
+    pub loss_sees_only_differences: bool,
     batcher: Batcher,
 }
 
@@ -56,6 +64,7 @@ impl<S: StepSampler, E: Embedder, L: BatchLoss> Trainer<S, E, L> {
             optimizer: Optimizer::new(params, method)?,
             augmenter: None,
             layout: Layout::Pairs,
+            loss_sees_only_differences: false,
             batcher,
         })
     }
@@ -73,7 +82,8 @@ impl<S: StepSampler, E: Embedder, L: BatchLoss> Trainer<S, E, L> {
         let batch = self.batch(set, batch_size)?;
         let loss = self.loss_of(&batch)?;
         let value = finite_loss(&loss, step)?;
-        let grads = loss.backward()?;
+        let mut grads = loss.backward()?;
+        self.leave_out_uniform_shifts(&mut grads, &siamese_collective::SingleProcess)?;
         self.optimizer.step(&grads, lr)?;
         Ok(value)
     }
@@ -126,7 +136,49 @@ impl<S: StepSampler, E: Embedder, L: BatchLoss> Trainer<S, E, L> {
         let mut grads = loss.backward()?;
         let params = self.optimizer.params();
         crate::distributed::all_reduce_gradients(params, &mut grads, collective.as_ref())?;
+        self.leave_out_uniform_shifts(&mut grads, collective.as_ref())?;
         Ok((value, grads))
+    }
+
+    /// Zeroes the gradient entries that moved every embedding of the step's global
+    /// batch by one common vector, when the loss sees only differences: the tower's
+    /// [`Embedder::shift_activity`] over its rows, combined over the ranks of
+    /// `collective` (a cell reached every image, or none, of the global batch when it
+    /// did of every rank's rows).
+    fn leave_out_uniform_shifts(
+        &self,
+        grads: &mut candle_core::backprop::GradStore,
+        collective: &dyn siamese_collective::Collective,
+    ) -> Result<(), TrainError> {
+        if !self.loss_sees_only_differences {
+            return Ok(());
+        }
+        for mut activity in self.tower.shift_activity() {
+            activity.every_image = everywhere(&activity.every_image, collective)?;
+            activity.no_image = everywhere(&activity.no_image, collective)?;
+            let uniform = activity.uniform();
+            let params = self.optimizer.params();
+            let Some((_, var)) = params.iter().find(|(n, _)| *n == activity.name) else {
+                continue;
+            };
+            let Some(grad) = grads.get(var) else {
+                continue;
+            };
+            if grad.elem_count() != uniform.len() {
+                return Err(TrainError::Config(format!(
+                    "{}: the tower reported {} entries for a gradient of {}",
+                    activity.name,
+                    uniform.len(),
+                    grad.elem_count()
+                )));
+            }
+            let keep: Vec<f32> = uniform.iter().map(|&u| f32::from(u8::from(!u))).collect();
+            let keep =
+                Tensor::from_vec(keep, grad.shape(), grad.device())?.to_dtype(grad.dtype())?;
+            let kept = (grad * keep)?;
+            grads.insert(var.as_tensor(), kept);
+        }
+        Ok(())
     }
 
     /// Sample and batch: the next `batch_size` pairs' images (or the next episode's)
