@@ -269,6 +269,23 @@ mod tests {
     }
 
     #[test]
+    fn a_flag_holds_everywhere_when_it_holds_on_every_rank() {
+        let got = ThreadGroup::run(3, |c| {
+            let local = match c.rank() {
+                0 => [true, true, false, true],
+                1 => [true, false, false, true],
+                _ => [true, true, false, false],
+            };
+            everywhere(&local, c).unwrap()
+        });
+        for flags in got {
+            assert_eq!(flags, [true, false, false, false]);
+        }
+        let alone = everywhere(&[true, false], &siamese_collective::SingleProcess).unwrap();
+        assert_eq!(alone, [true, false]);
+    }
+
+    #[test]
     fn ranks_that_disagree_on_the_config_or_the_start_all_refuse_naming_them() {
         let configs = ThreadGroup::run(3, |c| {
             let text = if c.rank() == 2 {
