@@ -114,10 +114,17 @@ fn two_ranks_train_as_one_process_and_only_rank_0_writes() {
     // The default recipe (dropout and batch norm over the global batch): the same model
     // within the 1e-5 (2.3e-6 measured after 6 steps; 3e-5 before the
     // parameters with a zero true gradient were left out of training).
-    let (a, b) = (
-        tensors(&one.join("model.safetensors")),
-        tensors(&two.join("model.safetensors")),
+    let relative = relative_difference(
+        &two.join("model.safetensors"),
+        &one.join("model.safetensors"),
     );
+    eprintln!("2 ranks against 1 process after 6 steps: relative difference {relative:e}");
+    assert!(relative <= 1e-5, "relative difference {relative}");
+}
+
+/// The relative difference between the f32 tensors of two checkpoints, end to end.
+fn relative_difference(got: &Path, want: &Path) -> f64 {
+    let (a, b) = (tensors(want), tensors(got));
     assert_eq!(a.len(), b.len());
     let (mut diff, mut norm) = (0f64, 0f64);
     for ((na, va), (nb, vb)) in a.iter().zip(&b) {
@@ -127,8 +134,67 @@ fn two_ranks_train_as_one_process_and_only_rank_0_writes() {
             norm += f64::from(*x).powi(2);
         }
     }
-    let relative = (diff / norm).sqrt();
-    eprintln!("2 ranks against 1 process after 6 steps: relative difference {relative:e}");
+    (diff / norm).sqrt()
+}
+
+/// The faces recipe in small (episodes, the strided tower, distortions, Adam) for 20
+/// steps, `mpiexec -n 2` against one process, within the 1e-5 (7.6e-8
+/// measured). On these bars no channel happened to move every embedding alike, so the
+/// run measured the same with the trainer's per-step leave-out switched off; the
+/// thread-rank test (`siamese-train/tests/data_parallel.rs`) is the one that meets it.
+#[test]
+fn two_ranks_train_the_episode_recipe_as_one_process() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    write_folder(&data);
+    let bin = env!("CARGO_BIN_EXE_siamese");
+    let settings = |out: &Path| -> Vec<String> {
+        let d = data.to_str().unwrap();
+        let o = out.to_str().unwrap();
+        [
+            "train",
+            "--data",
+            d,
+            "--pairs",
+            "episodes",
+            "--ways",
+            "4",
+            "--shots",
+            "1",
+            "--queries",
+            "2",
+            "--tower",
+            "strided",
+            "--augment",
+            "--steps",
+            "20",
+            "--eval-every",
+            "20",
+            "--image-size",
+            "16x16",
+            "--out",
+            o,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let one = root.path().join("one");
+    let o = common::command().args(settings(&one)).output().unwrap();
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let two = root.path().join("two");
+    let mut args = vec!["-n".to_string(), "2".to_string(), bin.to_string()];
+    args.extend(settings(&two));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = mpiexec(&args);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let relative = relative_difference(
+        &two.join("model.safetensors"),
+        &one.join("model.safetensors"),
+    );
+    eprintln!(
+        "episodes, 2 ranks against 1 process after 20 steps: relative difference {relative:e}"
+    );
     assert!(relative <= 1e-5, "relative difference {relative}");
 }
 
