@@ -72,37 +72,46 @@ fn entries(dir: &Path) -> Vec<String> {
     names
 }
 
+/// `siamese train` with `args` (then `--data data --out <dir>`) alone into `root/one`
+/// and under `mpiexec -n 2` into `root/two`, both succeeding; rank 0's stderr of the
+/// second.
+fn train_alone_and_on_two_ranks(root: &Path, data: &Path, args: &[&str]) -> String {
+    let settings = |out: &Path| -> Vec<String> {
+        let paths = [
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        std::iter::once("train")
+            .chain(args.iter().copied())
+            .chain(paths)
+            .map(str::to_string)
+            .collect()
+    };
+    let o = common::command()
+        .args(settings(&root.join("one")))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let bin = env!("CARGO_BIN_EXE_siamese");
+    let mut two = vec!["-n".to_string(), "2".to_string(), bin.to_string()];
+    two.extend(settings(&root.join("two")));
+    let two: Vec<&str> = two.iter().map(String::as_str).collect();
+    let o = mpiexec(&two);
+    let err = common::stderr(&o);
+    assert!(o.status.success(), "{err}");
+    err
+}
+
 #[test]
 fn two_ranks_train_as_one_process_and_only_rank_0_writes() {
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("data");
     write_folder(&data);
-    let bin = env!("CARGO_BIN_EXE_siamese");
-    let settings = |out: &Path| -> Vec<String> {
-        [
-            "train",
-            "--data",
-            data.to_str().unwrap(),
-            "--steps",
-            "6",
-            "--eval-every",
-            "3",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain(["--out".to_string(), out.to_str().unwrap().to_string()])
-        .collect()
-    };
-    let one = root.path().join("one");
-    let o = common::command().args(settings(&one)).output().unwrap();
-    assert!(o.status.success(), "{}", common::stderr(&o));
-    let two = root.path().join("two");
-    let mut args = vec!["-n".to_string(), "2".to_string(), bin.to_string()];
-    args.extend(settings(&two));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let o = mpiexec(&args);
-    let err = common::stderr(&o);
-    assert!(o.status.success(), "{err}");
+    let err =
+        train_alone_and_on_two_ranks(root.path(), &data, &["--steps", "6", "--eval-every", "3"]);
+    let (one, two) = (root.path().join("one"), root.path().join("two"));
     assert_eq!(
         err.matches("data-parallel: 2 ranks").count(),
         1,
@@ -147,47 +156,27 @@ fn two_ranks_train_the_episode_recipe_as_one_process() {
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("data");
     write_folder(&data);
-    let bin = env!("CARGO_BIN_EXE_siamese");
-    let settings = |out: &Path| -> Vec<String> {
-        let d = data.to_str().unwrap();
-        let o = out.to_str().unwrap();
-        [
-            "train",
-            "--data",
-            d,
-            "--pairs",
-            "episodes",
-            "--ways",
-            "4",
-            "--shots",
-            "1",
-            "--queries",
-            "2",
-            "--tower",
-            "strided",
-            "--augment",
-            "--steps",
-            "20",
-            "--eval-every",
-            "20",
-            "--image-size",
-            "16x16",
-            "--out",
-            o,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
-    let one = root.path().join("one");
-    let o = common::command().args(settings(&one)).output().unwrap();
-    assert!(o.status.success(), "{}", common::stderr(&o));
-    let two = root.path().join("two");
-    let mut args = vec!["-n".to_string(), "2".to_string(), bin.to_string()];
-    args.extend(settings(&two));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let o = mpiexec(&args);
-    assert!(o.status.success(), "{}", common::stderr(&o));
+    let args = [
+        "--pairs",
+        "episodes",
+        "--ways",
+        "4",
+        "--shots",
+        "1",
+        "--queries",
+        "2",
+        "--tower",
+        "strided",
+        "--augment",
+        "--steps",
+        "20",
+        "--eval-every",
+        "20",
+        "--image-size",
+        "16x16",
+    ];
+    train_alone_and_on_two_ranks(root.path(), &data, &args);
+    let (one, two) = (root.path().join("one"), root.path().join("two"));
     let relative = relative_difference(
         &two.join("model.safetensors"),
         &one.join("model.safetensors"),
