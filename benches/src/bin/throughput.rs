@@ -29,7 +29,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::VarMap;
 use siamese_data::{BalancedPairs, Batcher, EpisodeSampler, ImageSet};
 use siamese_loss::{Chopra2005, Euclidean, MinedLoss, Prototypical};
 use siamese_model::kernels::{batch_statistics, Conv2dRelu, DropoutBatchNorm, LinearAct};
@@ -121,16 +120,6 @@ fn train(steps: usize, plain: bool, pairing: Pairing) -> serde_json::Value {
 
 /// 60-way episodes of 1 + 5 images through Snell's four-block tower (the shapes of
 /// `torch_omniglot.py --bench`), then the embedding of 4,000 images.
-/// The parameters `siamese train` trains under an episode recipe: the prototypical loss
-/// sees only differences of embeddings, so the tower's shift parameters are left out
-/// (and each step the shift entries that moved every embedding alike).
-fn episode_parameters(varmap: &VarMap, config: &TowerConfig) -> Vec<(String, Var)> {
-    let shifts = ConvTower::shift_parameters(config);
-    let mut params = ConvTower::trainable_parameters(varmap);
-    params.retain(|(name, _)| !shifts.contains(name));
-    params
-}
-
 fn episodes(count: usize, plain: bool) -> serde_json::Value {
     let device = Device::Cpu;
     let (ways, shots, queries) = (60, 1, 5);
@@ -144,7 +133,9 @@ fn episodes(count: usize, plain: bool) -> serde_json::Value {
     let config = TowerConfig::four_block(28, 28, 64);
     let (mut tower, varmap) = ConvTower::init(&config, &device, 0).expect("valid config");
     tower.set_fused(!plain);
-    let params = episode_parameters(&varmap, &config);
+    // As `siamese train` trains an episode recipe: the prototypical loss sees only
+    // differences of embeddings.
+    let params = ConvTower::trained_parameters(&varmap, &config, true);
     let sampler = EpisodeSampler::new(set.labels(), ways, shots, queries, 0).expect("sampler");
     let loss = Prototypical {
         ways,
@@ -265,7 +256,9 @@ fn data_parallel(count: usize) -> serde_json::Value {
     let set = ImageSet::new(h, w, n / 10, pixels, labels, "synthetic".as_ref()).expect("sizes");
     let config = TowerConfig::strided_four(h, w, 64);
     let (tower, varmap) = ConvTower::init(&config, &Device::Cpu, 0).expect("valid config");
-    let params = episode_parameters(&varmap, &config);
+    // As `siamese train` trains an episode recipe: the prototypical loss sees only
+    // differences of embeddings.
+    let params = ConvTower::trained_parameters(&varmap, &config, true);
     let param_count: usize = params.iter().map(|(_, v)| v.elem_count()).sum();
     let sampler = EpisodeSampler::new(set.labels(), ways, shots, queries, 0).expect("sampler");
     let loss = Prototypical {

@@ -271,6 +271,21 @@ impl ConvTower {
         names
     }
 
+    /// What an optimiser trains under `config`: [`Self::trainable_parameters`], less
+    /// [`Self::shift_parameters`] when the loss sees only differences of embeddings.
+    pub fn trained_parameters(
+        varmap: &VarMap,
+        config: &TowerConfig,
+        loss_sees_only_differences: bool,
+    ) -> Vec<(String, Var)> {
+        let mut params = Self::trainable_parameters(varmap);
+        if loss_sees_only_differences {
+            let shifts = Self::shift_parameters(config);
+            params.retain(|(name, _)| !shifts.contains(name));
+        }
+        params
+    }
+
     /// The configuration.
     pub fn config(&self) -> &TowerConfig {
         &self.config

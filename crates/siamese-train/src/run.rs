@@ -214,11 +214,8 @@ fn new_trainer(
     device: &Device,
 ) -> Result<(RunTrainer, VarMap, Batcher), TrainError> {
     let (tower, varmap) = ConvTower::init(&config.model, device, config.seed)?;
-    let mut params = ConvTower::trainable_parameters(&varmap);
-    if config.loss_sees_only_differences() {
-        let shifts = ConvTower::shift_parameters(&config.model);
-        params.retain(|(name, _)| !shifts.contains(name));
-    }
+    let params =
+        ConvTower::trained_parameters(&varmap, &config.model, config.loss_sees_only_differences());
     let sampler = config.sampler.build(
         data.train.labels(),
         data.train.num_classes(),

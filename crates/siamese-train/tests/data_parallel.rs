@@ -132,9 +132,7 @@ fn trainer(
         shots,
         queries,
     };
-    let mut params = ConvTower::trainable_parameters(&varmap);
-    let shifts = ConvTower::shift_parameters(config);
-    params.retain(|(name, _)| !shifts.contains(name));
+    let params = ConvTower::trained_parameters(&varmap, config, true);
     let mut trainer = Trainer::new(
         sampler,
         tower,
