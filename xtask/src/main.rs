@@ -530,9 +530,9 @@ fn omniglot_check(bin: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Episodes of the Omniglot check (20-way, a third of the preset's): a few hundred, as
-/// the check is of the pipeline. 300 60-way episodes took 4 min of CI's debug build and
-/// reached 64.75% on Lake's runs (pixels 20.75%).
+/// Episodes of the Omniglot check (20-way 1 + 2, a sixth of the preset's 120-way
+/// episodes): a few hundred, as the check is of the pipeline. 300 60-way 1 + 5 episodes
+/// took 4 min of CI's debug build and reached 64.75% on Lake's runs (pixels 20.75%).
 const OMNIGLOT_CHECK_STEPS: &str = "200";
 
 /// Steps of the held-out-class check: enough for a checkpoint and an evaluation; what

@@ -325,13 +325,15 @@ pub struct TrainArgs {
     /// Images of each class in a batch with `--pairs per-class` (even; default 8).
     #[arg(long)]
     pub images_per_class: Option<usize>,
-    /// Classes per episode with `--pairs episodes` (default 60, as Snell et al. train).
+    /// Classes per episode with `--pairs episodes` (default: the preset's when it trains
+    /// episodes, 120 for `omniglot` and 20 for `faces`; otherwise 60, as Snell et al.
+    /// train).
     #[arg(long)]
     pub ways: Option<usize>,
-    /// Support images per class with `--pairs episodes` (default 1).
+    /// Support images per class with `--pairs episodes` (default: the preset's, or 1).
     #[arg(long)]
     pub shots: Option<usize>,
-    /// Query images per class with `--pairs episodes` (default 5).
+    /// Query images per class with `--pairs episodes` (default: the preset's, or 5).
     #[arg(long)]
     pub queries: Option<usize>,
     /// Which pairs of each batch the loss sees.
