@@ -2,7 +2,8 @@
 //! (no tensors, no plotting): verification of pairs (ROC AUC, equal error rate,
 //! accuracy at a threshold chosen on other pairs), k-nearest-neighbour accuracy,
 //! retrieval (precision@1, R-precision, MAP@R, as pytorch-metric-learning defines
-//! them), and PCA, for the baseline a learned metric must beat and for plots.
+//! them), cohort score normalisation of pair distances ([`score_norm`]), and PCA, for
+//! the baseline a learned metric must beat and for plots.
 //!
 //! ```
 //! use siamese_metrics::{pair_distances, retrieval_leave_one_out, verification};
@@ -25,6 +26,7 @@ pub mod oneshot;
 pub mod pairs;
 pub mod pca;
 pub mod retrieval;
+pub mod score_norm;
 
 pub use oneshot::{episode_accuracy, mean_ci95, modified_hausdorff};
 pub use pairs::{accuracy_at, knn_accuracy, knn_accuracy_leave_one_out, pair_metrics, PairMetrics};
