@@ -470,6 +470,15 @@ fn print_splits(summary: &SplitsSummary) {
         "  EER below raw pixels on {} of {} splits",
         summary.eer_below_pixels, summary.splits
     );
+    if let Some(n) = &summary.score_normalised {
+        println!("  score-normalised against training images:");
+        println!("    test EER      {}", pct(&n.test_eer));
+        println!("    raw pixels    {}", pct(&n.pixel_test_eer));
+        println!(
+            "    EER below normalised pixels on {} of {} splits, below plain pixels on {}",
+            n.eer_below_pixels, summary.splits, n.eer_below_plain_pixels
+        );
+    }
 }
 
 /// One training run (`seed_offset` added to the config's seed, which also seeds an
@@ -852,6 +861,17 @@ fn print_report(r: &siamese_train::EvalReport, json: bool, class_names: &[String
     };
     baseline("baseline:   raw pixels,", &r.pixel_baseline);
     baseline("baseline:   PCA,       ", &r.pca_baseline);
+    if let Some(n) = &r.score_normalised {
+        println!(
+            "normalised: accuracy {:.2}%, ROC AUC {:.4}, EER {:.2}% (raw pixels {:.2}%): each distance against both images' {} nearest of {} training images",
+            100.0 * n.model.test_accuracy,
+            n.model.test_roc_auc,
+            100.0 * n.model.test_eer,
+            100.0 * n.pixels.test_eer,
+            n.top_k,
+            n.cohort
+        );
+    }
     for o in &r.one_shot {
         println!(
             "one-shot:   {}-way {}-shot {:.2}% +- {:.2} over {} episodes (raw pixels {:.2}% +- {:.2})",

@@ -125,7 +125,7 @@ fn trains_on_an_image_folder_and_verifies_unseen_identities() {
         config_path.to_str().unwrap(),
         run.to_str().unwrap(),
     );
-    check(&siamese(&[
+    let text = check(&siamese(&[
         "train",
         "--config",
         cfg,
@@ -176,6 +176,16 @@ fn trains_on_an_image_folder_and_verifies_unseen_identities() {
         metrics["map_at_r"]
     );
     assert!((0.5..=1.0).contains(&pixels), "pixel baseline {pixels}");
+    // The same pairs scored again, each distance against both images' nearest training
+    // images (the cohort: all 360 training images of 36 identities).
+    let normalised = &metrics["score_normalised"];
+    assert_eq!(normalised["cohort"], 360, "{normalised}");
+    assert_eq!(normalised["top_k"], 300, "{normalised}");
+    for who in ["model", "pixels"] {
+        let auc = normalised[who]["test_roc_auc"].as_f64().unwrap();
+        assert!((0.5..=1.0).contains(&auc), "normalised {who}: {normalised}");
+    }
+    assert!(text.contains("normalised: accuracy"), "{text}");
 
     // An image folder holds classes out with its own split, not --holdout-classes.
     let refused = siamese(&[
@@ -426,6 +436,27 @@ fn splits_repeat_the_protocol_and_summarise_it() {
     assert_eq!(each, eers);
     let mean = eers.iter().sum::<f64>() / 3.0;
     assert!((summary["test_eer"]["mean"].as_f64().unwrap() - mean).abs() < 1e-12);
+    // And so are the score-normalised ones.
+    let normalised: Vec<f64> = (1..=3)
+        .map(|i| {
+            let m: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(out.join(format!("split-{i}/metrics.json"))).unwrap(),
+            )
+            .unwrap();
+            m["score_normalised"]["model"]["test_eer"].as_f64().unwrap()
+        })
+        .collect();
+    let summary_normalised: Vec<f64> = summary["score_normalised"]["test_eer"]["each"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(summary_normalised, normalised);
+    assert!(
+        text.contains("score-normalised against training images"),
+        "{text}"
+    );
     // The splits hold out other people.
     assert!(
         unseen[0] != unseen[1] || unseen[1] != unseen[2],

@@ -38,7 +38,7 @@ pub use config::{
     TrainConfig, ViewLoss, PRESETS,
 };
 pub use error::TrainError;
-pub use eval::{evaluate, EvalReport, KnnGallery};
+pub use eval::{evaluate, EvalReport, KnnGallery, ScoreNormalised};
 pub use labelled::LabelledEmbeddings;
 pub use optim::{Adam, AdamConfig, Method, Optimizer, Sgd, SgdConfig};
 pub use provenance::Provenance;
@@ -50,7 +50,7 @@ pub use siamese_metrics::{
     accuracy_at, knn_accuracy, knn_accuracy_leave_one_out, pair_metrics, PairMetrics,
     RetrievalMetrics, Verification,
 };
-pub use splits::{SplitsSummary, Spread};
+pub use splits::{NormalisedSummary, SplitsSummary, Spread};
 pub use trainer::Trainer;
 
 /// The README's Rust examples, compiled and run as doctests of this crate.

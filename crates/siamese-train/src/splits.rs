@@ -23,6 +23,25 @@ pub struct SplitsSummary {
     pub pixel_test_roc_auc: Spread,
     /// Splits whose test EER is below raw pixels'.
     pub eer_below_pixels: usize,
+    /// The same figures with cohort score normalisation, when every split has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score_normalised: Option<NormalisedSummary>,
+}
+
+/// Test figures over the splits with cohort score normalisation
+/// ([`crate::eval::ScoreNormalised`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NormalisedSummary {
+    /// The model's normalised test equal error rate.
+    pub test_eer: Spread,
+    /// The model's normalised test ROC AUC.
+    pub test_roc_auc: Spread,
+    /// Raw pixels' test equal error rate, normalised the same way.
+    pub pixel_test_eer: Spread,
+    /// Splits whose normalised test EER is below the normalised pixels'.
+    pub eer_below_pixels: usize,
+    /// Splits whose normalised test EER is below raw pixels' plain one.
+    pub eer_below_plain_pixels: usize,
 }
 
 /// A figure over the splits.
@@ -72,9 +91,27 @@ impl SplitsSummary {
             reports.iter().map(|r| r.test_eer).collect::<Vec<_>>(),
             pixel(|b| b.test_eer),
         );
+        let below =
+            |model: &[f64], pixels: &[f64]| model.iter().zip(pixels).filter(|(m, p)| m < p).count();
+        let normalised: Option<Vec<_>> = reports
+            .iter()
+            .map(|r| r.score_normalised.as_ref())
+            .collect();
+        let score_normalised = normalised.map(|n| {
+            let model: Vec<f64> = n.iter().map(|n| n.model.test_eer).collect();
+            let pixels: Vec<f64> = n.iter().map(|n| n.pixels.test_eer).collect();
+            NormalisedSummary {
+                eer_below_pixels: below(&model, &pixels),
+                eer_below_plain_pixels: below(&model, &pixel_eer),
+                test_roc_auc: Spread::of(n.iter().map(|n| n.model.test_roc_auc).collect()),
+                test_eer: Spread::of(model),
+                pixel_test_eer: Spread::of(pixels),
+            }
+        });
         Self {
             splits: reports.len(),
-            eer_below_pixels: eer.iter().zip(&pixel_eer).filter(|(m, p)| m < p).count(),
+            eer_below_pixels: below(&eer, &pixel_eer),
+            score_normalised,
             test_eer: Spread::of(eer),
             test_roc_auc: Spread::of(reports.iter().map(|r| r.test_roc_auc).collect()),
             pixel_test_eer: Spread::of(pixel_eer),
