@@ -130,4 +130,51 @@ mod tests {
         assert!((s.mean - 0.04).abs() < 1e-12 && (s.std - 0.02).abs() < 1e-12);
         assert_eq!((s.min, s.max, s.each.len()), (0.02, 0.06, 3));
     }
+
+    /// A report with these test EERs: the model's, raw pixels', and, when given, the
+    /// score-normalised model's and pixels'.
+    fn report(eer: f64, pixels: f64, normalised: Option<(f64, f64)>) -> EvalReport {
+        let metrics = serde_json::json!({
+            "roc_auc": 0.9, "eer": 0.1, "best_threshold": 1.0, "best_accuracy": 0.9
+        });
+        let verification = |eer: f64| {
+            serde_json::json!({
+                "validation": metrics, "threshold": 1.0, "test_accuracy": 0.9,
+                "test_roc_auc": 1.0 - eer, "test_eer": eer
+            })
+        };
+        let mut r = serde_json::json!({
+            "validation": metrics, "threshold": 1.0, "test_accuracy": 0.9,
+            "test_roc_auc": 1.0 - eer, "test_eer": eer, "knn5_accuracy": 0.9,
+            "pixel_baseline": verification(pixels),
+        });
+        if let Some((model, pixels)) = normalised {
+            r["score_normalised"] = serde_json::json!({
+                "cohort": 300, "top_k": 300,
+                "model": verification(model), "pixels": verification(pixels)
+            });
+        }
+        serde_json::from_value(r).unwrap()
+    }
+
+    #[test]
+    fn normalised_figures_are_summarised_only_when_every_split_has_them() {
+        // Model below plain pixels on split 1 only; normalised, below normalised pixels
+        // on splits 1 and 2, below plain pixels on splits 1 and 3.
+        let reports = [
+            report(0.02, 0.03, Some((0.01, 0.02))),
+            report(0.10, 0.05, Some((0.06, 0.07))),
+            report(0.04, 0.04, Some((0.03, 0.01))),
+        ];
+        let s = SplitsSummary::of(&reports);
+        assert_eq!(s.eer_below_pixels, 1);
+        let n = s.score_normalised.expect("every split has them");
+        assert_eq!(n.test_eer.each, [0.01, 0.06, 0.03]);
+        assert_eq!(n.pixel_test_eer.each, [0.02, 0.07, 0.01]);
+        assert_eq!((n.eer_below_pixels, n.eer_below_plain_pixels), (2, 2));
+        // One split without them (a report from before they existed): none at all,
+        // rather than a mean over some of the splits.
+        let mixed = [reports[0].clone(), report(0.02, 0.03, None)];
+        assert!(SplitsSummary::of(&mixed).score_normalised.is_none());
+    }
 }
