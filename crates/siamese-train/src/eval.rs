@@ -277,15 +277,16 @@ impl ProtocolPairs {
     }
 }
 
-/// Cohort score normalisation of the protocol's pairs, model and pixels, against (at
-/// most [`COHORT_MAX_ROWS`] evenly spaced) training images; `None` without training
-/// images.
+/// Cohort score normalisation of the protocol's pairs, model and pixels (each as the
+/// validation and test sets' rows), against (at most [`COHORT_MAX_ROWS`] evenly
+/// spaced) training images; `None` without training images.
 fn score_normalised<E: Embedder>(
     tower: &E,
     data: &Dataset,
     batcher: &Batcher,
     pairs: &ProtocolPairs,
     (validation, test): (&[f32], &[f32]),
+    (pixel_validation, pixel_test): (&[f32], &[f32]),
 ) -> Result<Option<ScoreNormalised>, TrainError> {
     if data.train.is_empty() {
         return Ok(None);
@@ -296,8 +297,8 @@ fn score_normalised<E: Embedder>(
     let cohort = embed_rows(tower, &data.train, &rows, batcher)?;
     let model = pairs.score_normalised(validation, test, &cohort, tower.embedding_dim(), top_k);
     let pixels = pairs.score_normalised(
-        &pixels_f32(&data.validation, None),
-        &pixels_f32(&data.test, None),
+        pixel_validation,
+        pixel_test,
         &pixels_f32(&data.train, Some(&rows)),
         data.test.image_len(),
         top_k,
@@ -312,18 +313,16 @@ fn score_normalised<E: Embedder>(
 
 /// The baselines of the protocol: raw pixels, and PCA of the pixels onto `dim`
 /// dimensions fitted on (at most [`siamese_metrics::pca::PCA_MAX_FIT_ROWS`] evenly
-/// spaced) training images. Also returns the pixels' test pair distances.
+/// spaced) training images, from the validation and test sets' pixels ([`pixels_f32`]).
+/// Also returns the pixels' test pair distances.
 fn baselines(
     data: &Dataset,
     pairs: &ProtocolPairs,
     dim: usize,
+    (validation, test): (&[f32], &[f32]),
 ) -> (Verification, Vec<f32>, Option<Verification>) {
     let pixels = data.test.image_len();
-    let (validation, test) = (
-        pixels_f32(&data.validation, None),
-        pixels_f32(&data.test, None),
-    );
-    let (pixel, pixel_distances) = pairs.score(&validation, &test, pixels);
+    let (pixel, pixel_distances) = pairs.score(validation, test, pixels);
     let pca =
         (pixels <= PCA_BASELINE_MAX_PIXELS && dim <= pixels && !data.train.is_empty()).then(|| {
             let step = data
@@ -338,7 +337,7 @@ fn baselines(
                 PCA_BASELINE_SEED,
             );
             pairs
-                .score(&pca.project(&validation), &pca.project(&test), dim)
+                .score(&pca.project(validation), &pca.project(test), dim)
                 .0
         });
     (pixel, pixel_distances, pca)
@@ -374,7 +373,12 @@ pub fn evaluate<E: Embedder>(
         (acc, KnnGallery::TestLeaveOneOut)
     };
     let retrieval = retrieval_leave_one_out(&test, data.test.labels(), dim);
-    let (pixel, pixel_distances, pca) = baselines(data, &pairs, dim);
+    let pixels = (
+        pixels_f32(&data.validation, None),
+        pixels_f32(&data.test, None),
+    );
+    let pixels = (pixels.0.as_slice(), pixels.1.as_slice());
+    let (pixel, pixel_distances, pca) = baselines(data, &pairs, dim, pixels);
     let unseen_pairs =
         if unseen_test_classes.is_empty() || unseen_test_classes.len() > MAX_CLASS_PAIR_CLASSES {
             Vec::new()
@@ -393,7 +397,7 @@ pub fn evaluate<E: Embedder>(
     let score_normalised = if unseen_test_classes.is_empty() {
         None
     } else {
-        score_normalised(tower, data, batcher, &pairs, (&val, &test))?
+        score_normalised(tower, data, batcher, &pairs, (&val, &test), pixels)?
     };
     let report = EvalReport {
         validation: model.validation,
