@@ -410,7 +410,7 @@ impl TrainConfig {
     /// character: the images of Snell et al.'s 60-way 1 + 5 episodes spread over twice
     /// the characters) over the background characters and their rotations, on Snell's
     /// four-block encoder with a 64-D linear embedding, Adam at lr 4e-3 with cosine
-    /// decay, 5,500 episodes (23 to 31 minutes on the 2-core machines measured: the
+    /// decay, 5,500 episodes (23 to 29 minutes on the 2-core machines measured: the
     /// README's table and ablation, where both changes from Snell's 60-way episodes at
     /// lr 1e-3 are measured).
     pub fn omniglot() -> Self {
