@@ -473,9 +473,27 @@ pub struct VerifyArgs {
     pub a: PathBuf,
     /// Second image.
     pub b: PathBuf,
-    /// Distance at or below which the images are "same" (default: the checkpoint's).
+    /// Distance at or below which the images are "same" (default: the checkpoint's);
+    /// a distance threshold, so it scores plain distances.
     #[arg(long, value_parser = parse_threshold)]
     pub threshold: Option<f64>,
+    /// How to score the pair: `normalised` judges the distance against each image's
+    /// nearest training images (the checkpoint's cohort, stored where the test classes
+    /// were unseen), `plain` by the distance alone; `auto` takes whichever told the
+    /// validation pairs apart better.
+    #[arg(long, value_enum, default_value_t = Scoring::Auto)]
+    pub scoring: Scoring,
+}
+
+/// How `siamese verify` scores a pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scoring {
+    /// Normalised where the checkpoint's cohort had the lower validation EER.
+    Auto,
+    /// The distance against the checkpoint's distance threshold.
+    Plain,
+    /// The distance normalised against the checkpoint's cohort (AS-norm).
+    Normalised,
 }
 
 /// `siamese plot`.

@@ -12,6 +12,7 @@ use siamese_data::{
 use siamese_model::checkpoint;
 use siamese_model::Embedder;
 use siamese_train::eval::{embed_set, evaluate};
+use siamese_train::metrics::score_norm::{cohort_stats, normalised_distance};
 use siamese_train::{
     load_run_config, run, KnnGallery, LossConfig, Pairing, Provenance, RunOptions, SamplerConfig,
     SplitsSummary, Spread, TrainConfig,
@@ -21,7 +22,7 @@ use siamese_data::omniglot::runs::{load_runs, OneShotRun};
 
 use crate::args::{
     Cli, Command, DataAction, DataArgs, EmbedArgs, EvalArgs, LakeRunsArgs, LossName, PairingName,
-    PairsName, PlotArgs, SourceArgs, SplitName, TrainArgs, VerifyArgs,
+    PairsName, PlotArgs, Scoring, SourceArgs, SplitName, TrainArgs, VerifyArgs,
 };
 use crate::report::Printer;
 
@@ -688,6 +689,7 @@ fn lake_runs(a: LakeRunsArgs) -> Result<()> {
             &runs,
             &Batcher::new(device()?),
             size,
+            None,
         )?),
         None => None,
     };
@@ -872,24 +874,31 @@ fn print_report(r: &siamese_train::EvalReport, json: bool, class_names: &[String
             n.cohort
         );
     }
+    let normalised = |accuracy: Option<f64>| {
+        accuracy
+            .map(|a| format!(", normalised {:.2}%", 100.0 * a))
+            .unwrap_or_default()
+    };
     for o in &r.one_shot {
         println!(
-            "one-shot:   {}-way {}-shot {:.2}% +- {:.2} over {} episodes (raw pixels {:.2}% +- {:.2})",
+            "one-shot:   {}-way {}-shot {:.2}% +- {:.2} over {} episodes (raw pixels {:.2}% +- {:.2}{})",
             o.ways,
             o.shots,
             100.0 * o.accuracy,
             100.0 * o.ci95,
             o.episodes,
             100.0 * o.pixel_accuracy,
-            100.0 * o.pixel_ci95
+            100.0 * o.pixel_ci95,
+            normalised(o.normalised_accuracy)
         );
     }
     if let Some(l) = &r.lake_runs {
         println!(
-            "Lake's runs: 20-way one-shot {:.2}% over {} runs (raw pixels {:.2}%; Koch's Siamese net 92.0%, people 95.5%)",
+            "Lake's runs: 20-way one-shot {:.2}% over {} runs (raw pixels {:.2}%{}; Koch's Siamese net 92.0%, people 95.5%)",
             100.0 * l.accuracy,
             l.runs,
-            100.0 * l.pixel_accuracy
+            100.0 * l.pixel_accuracy,
+            normalised(l.normalised_accuracy)
         );
     }
     if !r.class_pairs.is_empty() {
@@ -933,7 +942,7 @@ fn eval(a: EvalArgs) -> Result<()> {
     let data = data_for(&a.source, &ckpt)?;
     let name = data_name(&a.source, &Provenance::from_checkpoint(&ckpt)?);
     let runs = one_shot_runs_for(&name, [data.spec.rows, data.spec.cols])?;
-    let (report, _) = evaluate(&tower, &data, &Batcher::new(device()?), runs.as_deref())?;
+    let report = evaluate(&tower, &data, &Batcher::new(device()?), runs.as_deref())?.report;
     print_report(&report, a.json, &data.spec.class_names);
     Ok(())
 }
@@ -1010,33 +1019,75 @@ fn write_embeddings(path: &Path, values: &[f32], dim: usize, labels: &[u32]) -> 
 
 fn verify(a: VerifyArgs) -> Result<()> {
     let (tower, ckpt) = load_model(&a.model)?;
-    // Checked on load: a checkpoint's threshold is a finite number >= 0.
-    let threshold = match a.threshold {
-        Some(t) => t,
-        None => Provenance::from_checkpoint(&ckpt)?
-            .threshold
-            .context("the checkpoint holds no threshold; pass --threshold")?,
+    let provenance = Provenance::from_checkpoint(&ckpt)?;
+    let cohort = match (provenance.score_norm, &ckpt.cohort) {
+        (Some(record), Some(rows)) => Some((record, rows)),
+        (None, None) => None,
+        (Some(_), None) | (None, Some(_)) => bail!(
+            "{}: the checkpoint holds a score-normalisation record without its cohort, or a cohort without its record: it is broken",
+            a.model.display()
+        ),
     };
+    let normalise = match a.scoring {
+        Scoring::Plain => false,
+        Scoring::Auto => a.threshold.is_none() && cohort.is_some_and(|(r, _)| r.preferred()),
+        Scoring::Normalised if a.threshold.is_some() => {
+            bail!("--threshold is a distance threshold: it goes with --scoring plain")
+        }
+        Scoring::Normalised if cohort.is_none() => bail!(
+            "{}: the checkpoint holds no score-normalisation cohort (a run stores one when its test classes were unseen in training); use --scoring plain",
+            a.model.display()
+        ),
+        Scoring::Normalised => true,
+    };
+    let dim = tower.embedding_dim();
     let e = embed_files(&tower, &ckpt, &[a.a.clone(), a.b.clone()])?;
     // The distance the evaluation protocol uses, so the threshold means the same here.
-    let distance =
-        f64::from(siamese_train::metrics::pair_distances(&e, tower.embedding_dim(), &[0], &[1])[0]);
-    if !distance.is_finite() || !threshold.is_finite() {
-        bail!(
-            "no verdict: the distance ({distance}) or the threshold ({threshold}) is not a finite number; the checkpoint {} is broken",
-            a.model.display()
-        );
-    }
-    let verdict = if distance <= threshold {
-        "same"
-    } else {
-        "different"
+    let distance = f64::from(siamese_train::metrics::pair_distances(&e, dim, &[0], &[1])[0]);
+    let (verdict, detail) = match cohort.filter(|_| normalise) {
+        Some((record, rows)) => {
+            let rows = rows.flatten_all()?.to_vec1::<f32>()?;
+            let stats = cohort_stats(&rows, &e, dim, record.top_k);
+            let score = normalised_distance(distance, &stats[0], &stats[1]);
+            if !score.is_finite() {
+                bail!(
+                    "no verdict: the normalised score of distance {distance} is not a finite number (an image's distances to the cohort of {} have no spread)",
+                    a.model.display()
+                );
+            }
+            let detail = format!(
+                "normalised score {}, threshold {} (distance {} against both images' {} nearest of {} training images)",
+                crate::text::number(score),
+                crate::text::number(record.threshold),
+                crate::text::number(distance),
+                record.top_k.min(rows.len() / dim),
+                rows.len() / dim
+            );
+            (score <= record.threshold, detail)
+        }
+        None => {
+            // Checked on load: a checkpoint's threshold is a finite number >= 0.
+            let threshold = match a.threshold {
+                Some(t) => t,
+                None => provenance
+                    .threshold
+                    .context("the checkpoint holds no threshold; pass --threshold")?,
+            };
+            if !distance.is_finite() {
+                bail!(
+                    "no verdict: the distance ({distance}) is not a finite number; the checkpoint {} is broken",
+                    a.model.display()
+                );
+            }
+            let detail = format!(
+                "distance {}, threshold {}",
+                crate::text::number(distance),
+                crate::text::number(threshold)
+            );
+            (distance <= threshold, detail)
+        }
     };
-    println!(
-        "{verdict}: distance {}, threshold {}",
-        crate::text::number(distance),
-        crate::text::number(threshold)
-    );
+    println!("{}: {detail}", if verdict { "same" } else { "different" });
     Ok(())
 }
 

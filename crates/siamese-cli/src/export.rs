@@ -13,10 +13,13 @@ pub(crate) fn export(a: ExportArgs) -> Result<()> {
     }
     let (tower, ckpt) = load_model(&a.model)?;
     // The checkpoint's own entries (threshold, step, data set, preprocessing, ...), then
-    // what identifies the tower: its config and the fingerprint galleries check.
+    // what identifies the tower: its config and the fingerprint galleries check. The
+    // score-normalisation record stays behind with its cohort, which is not exported:
+    // its threshold means nothing without it.
     let mut metadata: Vec<(String, String)> = ckpt
         .metadata
         .iter()
+        .filter(|(k, _)| k.as_str() != siamese_model::checkpoint::keys::SCORE_NORM)
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     metadata.push((

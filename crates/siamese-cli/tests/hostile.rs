@@ -185,6 +185,89 @@ fn small_faults_read_right() {
     assert!(String::from_utf8_lossy(&help.stdout).contains("--checkpoint-every"));
 }
 
+/// A forged score-normalisation cohort gives no verdict: a record without its cohort
+/// (or the reverse), a record no evaluation writes, a cohort whose rows all sit on one
+/// point (no spread to scale by); and a model without one refuses `--scoring
+/// normalised` rather than quietly scoring plain.
+#[test]
+fn forged_cohorts_give_no_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tensors, meta) = parts(dir.path());
+    let a = png(&dir.path().join("a.png"), 28);
+    let b = png(&dir.path().join("b.png"), 28);
+    let verify = |model: &Path, scoring: &str| {
+        siamese(
+            &[
+                "verify",
+                "--model",
+                model.to_str().unwrap(),
+                "--scoring",
+                scoring,
+                &a,
+                &b,
+            ],
+            dir.path(),
+        )
+    };
+    let dim = small_config().output_dim();
+    let record = r#"{"top_k":2,"threshold":-1.0,"validation_eer":0.01,"plain_validation_eer":0.2}"#;
+    let cohort = |rows: Vec<f32>| {
+        let n = rows.len() / dim;
+        Tensor::from_vec(rows, (n, dim), &Device::Cpu).unwrap()
+    };
+    let spread: Vec<f32> = (0..4 * dim).map(|i| (i % 7) as f32 * 0.3).collect();
+
+    let mut with_record = meta.clone();
+    with_record.insert("score_norm".into(), record.into());
+    let m = forge(&dir.path().join("r.safetensors"), &tensors, &with_record);
+    assert_one_line_error(
+        &verify(&m, "auto"),
+        &["r.safetensors", "without its cohort"],
+    );
+
+    let mut t = tensors.clone();
+    t.insert(checkpoint::COHORT_TENSOR.into(), cohort(spread.clone()));
+    let m = forge(&dir.path().join("c.safetensors"), &t, &meta);
+    assert_one_line_error(
+        &verify(&m, "plain"),
+        &["c.safetensors", "cohort without its record"],
+    );
+
+    let mut zero_k = meta.clone();
+    zero_k.insert(
+        "score_norm".into(),
+        record.replace("\"top_k\":2", "\"top_k\":0"),
+    );
+    let m = forge(&dir.path().join("k.safetensors"), &t, &zero_k);
+    assert_one_line_error(
+        &verify(&m, "auto"),
+        &["k.safetensors", "score_norm", "top_k"],
+    );
+
+    let mut flat = tensors.clone();
+    flat.insert(
+        checkpoint::COHORT_TENSOR.into(),
+        cohort(vec![0.25; 4 * dim]),
+    );
+    let m = forge(&dir.path().join("f.safetensors"), &flat, &with_record);
+    assert_one_line_error(&verify(&m, "normalised"), &["no verdict", "no spread"]);
+
+    // The same file with a spread cohort gives a verdict.
+    let mut good = tensors.clone();
+    good.insert(checkpoint::COHORT_TENSOR.into(), cohort(spread));
+    let m = forge(&dir.path().join("g.safetensors"), &good, &with_record);
+    let o = verify(&m, "auto");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("normalised score"));
+
+    std::fs::create_dir_all(dir.path().join("plain")).unwrap();
+    let plain = small_model(&dir.path().join("plain"), 1.5);
+    assert_one_line_error(
+        &verify(&plain, "normalised"),
+        &["holds no score-normalisation cohort", "--scoring plain"],
+    );
+}
+
 /// A model trained on every class cannot be evaluated as if some were unseen: the
 /// protocol is the checkpoint's, and another one is refused before data is loaded.
 #[test]

@@ -220,15 +220,20 @@ fn trains_on_an_image_folder_and_verifies_unseen_identities() {
         let (fa, fb) = (tmp.path().join("a.pgm"), tmp.path().join("b.png"));
         write_pgm(&fa, side, &pa);
         write_png(&fb, side, &pb);
-        check(&siamese(&[
-            "verify",
-            "--model",
-            m,
-            fa.to_str().unwrap(),
-            fb.to_str().unwrap(),
-        ]))
+        let verify = |scoring: &str| {
+            check(&siamese(&[
+                "verify",
+                "--model",
+                m,
+                "--scoring",
+                scoring,
+                fa.to_str().unwrap(),
+                fb.to_str().unwrap(),
+            ]))
+        };
+        [verify("plain"), verify("normalised"), verify("auto")]
     };
-    let verdicts: Vec<(bool, String)> = (0..6)
+    let scored: Vec<(bool, [String; 3])> = (0..6)
         .map(|i| {
             let a = (i * 5) % 48;
             let same = i % 2 == 0;
@@ -236,6 +241,59 @@ fn trains_on_an_image_folder_and_verifies_unseen_identities() {
             (same, pair(a, b, &mut rng))
         })
         .collect();
+    // The run stored its cohort and how it scored the validation pairs; `verify`
+    // scores normalised by default where that did better, and each normalised verdict
+    // follows from its printed score and threshold.
+    let ckpt = siamese_model::checkpoint::read(&model, &candle_core::Device::Cpu).unwrap();
+    let record = siamese_train::Provenance::from_checkpoint(&ckpt)
+        .unwrap()
+        .score_norm
+        .expect("a run of unseen classes stores its score normalisation");
+    assert_eq!(ckpt.cohort.as_ref().unwrap().dims(), [360, 8]);
+    assert_eq!(record.top_k, 300);
+    for (_, [plain, normalised, auto]) in &scored {
+        let (verdict, rest) = normalised
+            .trim()
+            .split_once(": normalised score ")
+            .expect("a normalised verdict line");
+        let (score, rest) = rest.split_once(", threshold ").unwrap();
+        let threshold = rest.split_once(' ').unwrap().0;
+        let (score, threshold): (f64, f64) = (score.parse().unwrap(), threshold.parse().unwrap());
+        if score != threshold {
+            assert_eq!(verdict == "same", score < threshold, "{normalised}");
+        }
+        assert!(
+            normalised.contains("nearest of 360 training images"),
+            "{normalised}"
+        );
+        let preferred = if record.preferred() {
+            normalised
+        } else {
+            plain
+        };
+        assert_eq!(
+            auto, preferred,
+            "auto follows the validation EERs {record:?}"
+        );
+    }
+    let verdicts: Vec<(bool, String)> = scored
+        .into_iter()
+        .map(|(same, [plain, ..])| (same, plain))
+        .collect();
+    // A distance threshold does not apply to normalised scores.
+    let out = siamese(&[
+        "verify",
+        "--model",
+        m,
+        "--scoring",
+        "normalised",
+        "--threshold",
+        "0.5",
+        data,
+        data,
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--threshold is a distance threshold"));
     // Each verdict follows from its distance and the printed threshold, and the model
     // ranks every same-identity pair closer than every different one. (Whether the
     // threshold picked on 4 validation identities also splits these unseen ones is a

@@ -74,11 +74,21 @@ fn model(dir: &Path, name: &str, config: &TowerConfig) -> std::path::PathBuf {
     let preprocessing = serde_json::json!({
         "height": config.input_height, "width": config.input_width, "resize": true,
     });
+    // A run of unseen classes also stores a score-normalisation cohort and its record:
+    // neither is exported (the threshold of normalised scores means nothing without it).
+    let record = r#"{"top_k":2,"threshold":-1.0,"validation_eer":0.1,"plain_validation_eer":0.2}"#;
     let meta = BTreeMap::from([
         ("threshold".to_string(), "0.5".to_string()),
         ("preprocessing".to_string(), preprocessing.to_string()),
+        ("score_norm".to_string(), record.to_string()),
     ]);
-    checkpoint::save(&path, &varmap, config, &meta).unwrap();
+    let cohort = Tensor::ones(
+        (3, config.output_dim()),
+        candle_core::DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    checkpoint::save_with_cohort(&path, &varmap, config, &meta, Some(&cohort)).unwrap();
     path
 }
 
@@ -147,6 +157,7 @@ fn onnxruntime_gives_the_embeddings_of_siamese_embed() {
             assert!(diff <= 1e-5, "{name}: max difference {diff}");
             assert_eq!(report["metadata"]["threshold"], "0.5", "{name}");
             assert!(report["metadata"]["fingerprint"].is_string(), "{name}");
+            assert!(report["metadata"].get("score_norm").is_none(), "{name}");
             assert_eq!(report["input"], "images");
             assert_eq!(report["output"], "embeddings");
         }

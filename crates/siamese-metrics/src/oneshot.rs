@@ -4,7 +4,8 @@
 //! mean over episodes with a 95% confidence interval, and the modified Hausdorff
 //! distance (Dubuisson & Jain 1994), Lake's pixel-level baseline on Omniglot.
 
-use siamese_neighbours::squared_euclidean;
+use crate::score_norm::{cohort_stats, normalised_distance, CohortStats};
+use siamese_neighbours::{euclidean, squared_euclidean};
 
 /// Accuracy of one episode: `support` rows (class-major, `support.len() / ways` per
 /// class) give each class the mean of its embeddings; each of `query` (with its class
@@ -18,11 +19,45 @@ pub fn episode_accuracy(
     query: &[usize],
     query_classes: &[usize],
 ) -> f64 {
+    let means = class_means(embeddings, dim, ways, support);
+    let row = |i: usize| &embeddings[i * dim..(i + 1) * dim];
+    accuracy_by(query, query_classes, ways, |q, c| {
+        f64::from(squared_euclidean(&means[c * dim..(c + 1) * dim], row(q)))
+    })
+}
+
+/// [`episode_accuracy`] with cohort-normalised distances
+/// ([`crate::score_norm::normalised_distance`]): each class mean's statistics over its
+/// `top_k` nearest rows of `cohort`, each query's from `query_stats` (by row of
+/// `embeddings`). NaN when an embedding or a spread is broken.
+#[allow(clippy::too_many_arguments)]
+pub fn episode_accuracy_normalised(
+    embeddings: &[f32],
+    dim: usize,
+    ways: usize,
+    (support, query, query_classes): (&[usize], &[usize], &[usize]),
+    cohort: &[f32],
+    top_k: usize,
+    query_stats: &[CohortStats],
+) -> f64 {
+    let means = class_means(embeddings, dim, ways, support);
+    if means.iter().any(|v| !v.is_finite()) {
+        return f64::NAN;
+    }
+    let mean_stats = cohort_stats(cohort, &means, dim, top_k);
+    let row = |i: usize| &embeddings[i * dim..(i + 1) * dim];
+    accuracy_by(query, query_classes, ways, |q, c| {
+        let d = euclidean(&means[c * dim..(c + 1) * dim], row(q));
+        normalised_distance(f64::from(d), &query_stats[q], &mean_stats[c])
+    })
+}
+
+/// The mean embedding of each class's support rows (class-major, the same shots each).
+fn class_means(embeddings: &[f32], dim: usize, ways: usize, support: &[usize]) -> Vec<f32> {
     assert!(
         ways > 0 && support.len().is_multiple_of(ways),
         "the same shots for every class"
     );
-    assert_eq!(query.len(), query_classes.len(), "one class per query");
     let row = |i: usize| &embeddings[i * dim..(i + 1) * dim];
     let shots = support.len() / ways;
     let mut means = vec![0f32; ways * dim];
@@ -32,24 +67,41 @@ pub fn episode_accuracy(
         }
         mean.iter_mut().for_each(|m| *m /= shots as f32);
     }
-    if means.iter().any(|v| !v.is_finite()) {
-        return f64::NAN;
-    }
+    means
+}
+
+/// The share of `query` whose lowest `score(query row, class)` over the `ways` classes
+/// is its own class in `query_classes` (ties to the lower class); NaN when any score is
+/// not finite, so broken numbers give no confident answer.
+fn accuracy_by(
+    query: &[usize],
+    query_classes: &[usize],
+    ways: usize,
+    score: impl Fn(usize, usize) -> f64,
+) -> f64 {
+    assert_eq!(query.len(), query_classes.len(), "one class per query");
     let mut right = 0usize;
     for (&q, &truth) in query.iter().zip(query_classes) {
-        let x = row(q);
-        if x.iter().any(|v| !v.is_finite()) {
+        let scores: Vec<f64> = (0..ways).map(|c| score(q, c)).collect();
+        let Some(nearest) = lowest(&scores) else {
             return f64::NAN;
-        }
-        let nearest = means
-            .chunks_exact(dim)
-            .map(|m| squared_euclidean(m, x))
-            .enumerate()
-            .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))
-            .map(|(c, _)| c);
-        right += usize::from(nearest == Some(truth));
+        };
+        right += usize::from(nearest == truth);
     }
     right as f64 / query.len().max(1) as f64
+}
+
+/// The index of the lowest score (the first of equal ones); `None` when there is none
+/// or any score is not finite, so broken numbers pick nothing.
+pub fn lowest(scores: &[f64]) -> Option<usize> {
+    if scores.iter().any(|s| !s.is_finite()) {
+        return None;
+    }
+    scores
+        .iter()
+        .enumerate()
+        .min_by(|a, b| a.1.total_cmp(b.1).then(a.0.cmp(&b.0)))
+        .map(|(i, _)| i)
 }
 
 /// The mean of per-episode accuracies and its 95% confidence interval (normal
@@ -137,6 +189,32 @@ mod tests {
         );
         // Broken numbers give no confident answer.
         assert!(episode_accuracy(&[0.0, f32::NAN, 5.0], 1, 2, &[0, 1], &[2], &[0]).is_nan());
+    }
+
+    /// A dense neighbourhood and a sparse one on a line: class 0's support at 0 has its
+    /// four nearest cohort rows at 1, 1, 2, 2 (mean 1.5, spread 0.5), class 1's at 10
+    /// at 4, 4, 8, 8 (mean 6, spread 2). A query of class 1 at 4.5 is raw-nearer class
+    /// 0 (4.5 against 5.5); normalised, 4.5 is far beyond class 0's narrow spread and
+    /// within class 1's wide one (scores 4.41 against 2.0), so it goes to class 1.
+    #[test]
+    fn normalised_episodes_judge_each_class_by_its_neighbourhood() {
+        let cohort = [-1.0, 1.0, -2.0, 2.0, 6.0, 14.0, 2.0, 18.0];
+        // Rows: support of class 0, support of class 1, the query.
+        let e = [0.0, 10.0, 4.5];
+        let episode = (&[0usize, 1][..], &[2usize][..], &[1usize][..]);
+        assert_eq!(
+            episode_accuracy(&e, 1, 2, episode.0, episode.1, episode.2),
+            0.0
+        );
+        let stats = cohort_stats(&cohort, &e, 1, 4);
+        let normalised = episode_accuracy_normalised(&e, 1, 2, episode, &cohort, 4, &stats);
+        assert_eq!(normalised, 1.0);
+        // A zero spread cannot scale a distance: no answer rather than a guess.
+        let flat = [CohortStats {
+            mean: 1.0,
+            std: 0.0,
+        }; 3];
+        assert!(episode_accuracy_normalised(&e, 1, 2, episode, &cohort, 4, &flat).is_nan());
     }
 
     #[test]

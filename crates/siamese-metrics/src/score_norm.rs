@@ -85,21 +85,25 @@ pub fn normalised_distances(
         distances.len() == left.len() && left.len() == right.len(),
         "one pair of rows per distance"
     );
-    let z = |d: f64, s: &CohortStats| {
+    distances
+        .iter()
+        .zip(left.iter().zip(right))
+        .map(|(&d, (&a, &b))| normalised_distance(f64::from(d), &stats[a], &stats[b]) as f32)
+        .collect()
+}
+
+/// One distance `d` between two images, normalised by their [`CohortStats`] `a` and
+/// `b`: `((d - m_a) / s_a + (d - m_b) / s_b) / 2`. NaN where either spread is zero or
+/// not finite, or `d` is not finite.
+pub fn normalised_distance(d: f64, a: &CohortStats, b: &CohortStats) -> f64 {
+    let z = |s: &CohortStats| {
         if s.std > 0.0 && s.std.is_finite() {
             (d - s.mean) / s.std
         } else {
             f64::NAN
         }
     };
-    distances
-        .iter()
-        .zip(left.iter().zip(right))
-        .map(|(&d, (&a, &b))| {
-            let d = f64::from(d);
-            (0.5 * (z(d, &stats[a]) + z(d, &stats[b]))) as f32
-        })
-        .collect()
+    0.5 * (z(a) + z(b))
 }
 
 #[cfg(test)]

@@ -6,6 +6,11 @@
 //! extra entries the caller adds (the trainer stores the verification threshold). So
 //! loading needs only the file.
 //!
+//! A checkpoint may also hold the score-normalisation cohort ([`COHORT_TENSOR`]): the
+//! embeddings of training images that `siamese verify` judges a distance against. It is
+//! no parameter: the tower, its fingerprint and ONNX export ignore it, and PyTorch
+//! users drop it before `load_state_dict`.
+//!
 //! Saving is atomic: the bytes go to a temporary file beside the target, which is
 //! flushed and then renamed over it. A crash mid-save leaves the previous checkpoint
 //! intact, and weights holding NaN or infinity are refused before anything is written.
@@ -28,6 +33,10 @@ pub const FORMAT_VERSION: u32 = 1;
 /// Metadata keys this module owns; extra entries may not use them.
 pub const RESERVED_KEYS: [&str; 3] = ["format", "format_version", "model_config"];
 
+/// The optional tensor holding the score-normalisation cohort: `[rows, embedding
+/// dimension]` f32 embeddings of training images, finite.
+pub const COHORT_TENSOR: &str = "score_norm.cohort";
+
 /// The metadata entries a trained model carries besides the [`RESERVED_KEYS`]: written
 /// by the trainer (siamese-train), read by the commands that use a model (siamese-cli),
 /// named once here so that both sides agree.
@@ -46,6 +55,8 @@ pub mod keys {
     pub const HOLDOUT_CLASSES: &str = "holdout_classes";
     /// Omniglot's image size and split (JSON `OmniglotOptions`).
     pub const OMNIGLOT: &str = "omniglot";
+    /// How to score a pair against the cohort tensor (JSON `ScoreNormRecord`).
+    pub const SCORE_NORM: &str = "score_norm";
 }
 
 /// A checkpoint read and validated.
@@ -57,6 +68,8 @@ pub struct Checkpoint {
     pub tensors: HashMap<String, Tensor>,
     /// Extra metadata entries (everything but [`RESERVED_KEYS`]).
     pub metadata: BTreeMap<String, String>,
+    /// The score-normalisation cohort ([`COHORT_TENSOR`]), when the file holds one.
+    pub cohort: Option<Tensor>,
 }
 
 /// Saves the tower parameters held in `varmap` with `config` and `extra` metadata.
@@ -65,6 +78,18 @@ pub fn save(
     varmap: &VarMap,
     config: &TowerConfig,
     extra: &BTreeMap<String, String>,
+) -> Result<(), ModelError> {
+    save_with_cohort(path, varmap, config, extra, None)
+}
+
+/// [`save`], with a score-normalisation `cohort` (`[rows, output_dim]`) beside the
+/// parameters.
+pub fn save_with_cohort(
+    path: &Path,
+    varmap: &VarMap,
+    config: &TowerConfig,
+    extra: &BTreeMap<String, String>,
+    cohort: Option<&Tensor>,
 ) -> Result<(), ModelError> {
     if let Some(text) = extra.get(keys::THRESHOLD) {
         threshold_value(text)
@@ -79,6 +104,16 @@ pub fn save(
         tensors.push((name, var.as_tensor().clone()));
     }
     drop(data);
+    if let Some(cohort) = cohort {
+        let dims = cohort.dims();
+        if dims.len() != 2 || dims[0] == 0 || dims[1] != config.output_dim() {
+            return Err(ModelError::Config(format!(
+                "a score-normalisation cohort is [rows >= 1, {}], not {dims:?}",
+                config.output_dim()
+            )));
+        }
+        tensors.push((COHORT_TENSOR.to_string(), cohort.to_dtype(DType::F32)?));
+    }
     let mut metadata: BTreeMap<String, String> = extra
         .iter()
         .filter(|(k, _)| !RESERVED_KEYS.contains(&k.as_str()))
@@ -194,7 +229,10 @@ pub fn read(path: &Path, device: &Device) -> Result<Checkpoint, ModelError> {
     let known: HashMap<&str, &Vec<usize>> = expected.iter().map(|(n, s)| (n.as_str(), s)).collect();
     let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
     names.sort();
-    if let Some(name) = names.iter().find(|n| !known.contains_key(n.as_str())) {
+    if let Some(name) = names
+        .iter()
+        .find(|n| !known.contains_key(n.as_str()) && n.as_str() != COHORT_TENSOR)
+    {
         return Err(ModelError::UnexpectedTensor {
             path: path.to_path_buf(),
             name: name.clone(),
@@ -226,6 +264,7 @@ pub fn read(path: &Path, device: &Device) -> Result<Checkpoint, ModelError> {
         tensors.insert(name.clone(), t);
     }
     check_values(path, &expected, &tensors)?;
+    let cohort = read_cohort(path, &st, config.output_dim(), device)?;
     let metadata: BTreeMap<String, String> = meta
         .into_iter()
         .filter(|(k, _)| !RESERVED_KEYS.contains(&k.as_str()))
@@ -237,7 +276,46 @@ pub fn read(path: &Path, device: &Device) -> Result<Checkpoint, ModelError> {
         config,
         tensors,
         metadata,
+        cohort,
     })
+}
+
+/// The [`COHORT_TENSOR`] of a file, if it holds one: f32, `[rows >= 1, dim]`, finite.
+fn read_cohort(
+    path: &Path,
+    st: &SafeTensors,
+    dim: usize,
+    device: &Device,
+) -> Result<Option<Tensor>, ModelError> {
+    let Ok(view) = st.tensor(COHORT_TENSOR) else {
+        return Ok(None);
+    };
+    let name = COHORT_TENSOR.to_string();
+    if view.dtype() != safetensors::Dtype::F32 {
+        return Err(ModelError::TensorDType {
+            path: path.to_path_buf(),
+            name,
+            found: format!("{:?}", view.dtype()),
+        });
+    }
+    let shape = view.shape();
+    if shape.len() != 2 || shape[0] == 0 || shape[1] != dim {
+        return Err(ModelError::TensorShape {
+            path: path.to_path_buf(),
+            name,
+            expected: vec![shape.first().copied().unwrap_or(1).max(1), dim],
+            found: shape.to_vec(),
+        });
+    }
+    let t = Tensor::from_raw_buffer(view.data(), DType::F32, shape, device)?;
+    if first_non_finite([(COHORT_TENSOR, &t)])?.is_some() {
+        return Err(ModelError::BadValues {
+            path: path.to_path_buf(),
+            name,
+            detail: "holds NaN or infinity".into(),
+        });
+    }
+    Ok(Some(t))
 }
 
 /// Values no trained model holds, refused on load with the tensor named: NaN or

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use siamese_model::checkpoint::{load_tower, read, save};
+use siamese_model::checkpoint::{load_tower, read, save, save_with_cohort, COHORT_TENSOR};
 use siamese_model::{ConvTower, Embedder, ModelError, TowerConfig};
 
 fn small() -> TowerConfig {
@@ -264,6 +264,67 @@ fn tensor_problems_name_the_tensor() {
     let err = read(&path, &Device::Cpu).unwrap_err();
     assert!(
         matches!(err, ModelError::TensorDType { ref name, .. } if name == "fc1.bias"),
+        "{err}"
+    );
+}
+
+/// The score-normalisation cohort rides beside the parameters: it round-trips, leaves
+/// the tower and its fingerprint alone, and a forged one (wrong width, dtype, NaN) is
+/// refused with its name.
+#[test]
+fn a_cohort_round_trips_and_forged_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("model.safetensors");
+    let (_, varmap) = saved(&plain);
+    let cpu = &Device::Cpu;
+    let rows: Vec<f32> = (0..6).map(|i| i as f32 * 0.5 - 1.0).collect();
+    let cohort = Tensor::from_vec(rows.clone(), (3, 2), cpu).unwrap();
+    let with = dir.path().join("with.safetensors");
+    let meta = BTreeMap::new();
+    save_with_cohort(&with, &varmap, &small(), &meta, Some(&cohort)).unwrap();
+    let ckpt = read(&with, cpu).unwrap();
+    let got = ckpt.cohort.as_ref().unwrap();
+    assert_eq!(got.dims(), [3, 2]);
+    assert_eq!(got.flatten_all().unwrap().to_vec1::<f32>().unwrap(), rows);
+    assert!(!ckpt.tensors.contains_key(COHORT_TENSOR));
+    let without = read(&plain, cpu).unwrap();
+    assert!(without.cohort.is_none());
+    assert_eq!(
+        ckpt.fingerprint().unwrap(),
+        without.fingerprint().unwrap(),
+        "the cohort does not change what the model computes"
+    );
+    load_tower(&with, cpu, 0).unwrap();
+
+    // Saving refuses a cohort of the wrong width before writing.
+    let wide = Tensor::zeros((3, 5), DType::F32, cpu).unwrap();
+    let refused = dir.path().join("refused.safetensors");
+    assert!(save_with_cohort(&refused, &varmap, &small(), &meta, Some(&wide)).is_err());
+    assert!(!refused.exists());
+
+    let (tensors, meta) = valid_parts(&with);
+    let path = dir.path().join("bad.safetensors");
+    let forged = |cohort: Tensor| {
+        let mut t = tensors.clone();
+        t.insert(COHORT_TENSOR.into(), cohort);
+        write_raw(&path, &t, Some(meta.clone()));
+        read(&path, cpu).unwrap_err()
+    };
+    let err = forged(Tensor::zeros((4, 3), DType::F32, cpu).unwrap());
+    assert!(
+        matches!(err, ModelError::TensorShape { ref name, .. } if name == COHORT_TENSOR),
+        "{err}"
+    );
+    let err = forged(Tensor::zeros(6, DType::F32, cpu).unwrap());
+    assert!(matches!(err, ModelError::TensorShape { .. }), "{err}");
+    let err = forged(Tensor::zeros((3, 2), DType::F64, cpu).unwrap());
+    assert!(matches!(err, ModelError::TensorDType { .. }), "{err}");
+    let mut nan = rows.clone();
+    nan[3] = f32::NAN;
+    let err = forged(Tensor::from_vec(nan, (3, 2), cpu).unwrap());
+    assert!(
+        matches!(err, ModelError::BadValues { ref name, .. } if name == COHORT_TENSOR)
+            && err.to_string().contains("bad.safetensors"),
         "{err}"
     );
 }

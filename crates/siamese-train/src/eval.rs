@@ -10,14 +10,14 @@ use serde::{Deserialize, Serialize};
 use siamese_data::{evaluation_pairs, Batcher, Dataset, ImageSet, PairBatch};
 use siamese_model::Embedder;
 
-use siamese_metrics::score_norm::{cohort_stats, normalised_distances};
+use siamese_metrics::score_norm::normalised_distances;
 use siamese_metrics::{
     class_pair_auc, knn_accuracy, knn_accuracy_leave_one_out, pair_metrics,
     retrieval_leave_one_out, verification, PairMetrics, Pca, Verification,
 };
 
 use crate::error::TrainError;
-use crate::oneshot::{episode_reports, lake_runs, LakeRunsReport, OneShotReport};
+use crate::oneshot::{episode_reports, lake_runs, Cohort, LakeRunsReport, OneShotReport};
 use siamese_data::omniglot::runs::OneShotRun;
 
 /// Pairs drawn from each of the validation and test splits.
@@ -256,19 +256,12 @@ impl ProtocolPairs {
         )
     }
 
-    /// [`Self::score`] with cohort-normalised distances: each image's statistics over
-    /// its `top_k` nearest rows of `cohort` (the same space as the embeddings).
-    fn score_normalised(
-        &self,
-        validation: &[f32],
-        test: &[f32],
-        cohort: &[f32],
-        dim: usize,
-        top_k: usize,
-    ) -> Verification {
+    /// [`Self::score`] with distances normalised against `cohort` (in the same space as
+    /// the rows).
+    fn score_normalised(&self, validation: &[f32], test: &[f32], cohort: &Cohort) -> Verification {
         let normalised = |rows: &[f32], pairs: &PairBatch| {
-            let stats = cohort_stats(cohort, rows, dim, top_k);
-            let d = pair_distances(rows, dim, pairs);
+            let stats = cohort.stats(rows);
+            let d = pair_distances(rows, cohort.dim, pairs);
             normalised_distances(&d, &pairs.left, &pairs.right, &stats)
         };
         let v = normalised(validation, &self.validation);
@@ -277,38 +270,36 @@ impl ProtocolPairs {
     }
 }
 
+/// The score-normalisation cohort: (at most [`COHORT_MAX_ROWS`] evenly spaced)
+/// training images, by their row in the training set; empty without training images.
+fn cohort_rows(data: &Dataset) -> Vec<usize> {
+    let step = data.train.len().div_ceil(COHORT_MAX_ROWS).max(1);
+    (0..data.train.len()).step_by(step).collect()
+}
+
 /// Cohort score normalisation of the protocol's pairs, model and pixels (each as the
-/// validation and test sets' rows), against (at most [`COHORT_MAX_ROWS`] evenly
-/// spaced) training images; `None` without training images.
-fn score_normalised<E: Embedder>(
-    tower: &E,
+/// validation and test sets' rows), against the `cohort` of training images (rows
+/// `rows` of the training set, their embeddings in `cohort`).
+fn score_normalised(
     data: &Dataset,
-    batcher: &Batcher,
     pairs: &ProtocolPairs,
+    (rows, cohort): (&[usize], &Cohort),
     (validation, test): (&[f32], &[f32]),
     (pixel_validation, pixel_test): (&[f32], &[f32]),
-) -> Result<Option<ScoreNormalised>, TrainError> {
-    if data.train.is_empty() {
-        return Ok(None);
-    }
-    let step = data.train.len().div_ceil(COHORT_MAX_ROWS).max(1);
-    let rows: Vec<usize> = (0..data.train.len()).step_by(step).collect();
-    let top_k = COHORT_TOP_K.min(rows.len());
-    let cohort = embed_rows(tower, &data.train, &rows, batcher)?;
-    let model = pairs.score_normalised(validation, test, &cohort, tower.embedding_dim(), top_k);
-    let pixels = pairs.score_normalised(
-        pixel_validation,
-        pixel_test,
-        &pixels_f32(&data.train, Some(&rows)),
-        data.test.image_len(),
-        top_k,
-    );
-    Ok(Some(ScoreNormalised {
+) -> ScoreNormalised {
+    let model = pairs.score_normalised(validation, test, cohort);
+    let pixel_cohort = Cohort {
+        embeddings: pixels_f32(&data.train, Some(rows)),
+        dim: data.test.image_len(),
+        top_k: cohort.top_k,
+    };
+    let pixels = pairs.score_normalised(pixel_validation, pixel_test, &pixel_cohort);
+    ScoreNormalised {
         cohort: rows.len(),
-        top_k,
+        top_k: cohort.top_k,
         model,
         pixels,
-    }))
+    }
 }
 
 /// The baselines of the protocol: raw pixels, and PCA of the pixels onto `dim`
@@ -343,14 +334,25 @@ fn baselines(
     (pixel, pixel_distances, pca)
 }
 
-/// Runs the whole protocol, and Lake's one-shot runs when given. Returns the report and
-/// the test embeddings.
+/// What [`evaluate`] computed: the report, and what a run keeps beside it.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    /// The protocol's numbers.
+    pub report: EvalReport,
+    /// The test images' embeddings, row-major.
+    pub test_embeddings: Vec<f32>,
+    /// The training images the unseen classes' distances were normalised against
+    /// (`None` for the closed-set protocol).
+    pub cohort: Option<Cohort>,
+}
+
+/// Runs the whole protocol, and Lake's one-shot runs when given.
 pub fn evaluate<E: Embedder>(
     tower: &E,
     data: &Dataset,
     batcher: &Batcher,
     runs: Option<&[OneShotRun]>,
-) -> Result<(EvalReport, Vec<f32>), TrainError> {
+) -> Result<Evaluation, TrainError> {
     let dim = tower.embedding_dim();
     let pairs = ProtocolPairs::draw(data)?;
     let val = embed_set(tower, &data.validation, batcher)?;
@@ -385,20 +387,33 @@ pub fn evaluate<E: Embedder>(
         } else {
             class_pairs(data, &pairs.test, &test_distances, &pixel_distances)
         };
+    // Distances of classes never trained on are also judged against training images.
+    let cohort_rows = if unseen_test_classes.is_empty() {
+        Vec::new()
+    } else {
+        cohort_rows(data)
+    };
+    let cohort = if cohort_rows.is_empty() {
+        None
+    } else {
+        Some(Cohort {
+            embeddings: embed_rows(tower, &data.train, &cohort_rows, batcher)?,
+            dim,
+            top_k: COHORT_TOP_K.min(cohort_rows.len()),
+        })
+    };
     let one_shot = if unseen_test_classes.is_empty() {
         Vec::new()
     } else {
-        episode_reports(&test, dim, &data.test)
+        episode_reports(&test, dim, &data.test, cohort.as_ref())
     };
     let size = [data.test.rows(), data.test.cols()];
     let lake_runs = runs
-        .map(|runs| lake_runs(tower, runs, batcher, size))
+        .map(|runs| lake_runs(tower, runs, batcher, size, cohort.as_ref()))
         .transpose()?;
-    let score_normalised = if unseen_test_classes.is_empty() {
-        None
-    } else {
-        score_normalised(tower, data, batcher, &pairs, (&val, &test), pixels)?
-    };
+    let score_normalised = cohort
+        .as_ref()
+        .map(|c| score_normalised(data, &pairs, (&cohort_rows, c), (&val, &test), pixels));
     let report = EvalReport {
         validation: model.validation,
         threshold: model.threshold,
@@ -418,5 +433,9 @@ pub fn evaluate<E: Embedder>(
         lake_runs,
         score_normalised,
     };
-    Ok((report, test))
+    Ok(Evaluation {
+        report,
+        test_embeddings: test,
+        cohort,
+    })
 }

@@ -41,7 +41,7 @@ pub use error::TrainError;
 pub use eval::{evaluate, EvalReport, KnnGallery, ScoreNormalised};
 pub use labelled::LabelledEmbeddings;
 pub use optim::{Adam, AdamConfig, Method, Optimizer, Sgd, SgdConfig};
-pub use provenance::Provenance;
+pub use provenance::{Provenance, ScoreNormRecord};
 pub use run::{
     final_evaluation, run, EvalRecord, Reporter, RunOptions, RunSummary, Silent, StepRecord,
 };

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use siamese_data::omniglot::runs::OneShotRun;
 use siamese_data::{unit_pixel, Batcher, EpisodeSampler, ImageSet};
 use siamese_metrics::oneshot::ink_points;
+use siamese_metrics::oneshot::{episode_accuracy_normalised, lowest};
+use siamese_metrics::score_norm::{cohort_stats, normalised_distance, CohortStats};
 use siamese_metrics::{episode_accuracy, mean_ci95, modified_hausdorff};
 use siamese_model::Embedder;
 
@@ -41,6 +43,43 @@ pub struct OneShotReport {
     pub pixel_accuracy: f64,
     /// Half-width of the pixels' 95% confidence interval.
     pub pixel_ci95: f64,
+    /// The model's mean accuracy with cohort-normalised distances (query and class
+    /// mean each against their nearest training images), when a cohort was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalised_accuracy: Option<f64>,
+    /// Half-width of its 95% confidence interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalised_ci95: Option<f64>,
+}
+
+/// Training images' embeddings that distances are normalised against
+/// ([`siamese_metrics::score_norm`]), and how many of the nearest each image's
+/// statistics are taken over.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cohort {
+    /// Row-major embeddings, `dim` columns.
+    pub embeddings: Vec<f32>,
+    /// The embedding dimension.
+    pub dim: usize,
+    /// Nearest cohort rows per image.
+    pub top_k: usize,
+}
+
+impl Cohort {
+    /// The [`CohortStats`] of each row of `rows` (`dim` columns).
+    pub fn stats(&self, rows: &[f32]) -> Vec<CohortStats> {
+        cohort_stats(&self.embeddings, rows, self.dim, self.top_k)
+    }
+
+    /// Rows in the cohort.
+    pub fn len(&self) -> usize {
+        self.embeddings.len() / self.dim.max(1)
+    }
+
+    /// Whether the cohort has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Lake's runs: accuracy of each run and their mean, for the model and for pixels.
@@ -54,19 +93,30 @@ pub struct LakeRunsReport {
     pub per_run: Vec<f64>,
     /// Raw pixels' (at the model's image size) mean accuracy.
     pub pixel_accuracy: f64,
+    /// The model's mean accuracy with cohort-normalised distances, when a cohort was
+    /// given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalised_accuracy: Option<f64>,
 }
 
 /// The episode settings the test split allows, each over [`EPISODES`] episodes, for the
-/// model's test embeddings and for the test images' pixels.
-pub fn episode_reports(test: &[f32], dim: usize, set: &ImageSet) -> Vec<OneShotReport> {
+/// model's test embeddings (also cohort-normalised, with a `cohort`) and for the test
+/// images' pixels.
+pub fn episode_reports(
+    test: &[f32],
+    dim: usize,
+    set: &ImageSet,
+    cohort: Option<&Cohort>,
+) -> Vec<OneShotReport> {
     let pixels: Vec<f32> = set.pixels().iter().map(|&p| unit_pixel(p)).collect();
+    let test_stats = cohort.map(|c| c.stats(test));
     EPISODE_SETTINGS
         .iter()
         .filter_map(|&(ways, shots)| {
             let sampler =
                 EpisodeSampler::new(set.labels(), ways, shots, EPISODE_QUERIES, EPISODE_SEED);
             let mut sampler = sampler.ok()?;
-            let (mut model, mut raw) = (Vec::new(), Vec::new());
+            let (mut model, mut raw, mut normalised) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..EPISODES {
                 let e = sampler.sample();
                 let truth = e.query_classes();
@@ -81,9 +131,21 @@ pub fn episode_reports(test: &[f32], dim: usize, set: &ImageSet) -> Vec<OneShotR
                     &e.query,
                     &truth,
                 ));
+                if let (Some(c), Some(stats)) = (cohort, &test_stats) {
+                    normalised.push(episode_accuracy_normalised(
+                        test,
+                        dim,
+                        ways,
+                        (&e.support, &e.query, &truth),
+                        &c.embeddings,
+                        c.top_k,
+                        stats,
+                    ));
+                }
             }
             let ((accuracy, ci95), (pixel_accuracy, pixel_ci95)) =
                 (mean_ci95(&model), mean_ci95(&raw));
+            let normalised = cohort.map(|_| mean_ci95(&normalised));
             Some(OneShotReport {
                 ways,
                 shots,
@@ -93,23 +155,24 @@ pub fn episode_reports(test: &[f32], dim: usize, set: &ImageSet) -> Vec<OneShotR
                 ci95,
                 pixel_accuracy,
                 pixel_ci95,
+                normalised_accuracy: normalised.map(|n| n.0),
+                normalised_ci95: normalised.map(|n| n.1),
             })
         })
         .collect()
 }
 
 /// The share of `run`'s queries whose nearest support item (by `distance`) is their
-/// answer; ties go to the first support item.
+/// answer; ties go to the first support item. NaN when a distance is not finite.
 fn run_accuracy(run: &OneShotRun, distance: impl Fn(usize, usize) -> f64) -> f64 {
-    let right = (0..run.answers.len())
-        .filter(|&q| {
-            let nearest = (0..run.support.len())
-                .map(|s| (s, distance(q, s)))
-                .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))
-                .map(|(s, _)| s);
-            nearest == Some(run.answers[q])
-        })
-        .count();
+    let mut right = 0usize;
+    for (q, &answer) in run.answers.iter().enumerate() {
+        let d: Vec<f64> = (0..run.support.len()).map(|s| distance(q, s)).collect();
+        let Some(nearest) = lowest(&d) else {
+            return f64::NAN;
+        };
+        right += usize::from(nearest == answer);
+    }
     right as f64 / run.answers.len().max(1) as f64
 }
 
@@ -121,13 +184,14 @@ fn row_distance(left: &[f32], right: &[f32], dim: usize, a: usize, b: usize) -> 
     ))
 }
 
-/// Lake's runs scored by the model (nearest support image in embedding space) and by
-/// raw pixels at the model's image size.
+/// Lake's runs scored by the model (nearest support image in embedding space; also
+/// cohort-normalised, with a `cohort`) and by raw pixels at the model's image size.
 pub fn lake_runs<E: Embedder>(
     tower: &E,
     runs: &[OneShotRun],
     batcher: &Batcher,
     size: [usize; 2],
+    cohort: Option<&Cohort>,
 ) -> Result<LakeRunsReport, TrainError> {
     let dim = tower.embedding_dim();
     let embed = |images: &[Vec<u8>]| -> Result<Vec<f32>, TrainError> {
@@ -138,10 +202,16 @@ pub fn lake_runs<E: Embedder>(
     let flat = |images: &[Vec<u8>]| -> Vec<f32> {
         images.iter().flatten().map(|&p| unit_pixel(p)).collect()
     };
-    let (mut per_run, mut pixel) = (Vec::new(), Vec::new());
+    let (mut per_run, mut pixel, mut normalised) = (Vec::new(), Vec::new(), Vec::new());
     for run in runs {
         let (s, q) = (embed(&run.support)?, embed(&run.query)?);
         per_run.push(run_accuracy(run, |a, b| row_distance(&q, &s, dim, a, b)));
+        if let Some(c) = cohort {
+            let (s_stats, q_stats) = (c.stats(&s), c.stats(&q));
+            normalised.push(run_accuracy(run, |a, b| {
+                normalised_distance(row_distance(&q, &s, dim, a, b), &q_stats[a], &s_stats[b])
+            }));
+        }
         let (ps, pq) = (flat(&run.support), flat(&run.query));
         let n = size[0] * size[1];
         pixel.push(run_accuracy(run, |a, b| row_distance(&pq, &ps, n, a, b)));
@@ -152,6 +222,7 @@ pub fn lake_runs<E: Embedder>(
         accuracy: mean(&per_run),
         pixel_accuracy: mean(&pixel),
         per_run,
+        normalised_accuracy: cohort.map(|_| mean(&normalised)),
     })
 }
 

@@ -33,6 +33,53 @@ pub struct Provenance {
     pub threshold: Option<f64>,
     /// The training step the weights are from.
     pub step: Option<u64>,
+    /// How to score a pair against the checkpoint's cohort of training embeddings.
+    pub score_norm: Option<ScoreNormRecord>,
+}
+
+/// Cohort score normalisation as `siamese verify` applies it
+/// ([`siamese_metrics::score_norm`]): against the checkpoint's
+/// [`siamese_model::checkpoint::COHORT_TENSOR`], with the threshold and the figures
+/// the validation pairs gave.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ScoreNormRecord {
+    /// Nearest cohort rows each image's statistics are taken over (>= 1).
+    pub top_k: usize,
+    /// The threshold on the normalised score, chosen on the validation pairs (finite;
+    /// negative values are normal: scores are in units of cohort spreads).
+    pub threshold: f64,
+    /// The validation pairs' EER with normalised scores.
+    pub validation_eer: f64,
+    /// Their EER with plain distances (the checkpoint's `threshold`).
+    pub plain_validation_eer: f64,
+}
+
+impl ScoreNormRecord {
+    /// Whether normalised scores told the validation pairs apart better than plain
+    /// distances: what `siamese verify` applies by default.
+    pub fn preferred(&self) -> bool {
+        self.validation_eer < self.plain_validation_eer
+    }
+
+    /// Refuses values no evaluation writes.
+    fn check(&self) -> Result<(), String> {
+        let rate = |r: f64| (0.0..=1.0).contains(&r);
+        if self.top_k == 0 {
+            Err("top_k is 0: the statistics need at least one cohort row".into())
+        } else if !self.threshold.is_finite() {
+            Err(format!(
+                "threshold {} is not a finite number",
+                self.threshold
+            ))
+        } else if !rate(self.validation_eer) || !rate(self.plain_validation_eer) {
+            Err(format!(
+                "validation EERs {} and {} are not both rates in [0, 1]",
+                self.validation_eer, self.plain_validation_eer
+            ))
+        } else {
+            Ok(())
+        }
+    }
 }
 
 impl Provenance {
@@ -52,6 +99,7 @@ impl Provenance {
             omniglot: config.omniglot,
             threshold: None,
             step: None,
+            score_norm: None,
         }
     }
 
@@ -90,6 +138,9 @@ impl Provenance {
                 .map(|s| s.parse::<u64>().map_err(|e| e.to_string()))
                 .transpose()
                 .map_err(|e| bad(keys::STEP, e))?,
+            score_norm: json::<ScoreNormRecord>(meta, keys::SCORE_NORM)
+                .and_then(|r| r.map(|r| r.check().map(|()| r)).transpose())
+                .map_err(|e| bad(keys::SCORE_NORM, e))?,
         })
     }
 
@@ -99,7 +150,7 @@ impl Provenance {
         fn json<T: Serialize>(value: &T) -> String {
             serde_json::to_string(value).expect("provenance fields serialise")
         }
-        let entries: [(&str, Option<String>); 7] = [
+        let entries: [(&str, Option<String>); 8] = [
             (keys::DATA, self.data.clone()),
             (keys::PREPROCESSING, self.preprocessing.as_ref().map(json)),
             (keys::IMAGE_FOLDER, self.image_folder.as_ref().map(json)),
@@ -110,6 +161,7 @@ impl Provenance {
             (keys::OMNIGLOT, self.omniglot.as_ref().map(json)),
             (keys::THRESHOLD, self.threshold.map(|t| t.to_string())),
             (keys::STEP, self.step.map(|s| s.to_string())),
+            (keys::SCORE_NORM, self.score_norm.as_ref().map(json)),
         ];
         for (key, value) in entries {
             if let Some(value) = value {
@@ -136,6 +188,7 @@ mod tests {
             config: TowerConfig::default(),
             tensors: Default::default(),
             metadata,
+            cohort: None,
         }
     }
 
@@ -148,6 +201,12 @@ mod tests {
         let written = Provenance {
             threshold: Some(0.75),
             step: Some(1200),
+            score_norm: Some(ScoreNormRecord {
+                top_k: 300,
+                threshold: -1.25,
+                validation_eer: 0.05,
+                plain_validation_eer: 0.07,
+            }),
             ..Provenance::of_run(&config)
         };
         let mut meta = BTreeMap::from([("other_tool".to_string(), "kept".to_string())]);
@@ -170,6 +229,15 @@ mod tests {
             ("step", "soon"),
             ("holdout_classes", "[5"),
             ("preprocessing", "{}"),
+            (
+                "score_norm",
+                r#"{"top_k":0,"threshold":1,"validation_eer":0.1,"plain_validation_eer":0.1}"#,
+            ),
+            (
+                "score_norm",
+                r#"{"top_k":5,"threshold":1,"validation_eer":-0.1,"plain_validation_eer":0.1}"#,
+            ),
+            ("score_norm", r#"{"top_k":5}"#),
         ] {
             let meta = BTreeMap::from([(key.to_string(), value.to_string())]);
             let err = Provenance::from_checkpoint(&checkpoint_with(meta))

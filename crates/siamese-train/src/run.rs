@@ -31,12 +31,14 @@ use siamese_state::Stateful;
 
 use crate::config::{SamplerConfig, StepLoss, TrainConfig};
 use crate::error::TrainError;
-use crate::eval::{embed_set, evaluate, pair_metrics_of, EvalReport, VALIDATION_PAIRS_SEED};
+use crate::eval::{
+    embed_set, evaluate, pair_metrics_of, EvalReport, Evaluation, VALIDATION_PAIRS_SEED,
+};
 use crate::explore::Exploration;
 use crate::labelled::LabelledEmbeddings;
 use crate::metrics::PairMetrics;
 use crate::projector::Projection;
-use crate::provenance::Provenance;
+use crate::provenance::{Provenance, ScoreNormRecord};
 use crate::run_folder::{
     files, read_last, save_embeddings, write_json, write_last, RunFolder, RunProgress,
 };
@@ -581,20 +583,56 @@ pub fn final_evaluation(
     let (device, test_paths) = (&options.device, &options.test_paths);
     let model_path = dir.join(files::MODEL);
     let (tower, varmap, ckpt) = checkpoint::load_tower(&model_path, device, 0)?;
-    let (report, test_embeddings) = evaluate(
+    let Evaluation {
+        report,
+        test_embeddings,
+        cohort,
+    } = evaluate(
         &tower,
         data,
         &Batcher::new(device.clone()),
         options.one_shot_runs.as_deref(),
     )?;
     write_json(&dir.join(files::METRICS), &report)?;
+    // `siamese verify` scores pairs as the report did: the plain threshold, and the
+    // cohort with its threshold where the unseen classes were also scored normalised.
     let mut meta = ckpt.metadata.clone();
+    let normalised = cohort.as_ref().zip(report.score_normalised.as_ref());
+    let score_norm = normalised.and_then(|(c, n)| {
+        let record = ScoreNormRecord {
+            top_k: c.top_k,
+            threshold: n.model.threshold,
+            validation_eer: n.model.validation.eer,
+            plain_validation_eer: report.validation.eer,
+        };
+        // Broken figures (NaN from a collapsed model) store no normalisation at all.
+        (record.top_k > 0
+            && record.threshold.is_finite()
+            && record.validation_eer.is_finite()
+            && record.plain_validation_eer.is_finite())
+        .then_some(record)
+    });
     Provenance {
         threshold: Some(report.threshold),
+        score_norm,
         ..Provenance::from_checkpoint(&ckpt)?
     }
     .write_into(&mut meta);
-    checkpoint::save(&model_path, &varmap, &ckpt.config, &meta)?;
+    if score_norm.is_none() {
+        // A record left from an earlier evaluation of this file would outlive its cohort.
+        meta.remove(checkpoint::keys::SCORE_NORM);
+    }
+    let cohort_tensor = match (&cohort, score_norm) {
+        (Some(c), Some(_)) => Some(Tensor::from_slice(&c.embeddings, (c.len(), c.dim), device)?),
+        _ => None,
+    };
+    checkpoint::save_with_cohort(
+        &model_path,
+        &varmap,
+        &ckpt.config,
+        &meta,
+        cohort_tensor.as_ref(),
+    )?;
     let dim = ckpt.config.output_dim();
     save_embeddings(
         &dir.join(files::TEST_EMBEDDINGS),
