@@ -471,6 +471,10 @@ fn print_splits(summary: &SplitsSummary) {
         "  EER below raw pixels on {} of {} splits",
         summary.eer_below_pixels, summary.splits
     );
+    println!(
+        "  test accuracy {} (at the validation threshold)",
+        pct(&summary.test_accuracy)
+    );
     if let Some(n) = &summary.score_normalised {
         println!("  score-normalised against training images:");
         println!("    test EER      {}", pct(&n.test_eer));
@@ -479,6 +483,16 @@ fn print_splits(summary: &SplitsSummary) {
             "    EER below normalised pixels on {} of {} splits, below plain pixels on {}",
             n.eer_below_pixels, summary.splits, n.eer_below_plain_pixels
         );
+        println!("    test accuracy {}", pct(&n.test_accuracy));
+        if let Some(auto) = &n.verify_auto {
+            println!(
+                "  siamese verify (--scoring auto: normalised on {} of {} splits): test accuracy {}, EER {}",
+                auto.normalised_splits,
+                summary.splits,
+                pct(&auto.test_accuracy),
+                pct(&auto.test_eer)
+            );
+        }
     }
 }
 

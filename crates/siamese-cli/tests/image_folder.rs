@@ -478,6 +478,9 @@ fn splits_repeat_the_protocol_and_summarise_it() {
     let mut unseen = Vec::new();
     let mut eers = Vec::new();
     let mut normalised = Vec::new();
+    // What `siamese verify` does on each split: the scoring its checkpoint's record
+    // prefers, and that scoring's test accuracy.
+    let mut verify_accuracy = Vec::new();
     for i in 1..=3 {
         let m: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(out.join(format!("split-{i}/metrics.json"))).unwrap(),
@@ -486,7 +489,28 @@ fn splits_repeat_the_protocol_and_summarise_it() {
         unseen.push(m["unseen_test_classes"].clone());
         eers.push(m["test_eer"].as_f64().unwrap());
         normalised.push(m["score_normalised"]["model"]["test_eer"].as_f64().unwrap());
+        let model = out.join(format!("split-{i}/model.safetensors"));
+        let ckpt = siamese_model::checkpoint::read(&model, &candle_core::Device::Cpu).unwrap();
+        let record = siamese_train::Provenance::from_checkpoint(&ckpt)
+            .unwrap()
+            .score_norm
+            .unwrap();
+        let scored = if record.preferred() {
+            &m["score_normalised"]["model"]
+        } else {
+            &m
+        };
+        verify_accuracy.push(scored["test_accuracy"].as_f64().unwrap());
     }
+    let auto = &summary["score_normalised"]["verify_auto"];
+    let auto_each: Vec<f64> = auto["test_accuracy"]["each"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(auto_each, verify_accuracy, "{auto}");
+    assert!(text.contains("siamese verify (--scoring auto"), "{text}");
     let each: Vec<f64> = summary["test_eer"]["each"]
         .as_array()
         .unwrap()

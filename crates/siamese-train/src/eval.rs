@@ -93,6 +93,26 @@ pub struct EvalReport {
     pub score_normalised: Option<ScoreNormalised>,
 }
 
+impl EvalReport {
+    /// Whether cohort-normalised scores told the validation pairs apart better than
+    /// plain distances (a lower EER): the scoring `siamese verify` applies by default.
+    /// `None` without normalised figures.
+    pub fn prefers_normalised(&self) -> Option<bool> {
+        let n = self.score_normalised.as_ref()?;
+        Some(normalised_preferred(
+            n.model.validation.eer,
+            self.validation.eer,
+        ))
+    }
+}
+
+/// The one rule by which `siamese verify` picks its scoring: normalised when its
+/// validation EER is strictly the lower (a tie keeps the plain distance, which needs
+/// no cohort).
+pub fn normalised_preferred(normalised_validation_eer: f64, plain_validation_eer: f64) -> bool {
+    normalised_validation_eer < plain_validation_eer
+}
+
 /// Verification with cohort score normalisation ([`siamese_metrics::score_norm`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScoreNormalised {

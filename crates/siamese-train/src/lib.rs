@@ -50,7 +50,7 @@ pub use siamese_metrics::{
     accuracy_at, knn_accuracy, knn_accuracy_leave_one_out, pair_metrics, PairMetrics,
     RetrievalMetrics, Verification,
 };
-pub use splits::{NormalisedSummary, SplitsSummary, Spread};
+pub use splits::{AutoSummary, NormalisedSummary, SplitsSummary, Spread};
 pub use trainer::Trainer;
 
 /// The README's Rust examples, compiled and run as doctests of this crate.

@@ -58,11 +58,11 @@ impl ScoreNormRecord {
     /// Whether normalised scores told the validation pairs apart better than plain
     /// distances: what `siamese verify` applies by default.
     pub fn preferred(&self) -> bool {
-        self.validation_eer < self.plain_validation_eer
+        crate::eval::normalised_preferred(self.validation_eer, self.plain_validation_eer)
     }
 
     /// Refuses values no evaluation writes.
-    fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), String> {
         let rate = |r: f64| (0.0..=1.0).contains(&r);
         if self.top_k == 0 {
             Err("top_k is 0: the statistics need at least one cohort row".into())

@@ -605,12 +605,9 @@ pub fn final_evaluation(
             validation_eer: n.model.validation.eer,
             plain_validation_eer: report.validation.eer,
         };
-        // Broken figures (NaN from a collapsed model) store no normalisation at all.
-        (record.top_k > 0
-            && record.threshold.is_finite()
-            && record.validation_eer.is_finite()
-            && record.plain_validation_eer.is_finite())
-        .then_some(record)
+        // Broken figures (NaN from a collapsed model) store no normalisation at all:
+        // the record must be one the checkpoint reader accepts.
+        record.check().is_ok().then_some(record)
     });
     Provenance {
         threshold: Some(report.threshold),

@@ -23,6 +23,10 @@ pub struct SplitsSummary {
     pub pixel_test_roc_auc: Spread,
     /// Splits whose test EER is below raw pixels'.
     pub eer_below_pixels: usize,
+    /// The model's test accuracy at the threshold chosen on validation pairs (what
+    /// `siamese verify --scoring plain` delivers).
+    #[serde(default = "Spread::none")]
+    pub test_accuracy: Spread,
     /// The same figures with cohort score normalisation, when every split has them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub score_normalised: Option<NormalisedSummary>,
@@ -42,6 +46,25 @@ pub struct NormalisedSummary {
     pub eer_below_pixels: usize,
     /// Splits whose normalised test EER is below raw pixels' plain one.
     pub eer_below_plain_pixels: usize,
+    /// The model's test accuracy at the normalised threshold chosen on validation pairs
+    /// (what `siamese verify --scoring normalised` delivers).
+    #[serde(default = "Spread::none")]
+    pub test_accuracy: Spread,
+    /// What `siamese verify` delivers by default: on each split the scoring with the
+    /// lower validation EER ([`EvalReport::prefers_normalised`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_auto: Option<AutoSummary>,
+}
+
+/// The figures of `siamese verify --scoring auto` over the splits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AutoSummary {
+    /// Splits on which it normalises (the others score plain distances).
+    pub normalised_splits: usize,
+    /// Test accuracy at the chosen scoring's validation threshold.
+    pub test_accuracy: Spread,
+    /// Test EER of the chosen scoring.
+    pub test_eer: Spread,
 }
 
 /// A figure over the splits.
@@ -60,6 +83,11 @@ pub struct Spread {
 }
 
 impl Spread {
+    /// No figures (summaries written before a field existed).
+    fn none() -> Self {
+        Self::of(Vec::new())
+    }
+
     /// The spread of these values (one per split).
     pub fn of(each: Vec<f64>) -> Self {
         let n = each.len() as f64;
@@ -100,12 +128,27 @@ impl SplitsSummary {
         let score_normalised = normalised.map(|n| {
             let model: Vec<f64> = n.iter().map(|n| n.model.test_eer).collect();
             let pixels: Vec<f64> = n.iter().map(|n| n.pixels.test_eer).collect();
+            // The scoring `verify` picks on each split, and its figures there.
+            let picked: Vec<(bool, f64, f64)> = reports
+                .iter()
+                .zip(&n)
+                .map(|(r, n)| match r.prefers_normalised() {
+                    Some(true) => (true, n.model.test_accuracy, n.model.test_eer),
+                    _ => (false, r.test_accuracy, r.test_eer),
+                })
+                .collect();
             NormalisedSummary {
                 eer_below_pixels: below(&model, &pixels),
                 eer_below_plain_pixels: below(&model, &pixel_eer),
                 test_roc_auc: Spread::of(n.iter().map(|n| n.model.test_roc_auc).collect()),
+                test_accuracy: Spread::of(n.iter().map(|n| n.model.test_accuracy).collect()),
                 test_eer: Spread::of(model),
                 pixel_test_eer: Spread::of(pixels),
+                verify_auto: Some(AutoSummary {
+                    normalised_splits: picked.iter().filter(|p| p.0).count(),
+                    test_accuracy: Spread::of(picked.iter().map(|p| p.1).collect()),
+                    test_eer: Spread::of(picked.iter().map(|p| p.2).collect()),
+                }),
             }
         });
         Self {
@@ -114,6 +157,7 @@ impl SplitsSummary {
             score_normalised,
             test_eer: Spread::of(eer),
             test_roc_auc: Spread::of(reports.iter().map(|r| r.test_roc_auc).collect()),
+            test_accuracy: Spread::of(reports.iter().map(|r| r.test_accuracy).collect()),
             pixel_test_eer: Spread::of(pixel_eer),
             pixel_test_roc_auc: Spread::of(pixel(|b| b.test_roc_auc)),
         }
@@ -132,26 +176,31 @@ mod tests {
     }
 
     /// A report with these test EERs: the model's, raw pixels', and, when given, the
-    /// score-normalised model's and pixels'.
+    /// score-normalised model's and pixels'. Every validation EER is 0.1 but the
+    /// normalised model's, 0.1 - (its test EER - 0.05): below 0.1 when that test EER is
+    /// above 0.05. Test accuracies are 1 - 2 x the test EER.
     fn report(eer: f64, pixels: f64, normalised: Option<(f64, f64)>) -> EvalReport {
-        let metrics = serde_json::json!({
-            "roc_auc": 0.9, "eer": 0.1, "best_threshold": 1.0, "best_accuracy": 0.9
-        });
-        let verification = |eer: f64| {
+        let metrics = |eer: f64| {
             serde_json::json!({
-                "validation": metrics, "threshold": 1.0, "test_accuracy": 0.9,
-                "test_roc_auc": 1.0 - eer, "test_eer": eer
+                "roc_auc": 0.9, "eer": eer, "best_threshold": 1.0, "best_accuracy": 0.9
+            })
+        };
+        let verification = |eer: f64, validation_eer: f64| {
+            serde_json::json!({
+                "validation": metrics(validation_eer), "threshold": 1.0,
+                "test_accuracy": 1.0 - 2.0 * eer, "test_roc_auc": 1.0 - eer, "test_eer": eer
             })
         };
         let mut r = serde_json::json!({
-            "validation": metrics, "threshold": 1.0, "test_accuracy": 0.9,
+            "validation": metrics(0.1), "threshold": 1.0, "test_accuracy": 1.0 - 2.0 * eer,
             "test_roc_auc": 1.0 - eer, "test_eer": eer, "knn5_accuracy": 0.9,
-            "pixel_baseline": verification(pixels),
+            "pixel_baseline": verification(pixels, 0.1),
         });
         if let Some((model, pixels)) = normalised {
             r["score_normalised"] = serde_json::json!({
                 "cohort": 300, "top_k": 300,
-                "model": verification(model), "pixels": verification(pixels)
+                "model": verification(model, 0.1 - (model - 0.05)),
+                "pixels": verification(pixels, 0.1)
             });
         }
         serde_json::from_value(r).unwrap()
@@ -172,6 +221,15 @@ mod tests {
         assert_eq!(n.test_eer.each, [0.01, 0.06, 0.03]);
         assert_eq!(n.pixel_test_eer.each, [0.02, 0.07, 0.01]);
         assert_eq!((n.eer_below_pixels, n.eer_below_plain_pixels), (2, 2));
+        // `verify --scoring auto` normalises where the normalised validation EER is the
+        // lower: split 2 only (0.09 against 0.1); plain on splits 1 and 3.
+        let auto = n.verify_auto.expect("with normalised figures");
+        assert_eq!(auto.normalised_splits, 1);
+        assert_eq!(auto.test_eer.each, [0.02, 0.06, 0.04]);
+        let accuracy = |eers: [f64; 3]| eers.map(|e| 1.0 - 2.0 * e);
+        assert_eq!(auto.test_accuracy.each, accuracy([0.02, 0.06, 0.04]));
+        assert_eq!(n.test_accuracy.each, accuracy([0.01, 0.06, 0.03]));
+        assert_eq!(s.test_accuracy.each, accuracy([0.02, 0.10, 0.04]));
         // One split without them (a report from before they existed): none at all,
         // rather than a mean over some of the splits.
         let mixed = [reports[0].clone(), report(0.02, 0.03, None)];
