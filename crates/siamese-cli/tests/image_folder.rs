@@ -14,6 +14,12 @@ use common::{check, write_gray_png};
 
 const SIDE: usize = 16;
 
+/// The numbers of a JSON array.
+fn floats(array: &serde_json::Value) -> Vec<f64> {
+    let values = array.as_array().expect("a JSON array");
+    values.iter().map(|v| v.as_f64().unwrap()).collect()
+}
+
 fn siamese(args: &[&str]) -> Output {
     common::command().args(args).output().unwrap()
 }
@@ -503,30 +509,15 @@ fn splits_repeat_the_protocol_and_summarise_it() {
         verify_accuracy.push(scored["test_accuracy"].as_f64().unwrap());
     }
     let auto = &summary["score_normalised"]["verify_auto"];
-    let auto_each: Vec<f64> = auto["test_accuracy"]["each"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
+    let auto_each = floats(&auto["test_accuracy"]["each"]);
     assert_eq!(auto_each, verify_accuracy, "{auto}");
     assert!(text.contains("siamese verify (--scoring auto"), "{text}");
-    let each: Vec<f64> = summary["test_eer"]["each"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
+    let each = floats(&summary["test_eer"]["each"]);
     assert_eq!(each, eers);
     let mean = eers.iter().sum::<f64>() / 3.0;
     assert!((summary["test_eer"]["mean"].as_f64().unwrap() - mean).abs() < 1e-12);
     // And so are the score-normalised ones.
-    let summary_normalised: Vec<f64> = summary["score_normalised"]["test_eer"]["each"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
+    let summary_normalised = floats(&summary["score_normalised"]["test_eer"]["each"]);
     assert_eq!(summary_normalised, normalised);
     assert!(
         text.contains("score-normalised against training images"),
