@@ -887,6 +887,16 @@ fn print_report(r: &siamese_train::EvalReport, json: bool, class_names: &[String
             n.top_k,
             n.cohort
         );
+        let verify = if r.prefers_normalised() == Some(true) {
+            "normalises"
+        } else {
+            "keeps plain distances"
+        };
+        println!(
+            "            validation EER {:.2}% normalised, {:.2}% plain: siamese verify {verify}",
+            100.0 * n.model.validation.eer,
+            100.0 * r.validation.eer
+        );
     }
     let normalised = |accuracy: Option<f64>| {
         accuracy

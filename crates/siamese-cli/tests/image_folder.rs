@@ -282,6 +282,13 @@ fn trains_on_an_image_folder_and_verifies_unseen_identities() {
             "auto follows the validation EERs {record:?}"
         );
     }
+    // The training report said which scoring `verify` would take.
+    let said = if record.preferred() {
+        "siamese verify normalises"
+    } else {
+        "siamese verify keeps plain distances"
+    };
+    assert!(text.contains(said), "{text}");
     let verdicts: Vec<(bool, String)> = scored
         .into_iter()
         .map(|(same, [plain, ..])| (same, plain))
