@@ -12,7 +12,7 @@ use siamese_data::{
 use siamese_model::checkpoint;
 use siamese_model::Embedder;
 use siamese_train::eval::{embed_set, evaluate};
-use siamese_train::metrics::score_norm::{cohort_stats, normalised_distance};
+use siamese_train::metrics::score_norm::{normalised_distance, Cohort};
 use siamese_train::{
     load_run_config, run, KnnGallery, LossConfig, Pairing, Provenance, RunOptions, SamplerConfig,
     SplitsSummary, Spread, TrainConfig,
@@ -1070,8 +1070,12 @@ fn verify(a: VerifyArgs) -> Result<()> {
     let distance = f64::from(siamese_train::metrics::pair_distances(&e, dim, &[0], &[1])[0]);
     let (verdict, detail) = match cohort.filter(|_| normalise) {
         Some((record, rows)) => {
-            let rows = rows.flatten_all()?.to_vec1::<f32>()?;
-            let stats = cohort_stats(&rows, &e, dim, record.top_k);
+            let cohort = Cohort {
+                embeddings: rows.flatten_all()?.to_vec1::<f32>()?,
+                dim,
+                top_k: record.top_k,
+            };
+            let stats = cohort.stats(&e);
             let score = normalised_distance(distance, &stats[0], &stats[1]);
             if !score.is_finite() {
                 bail!(
@@ -1084,8 +1088,8 @@ fn verify(a: VerifyArgs) -> Result<()> {
                 crate::text::number(score),
                 crate::text::number(record.threshold),
                 crate::text::number(distance),
-                record.top_k.min(rows.len() / dim),
-                rows.len() / dim
+                record.top_k.min(cohort.len()),
+                cohort.len()
             );
             (score <= record.threshold, detail)
         }

@@ -41,6 +41,36 @@ pub struct CohortStats {
     pub std: f64,
 }
 
+/// Training images' embeddings that distances are normalised against
+/// (this module), and how many of the nearest each image's
+/// statistics are taken over.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cohort {
+    /// Row-major embeddings, `dim` columns.
+    pub embeddings: Vec<f32>,
+    /// The embedding dimension.
+    pub dim: usize,
+    /// Nearest cohort rows per image.
+    pub top_k: usize,
+}
+
+impl Cohort {
+    /// The [`CohortStats`] of each row of `rows` (`dim` columns).
+    pub fn stats(&self, rows: &[f32]) -> Vec<CohortStats> {
+        cohort_stats(&self.embeddings, rows, self.dim, self.top_k)
+    }
+
+    /// Rows in the cohort.
+    pub fn len(&self) -> usize {
+        self.embeddings.len() / self.dim.max(1)
+    }
+
+    /// Whether the cohort has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// [`CohortStats`] of every row of `rows` against its `top_k` nearest rows of `cohort`
 /// (both row-major, `dim` columns; all the cohort when `top_k` exceeds it).
 ///

@@ -10,14 +10,14 @@ use serde::{Deserialize, Serialize};
 use siamese_data::{evaluation_pairs, Batcher, Dataset, ImageSet, PairBatch};
 use siamese_model::Embedder;
 
-use siamese_metrics::score_norm::normalised_distances;
+use siamese_metrics::score_norm::{normalised_distances, Cohort};
 use siamese_metrics::{
     class_pair_auc, knn_accuracy, knn_accuracy_leave_one_out, pair_metrics,
     retrieval_leave_one_out, verification, PairMetrics, Pca, Verification,
 };
 
 use crate::error::TrainError;
-use crate::oneshot::{episode_reports, lake_runs, Cohort, LakeRunsReport, OneShotReport};
+use crate::oneshot::{episode_reports, lake_runs, LakeRunsReport, OneShotReport};
 use siamese_data::omniglot::runs::OneShotRun;
 
 /// Pairs drawn from each of the validation and test splits.

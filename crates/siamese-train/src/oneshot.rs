@@ -9,7 +9,7 @@ use siamese_data::omniglot::runs::OneShotRun;
 use siamese_data::{unit_pixel, Batcher, EpisodeSampler, ImageSet};
 use siamese_metrics::oneshot::ink_points;
 use siamese_metrics::oneshot::{episode_accuracy_normalised, lowest};
-use siamese_metrics::score_norm::{cohort_stats, normalised_distance, CohortStats};
+use siamese_metrics::score_norm::{normalised_distance, Cohort};
 use siamese_metrics::{episode_accuracy, mean_ci95, modified_hausdorff};
 use siamese_model::Embedder;
 
@@ -50,36 +50,6 @@ pub struct OneShotReport {
     /// Half-width of its 95% confidence interval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub normalised_ci95: Option<f64>,
-}
-
-/// Training images' embeddings that distances are normalised against
-/// ([`siamese_metrics::score_norm`]), and how many of the nearest each image's
-/// statistics are taken over.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Cohort {
-    /// Row-major embeddings, `dim` columns.
-    pub embeddings: Vec<f32>,
-    /// The embedding dimension.
-    pub dim: usize,
-    /// Nearest cohort rows per image.
-    pub top_k: usize,
-}
-
-impl Cohort {
-    /// The [`CohortStats`] of each row of `rows` (`dim` columns).
-    pub fn stats(&self, rows: &[f32]) -> Vec<CohortStats> {
-        cohort_stats(&self.embeddings, rows, self.dim, self.top_k)
-    }
-
-    /// Rows in the cohort.
-    pub fn len(&self) -> usize {
-        self.embeddings.len() / self.dim.max(1)
-    }
-
-    /// Whether the cohort has no rows.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Lake's runs: accuracy of each run and their mean, for the model and for pixels.
