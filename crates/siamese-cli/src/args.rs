@@ -357,6 +357,11 @@ pub struct TrainArgs {
     /// projection head that only the training loss sees (better on unseen classes).
     #[arg(long, value_name = "LAYER", value_parser = parse_layer)]
     pub embed_from: Option<siamese_model::TowerLayer>,
+    /// Embed by the mean over every shift of the image by up to R pixels each way
+    /// (`(2R + 1)^2` views, as many times the cost): steadier on classes never seen.
+    /// Saved with the model, so every command embeds this way; training is unchanged.
+    #[arg(long, value_name = "R")]
+    pub shift_average: Option<usize>,
     /// Distort training images at random (rotation 15 degrees, scale 0.9-1.1, shift
     /// 2 pixels).
     #[arg(long)]
@@ -414,6 +419,10 @@ pub struct EvalArgs {
     /// which layer of a trained model transfers best to unseen classes.
     #[arg(long, value_name = "LAYER", value_parser = parse_layer)]
     pub embed_from: Option<siamese_model::TowerLayer>,
+    /// Embed by the mean over every shift of up to R pixels each way instead of the
+    /// model's own setting (0: the image as it is).
+    #[arg(long, value_name = "R")]
+    pub shift_average: Option<usize>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,

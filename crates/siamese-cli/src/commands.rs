@@ -264,6 +264,9 @@ fn apply_plain_settings(a: &TrainArgs, c: &mut TrainConfig) {
     if let Some(layer) = a.embed_from {
         c.model.embed_from = layer;
     }
+    if let Some(r) = a.shift_average {
+        c.model.shift_average = r;
+    }
     if let Some(p) = a.dropout {
         c.model.dropout = p;
     }
@@ -962,6 +965,9 @@ fn eval(a: EvalArgs) -> Result<()> {
     let (mut tower, ckpt) = load_model(&a.model)?;
     if let Some(layer) = a.embed_from {
         tower.set_embed_from(layer)?;
+    }
+    if let Some(r) = a.shift_average {
+        tower.set_shift_average(r)?;
     }
     let data = data_for(&a.source, &ckpt)?;
     let name = data_name(&a.source, &Provenance::from_checkpoint(&ckpt)?);

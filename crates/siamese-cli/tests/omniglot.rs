@@ -116,6 +116,8 @@ fn omniglot_trains_and_reports_one_shot_accuracy() {
         "30",
         "--batch",
         "16",
+        "--shift-average",
+        "1",
         "--out",
         run.to_str().unwrap(),
     ]);
@@ -149,6 +151,8 @@ fn omniglot_trains_and_reports_one_shot_accuracy() {
     assert_eq!(config["omniglot"]["validation_classes"], 3);
     assert_eq!(config["omniglot"]["rotate_classes"], true);
     assert_eq!(config["model"]["input_height"], 28);
+    // Test-time shifts travel with the model, so every command below embeds with them.
+    assert_eq!(config["model"]["shift_average"], 1);
 
     // `siamese eval` rebuilds the same data from the checkpoint and agrees.
     let model = run.join("model.safetensors");
@@ -156,6 +160,24 @@ fn omniglot_trains_and_reports_one_shot_accuracy() {
     let eval: serde_json::Value =
         serde_json::from_str(&check(&sealed(&["eval", "--model", m, "--json"]))).unwrap();
     assert_eq!(eval, metrics);
+    // Evaluated as one view instead, the figures move.
+    let one_view: serde_json::Value = serde_json::from_str(&check(&sealed(&[
+        "eval",
+        "--model",
+        m,
+        "--shift-average",
+        "0",
+        "--json",
+    ])))
+    .unwrap();
+    assert_ne!(one_view["validation"], metrics["validation"]);
+    let refused = sealed(&["eval", "--model", m, "--shift-average", "9"]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("shift_average is 9") && err.lines().count() <= 2,
+        "{err}"
+    );
 
     // `siamese lake-runs`: the baseline and the model, run by run.
     let runs: serde_json::Value =

@@ -66,5 +66,5 @@ pub use pair::SiameseModel;
 /// The state protocol the tower implements, re-exported so a custom embedder needs no
 /// other dependency.
 pub use siamese_state::{StateDict, StateError, Stateful};
-pub use tower::{ConvTower, DropoutState, Embedder};
+pub use tower::{ConvTower, DropoutState, Embedder, OneView};
 pub use uniform_shift::ShiftActivity;

@@ -37,6 +37,12 @@ pub trait Embedder {
     fn embed(&self, images: &Tensor) -> Result<Tensor, ModelError> {
         self.forward_t(images, false)
     }
+    /// [`Embedder::embed`] of the images as they are, without the test-time views a
+    /// config may average ([`TowerConfig::shift_average`]): what training's periodic
+    /// validation scores, a fraction of the cost. By default `embed`.
+    fn embed_one_view(&self, images: &Tensor) -> Result<Tensor, ModelError> {
+        self.embed(images)
+    }
     /// The dimension of [`Embedder::embed`]'s rows.
     fn embedding_dim(&self) -> usize;
     /// How the shift parameters whose effect on the embeddings depends on the batch
@@ -59,6 +65,22 @@ pub trait Embedder {
     ) -> Result<Tensor, ModelError> {
         let _ = shard;
         self.forward_t(images, train)
+    }
+}
+
+/// An embedder whose [`Embedder::embed`] is the inner one's
+/// [`Embedder::embed_one_view`]: the images as they are, without test-time views.
+pub struct OneView<'a, E>(pub &'a E);
+
+impl<E: Embedder> Embedder for OneView<'_, E> {
+    fn forward_t(&self, images: &Tensor, train: bool) -> Result<Tensor, ModelError> {
+        self.0.forward_t(images, train)
+    }
+    fn embed(&self, images: &Tensor) -> Result<Tensor, ModelError> {
+        self.0.embed_one_view(images)
+    }
+    fn embedding_dim(&self) -> usize {
+        self.0.embedding_dim()
     }
 }
 
@@ -777,8 +799,82 @@ impl ConvTower {
             return Ok(embeddings);
         }
         // The epsilon keeps the gradient finite for an all-zero embedding.
-        let norm = (embeddings.sqr()?.sum_keepdim(1)? + 1e-12)?.sqrt()?;
-        Ok(embeddings.broadcast_div(&norm)?)
+        unit_length(&embeddings)
+    }
+
+    /// The embeddings of `images` as they are, unchecked: the layer
+    /// [`TowerConfig::embed_from`] names, scaled to unit length when it is hidden.
+    fn one_view(&self, images: &Tensor) -> Result<Tensor, ModelError> {
+        let layer = self.config.embed_from;
+        let x = self.forward_to(images, false, layer)?;
+        if layer == TowerLayer::Head {
+            return Ok(x);
+        }
+        // A hidden layer's output is compared by direction (cosine): its ReLU features
+        // are all >= 0 and their norms carry little of the class (measured: ROC AUC on
+        // unseen MNIST digits 0.87 by cosine against 0.76 by plain Euclidean distance).
+        unit_length(&x)
+    }
+
+    /// [`Embedder::embed`] with [`TowerConfig::shift_average`] `r > 0`: the mean of the
+    /// embeddings of every copy of the images moved by up to `r` pixels each way (the
+    /// image's edge rows and columns repeated into the space a shift opens, which for
+    /// ink on a blank page or a face on a plain wall is what a camera a pixel to the side
+    /// would see), back to unit length when embeddings are. The copies of a slice of
+    /// images go through the network together, at most [`INFERENCE_SLICE`] at a time.
+    fn embed_shift_averaged(&self, images: &Tensor) -> Result<Tensor, ModelError> {
+        let c = &self.config;
+        let r = c.shift_average;
+        let offsets = c.shift_offsets();
+        let (batch, _, h, w) = images.dims4().map_err(|_| ModelError::Input {
+            what: "images",
+            expected: format!(
+                "[batch, {}, {}, {}]",
+                c.input_channels, c.input_height, c.input_width
+            ),
+            found: images.dims().to_vec(),
+        })?;
+        let slice = (INFERENCE_SLICE / offsets.len()).max(1);
+        let mut parts = Vec::with_capacity(batch.div_ceil(slice));
+        for start in (0..batch).step_by(slice) {
+            let len = slice.min(batch - start);
+            let padded = images
+                .narrow(0, start, len)?
+                .pad_with_same(2, r, r)?
+                .pad_with_same(3, r, r)?;
+            let copies = offsets
+                .iter()
+                .map(|&(dy, dx)| {
+                    let (top, left) = ((r as isize + dy) as usize, (r as isize + dx) as usize);
+                    Ok(padded.narrow(2, top, h)?.narrow(3, left, w)?)
+                })
+                .collect::<Result<Vec<_>, ModelError>>()?;
+            let views = self.one_view(&Tensor::cat(&copies, 0)?)?;
+            let dim = views.dim(1)?;
+            // Detached: a part that kept its graph would keep its slice's activations
+            // (every view of 40 images through every layer) alive until the last slice
+            // is done, 21 GB for 1,000 images at 28x28 with 25 views.
+            let mean = views.reshape((offsets.len(), len, dim))?.mean(0)?;
+            parts.push(mean.detach());
+        }
+        let mean = Tensor::cat(&parts, 0)?;
+        if c.unit_length_embeddings() {
+            unit_length(&mean)
+        } else {
+            Ok(mean)
+        }
+    }
+
+    /// Sets [`TowerConfig::shift_average`] (validated as a config), to measure what
+    /// test-time shifts give a trained model.
+    pub fn set_shift_average(&mut self, radius: usize) -> Result<(), ModelError> {
+        let config = TowerConfig {
+            shift_average: radius,
+            ..self.config.clone()
+        };
+        config.validate()?;
+        self.config = config;
+        Ok(())
     }
 }
 
@@ -792,16 +888,17 @@ impl Embedder for ConvTower {
     /// layer scaled by 1e37, a batch-norm variance of 0 with a tiny epsilon) is caught:
     /// embeddings holding NaN or infinity are an error, never an answer.
     fn embed(&self, images: &Tensor) -> Result<Tensor, ModelError> {
-        let layer = self.config.embed_from;
-        let mut x = self.forward_to(images, false, layer)?;
-        if layer != TowerLayer::Head {
-            // A hidden layer's output is compared by direction (cosine): its ReLU
-            // features are all >= 0 and their norms carry little of the class (measured:
-            // ROC AUC on unseen MNIST digits 0.87 by cosine against 0.76 by plain
-            // Euclidean distance).
-            let norm = (x.sqr()?.sum_keepdim(1)? + 1e-12)?.sqrt()?;
-            x = x.broadcast_div(&norm)?;
-        }
+        let x = if self.config.shift_average == 0 {
+            self.one_view(images)?
+        } else {
+            self.embed_shift_averaged(images)?
+        };
+        check_finite(&x, self.origin.as_deref())?;
+        Ok(x)
+    }
+
+    fn embed_one_view(&self, images: &Tensor) -> Result<Tensor, ModelError> {
+        let x = self.one_view(images)?;
         check_finite(&x, self.origin.as_deref())?;
         Ok(x)
     }
@@ -861,6 +958,13 @@ impl Stateful for ConvTower {
         self.set_dropout_state(dropout);
         Ok(())
     }
+}
+
+/// Each row of `x` `[rows, dim]` scaled to unit length (the epsilon keeps an all-zero
+/// row finite).
+fn unit_length(x: &Tensor) -> Result<Tensor, ModelError> {
+    let norm = (x.sqr()?.sum_keepdim(1)? + 1e-12)?.sqrt()?;
+    Ok(x.broadcast_div(&norm)?)
 }
 
 /// An error unless every value of the embeddings `x` is finite, naming the model's

@@ -492,3 +492,157 @@ fn shift_entries_reported_uniform_have_a_zero_true_gradient_and_the_others_do_no
     tower.forward_t(&images(4, 1, &plain), false).unwrap();
     assert!(tower.shift_activity().is_empty());
 }
+
+/// `image` (`rows x cols`, row-major) moved so that pixel `(y, x)` shows the original's
+/// `(y + dy, x + dx)`, the nearest edge pixel where that falls outside: written out by
+/// hand, knowing nothing of candle's padding.
+fn shifted(image: &[f32], rows: usize, cols: usize, dy: isize, dx: isize) -> Vec<f32> {
+    let clamp = |v: isize, n: usize| v.clamp(0, n as isize - 1) as usize;
+    let mut out = Vec::with_capacity(rows * cols);
+    for y in 0..rows {
+        for x in 0..cols {
+            out.push(image[clamp(y as isize + dy, rows) * cols + clamp(x as isize + dx, cols)]);
+        }
+    }
+    out
+}
+
+/// With `shift_average: r` an image's embedding is the mean of the one-view embeddings
+/// of its (2r + 1)^2 shifted copies, made here by hand, scaled back to unit length when
+/// the tower's embeddings are unit length; 0 leaves `embed` the one view.
+#[test]
+fn shift_averaging_is_the_mean_over_hand_made_shifted_copies() {
+    use siamese_model::TowerLayer;
+    let cases = [
+        ("head", small(), 1),
+        (
+            "normalised head",
+            TowerConfig {
+                normalize: true,
+                ..small()
+            },
+            2,
+        ),
+        (
+            "hidden layer",
+            TowerConfig {
+                embed_from: TowerLayer::Hidden(1),
+                ..small()
+            },
+            1,
+        ),
+    ];
+    for (what, config, r) in cases {
+        // Weights large enough that a shift moves the embedding measurably (the
+        // default 0.05 leaves an untrained tower's outputs nearly constant).
+        let config = TowerConfig {
+            init_std: 0.5,
+            ..config
+        };
+        let (mut tower, _) = ConvTower::init(&config, &Device::Cpu, 6).unwrap();
+        let (rows, cols) = (config.input_height, config.input_width);
+        let x = images(3, 4, &config);
+        let one_view = tower.embed(&x).unwrap();
+        tower.set_shift_average(r).unwrap();
+        assert_eq!(tower.config().shift_average, r);
+        let averaged = tower.embed(&x).unwrap().to_vec2::<f32>().unwrap();
+        // The one view is still there, for training's validation.
+        let still = tower.embed_one_view(&x).unwrap();
+        assert_eq!(max_abs_diff(&still, &one_view), 0.0, "{what}");
+        let pixels = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let r = r as isize;
+        let mut plain = ConvTower::init(&config, &Device::Cpu, 6).unwrap().0;
+        plain.set_shift_average(0).unwrap();
+        for (i, got) in averaged.iter().enumerate() {
+            let image = &pixels[i * rows * cols..(i + 1) * rows * cols];
+            let mut mean = vec![0f64; got.len()];
+            let mut views = 0u32;
+            for dy in -r..=r {
+                for dx in -r..=r {
+                    let copy = shifted(image, rows, cols, dy, dx);
+                    let t = Tensor::from_vec(copy, (1, 1, rows, cols), &Device::Cpu).unwrap();
+                    let e = plain.embed(&t).unwrap().to_vec2::<f32>().unwrap();
+                    for (m, v) in mean.iter_mut().zip(&e[0]) {
+                        *m += f64::from(*v);
+                    }
+                    views += 1;
+                }
+            }
+            assert_eq!(views as isize, (2 * r + 1).pow(2));
+            mean.iter_mut().for_each(|m| *m /= f64::from(views));
+            if config.unit_length_embeddings() {
+                let norm = mean.iter().map(|m| m * m).sum::<f64>().sqrt();
+                mean.iter_mut().for_each(|m| *m /= norm);
+                let got_norm = got.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>();
+                assert!((got_norm - 1.0).abs() < 1e-5, "{what}: norm^2 {got_norm}");
+            }
+            for (a, b) in got.iter().zip(&mean) {
+                assert!(
+                    (f64::from(*a) - b).abs() < 1e-5,
+                    "{what}, image {i}: {got:?} against {mean:?}"
+                );
+            }
+        }
+        // Averaging changes the answer (the test would pass vacuously otherwise).
+        assert!(
+            max_abs_diff(&Tensor::new(averaged, &Device::Cpu).unwrap(), &one_view) > 1e-4,
+            "{what}"
+        );
+    }
+}
+
+/// A batch larger than one slice of copies gives each image the embedding it has alone.
+#[test]
+fn shift_averaging_does_not_depend_on_the_batch() {
+    let config = TowerConfig {
+        shift_average: 1,
+        ..small()
+    };
+    let (tower, _) = ConvTower::init(&config, &Device::Cpu, 2).unwrap();
+    // 9 views: 113 images per slice of 1,024 copies; 230 images make three slices.
+    let x = images(230, 5, &config);
+    let all = tower.embed(&x).unwrap();
+    // No autograd graph comes back: one would keep every slice's activations alive
+    // until the last slice (21 GB for 1,000 images of 28x28 with 25 views).
+    assert!(!all.track_op());
+    for i in [0, 112, 113, 229] {
+        let alone = tower.embed(&x.narrow(0, i, 1).unwrap()).unwrap();
+        let diff = max_abs_diff(&all.narrow(0, i, 1).unwrap(), &alone);
+        assert!(diff < 1e-5, "image {i}: {diff}");
+    }
+}
+
+/// The radius is saved only when set, bounded, and smaller than half the image: a
+/// forged config cannot ask for millions of copies of every image.
+#[test]
+fn shift_average_is_saved_when_set_and_bounded() {
+    let json = serde_json::to_string(&small()).unwrap();
+    assert!(!json.contains("shift_average"), "{json}");
+    let two = TowerConfig {
+        shift_average: 2,
+        ..small()
+    };
+    let json = serde_json::to_string(&two).unwrap();
+    assert!(json.contains(r#""shift_average":2"#), "{json}");
+    assert_eq!(serde_json::from_str::<TowerConfig>(&json).unwrap(), two);
+    let forged: TowerConfig =
+        serde_json::from_str(&json.replace(r#""shift_average":2"#, r#""shift_average":100000"#))
+            .unwrap();
+    let err = forged.validate().unwrap_err().to_string();
+    assert!(err.contains("shift_average is 100000"), "{err}");
+    // 8 columns: a shift of 4 moves the image by half its width.
+    let wide = TowerConfig {
+        shift_average: 4,
+        input_width: 8,
+        ..small()
+    };
+    let err = wide.validate().unwrap_err().to_string();
+    assert!(err.contains("half its size"), "{err}");
+    let (mut tower, _) = ConvTower::init(&small(), &Device::Cpu, 0).unwrap();
+    assert!(tower.set_shift_average(5).is_err());
+    assert_eq!(
+        tower.config().shift_average,
+        0,
+        "a refused radius changes nothing"
+    );
+}

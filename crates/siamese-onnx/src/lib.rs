@@ -20,6 +20,10 @@
 //! Input `images` is `[N, C, H, W]` float32 with the batch size free; output
 //! `embeddings` is `[N, D]`.
 //!
+//! A config with test-time shifts ([`siamese_model::TowerConfig::shift_average`]) puts
+//! them in the graph as the tower makes them: edge padding, one crop per shift, the
+//! tower on all crops at once, and the mean of each image's embeddings.
+//!
 //! Opset 17, IR version 8 (ONNX 1.12, 2022): every onnxruntime since 1.12 reads it.
 //!
 //! [`Embedder::embed`]: siamese_model::Embedder::embed
@@ -102,6 +106,17 @@ impl Builder {
         Ok(name.to_string())
     }
 
+    /// An int64 initialiser holding `values` (a 1-D constant: pads, shapes, slices).
+    fn constant_i64(&mut self, name: &str, values: &[i64]) -> String {
+        let mut t = TensorProto::new();
+        t.name = name.into();
+        t.dims = vec![values.len() as i64];
+        t.data_type = DataType::INT64 as i32;
+        t.raw_data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.initializers.push(t);
+        name.to_string()
+    }
+
     fn has(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }
@@ -164,7 +179,15 @@ fn model(tower: &ConvTower, metadata: &[(String, String)]) -> Result<ModelProto,
         initializers: Vec::new(),
         tensors: tower.named_tensors().into_iter().collect(),
     };
-    let mut x = INPUT.to_string();
+    let views = c.shift_offsets();
+    let mut x = if views.len() > 1 {
+        shifted_views(&mut b, c)
+    } else {
+        INPUT.to_string()
+    };
+    // With test-time shifts the tower's output holds every view's embedding, averaged
+    // after it.
+    let tower_output = if views.len() > 1 { "views" } else { OUTPUT };
     for (i, g) in c.conv_layers().iter().enumerate() {
         let n = i + 1;
         let (pad_h, pad_w, _) = c.conv_geometry()[i];
@@ -227,21 +250,24 @@ fn model(tower: &ConvTower, metadata: &[(String, String)]) -> Result<ModelProto,
             x = b.batch_norm(&x, &format!("bn{n}"), c.batch_norm_eps)?;
         }
         if c.embed_from == TowerLayer::Hidden(j) {
-            output = Some(b.unit_length(&x, OUTPUT));
+            output = Some(b.unit_length(&x, tower_output));
             break;
         }
     }
-    let output = match output {
+    let mut output = match output {
         Some(o) => o,
         None => {
             let head = gemm(&mut b, &x, hidden + 1)?;
             if c.normalize {
-                b.unit_length(&head, OUTPUT)
+                b.unit_length(&head, tower_output)
             } else {
-                b.node("Identity", &[&head], OUTPUT, vec![])
+                b.node("Identity", &[&head], tower_output, vec![])
             }
         }
     };
+    if views.len() > 1 {
+        output = mean_of_views(&mut b, &output, views.len(), c);
+    }
     let mut graph = GraphProto::new();
     graph.name = "siamese_tower".into();
     graph.node = b.nodes;
@@ -273,6 +299,65 @@ fn model(tower: &ConvTower, metadata: &[(String, String)]) -> Result<ModelProto,
     Ok(model)
 }
 
+/// The [`siamese_model::TowerConfig::shift_average`] views of the input, as the tower
+/// makes them: the images padded by `r` repeated edge pixels on each side, one crop per
+/// offset `(dy, dx)` in the tower's order, stacked along the batch axis (`[V * N, C, H,
+/// W]`, view-major).
+fn shifted_views(b: &mut Builder, c: &siamese_model::TowerConfig) -> String {
+    let r = c.shift_average as i64;
+    let pads = b.constant_i64("views.pads", &[0, 0, r, r, 0, 0, r, r]);
+    let padded = b.node(
+        "Pad",
+        &[INPUT, &pads],
+        "views.padded",
+        vec![string("mode", "edge")],
+    );
+    let axes = b.constant_i64("views.axes", &[2, 3]);
+    let (h, w) = (c.input_height as i64, c.input_width as i64);
+    let crops: Vec<String> = c
+        .shift_offsets()
+        .into_iter()
+        .enumerate()
+        .map(|(i, (dy, dx))| {
+            let (top, left) = (r + dy as i64, r + dx as i64);
+            let starts = b.constant_i64(&format!("views.{i}.starts"), &[top, left]);
+            let ends = b.constant_i64(&format!("views.{i}.ends"), &[top + h, left + w]);
+            b.node(
+                "Slice",
+                &[&padded, &starts, &ends, &axes],
+                &format!("views.{i}"),
+                vec![],
+            )
+        })
+        .collect();
+    let refs: Vec<&str> = crops.iter().map(String::as_str).collect();
+    b.node("Concat", &refs, "views.stacked", vec![int("axis", 0)])
+}
+
+/// The mean over the `count` views of each image of the tower's output `x` (`[V * N,
+/// D]`, view-major), back to unit length when the tower's embeddings are: the graph's
+/// output.
+fn mean_of_views(b: &mut Builder, x: &str, count: usize, c: &siamese_model::TowerConfig) -> String {
+    let shape = b.constant_i64("views.shape", &[count as i64, -1, c.output_dim() as i64]);
+    let grouped = b.node("Reshape", &[x, &shape], "views.grouped", vec![]);
+    let name = if c.unit_length_embeddings() {
+        "views.mean"
+    } else {
+        OUTPUT
+    };
+    let mean = b.node(
+        "ReduceMean",
+        &[&grouped],
+        name,
+        vec![ints("axes", &[0]), int("keepdims", 0)],
+    );
+    if c.unit_length_embeddings() {
+        b.unit_length(&mean, OUTPUT)
+    } else {
+        mean
+    }
+}
+
 /// `x W^T + b` for the tower's fully connected layer `fc{n}`.
 fn gemm(b: &mut Builder, x: &str, n: usize) -> Result<String, OnnxError> {
     let weight = b.weight(&format!("fc{n}.weight"))?;
@@ -291,6 +376,19 @@ fn doc_string(tower: &ConvTower) -> String {
         TowerLayer::Head if c.normalize => "the head, scaled to unit length".to_string(),
         TowerLayer::Head => "the head".to_string(),
         TowerLayer::Hidden(j) => format!("fc{}, scaled to unit length", j + 1),
+    };
+    let reads = match c.shift_average {
+        0 => reads,
+        r => format!(
+            "{reads}, averaged over the {} shifts of the image by up to {r} pixels each way \
+             (edges repeated){}",
+            c.shift_offsets().len(),
+            if c.unit_length_embeddings() {
+                " and scaled back to unit length"
+            } else {
+                ""
+            }
+        ),
     };
     format!(
         "A siamese tower (one side of a Siamese network) in inference mode. Input `{INPUT}`: \
@@ -364,6 +462,14 @@ fn ints(name: &str, values: &[i64]) -> AttributeProto {
     a.name = name.into();
     a.type_ = AttributeType::INTS.into();
     a.ints = values.to_vec();
+    a
+}
+
+fn string(name: &str, value: &str) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = AttributeType::STRING.into();
+    a.s = value.as_bytes().to_vec();
     a
 }
 

@@ -1,8 +1,8 @@
 //! The exported file read back and evaluated node by node with plain candle ops (an
 //! evaluator written from the ONNX operator definitions, knowing nothing of the tower),
 //! against the tower's own embeddings: for the seed's tower, Snell's four-block encoder
-//! (odd sizes too), the faces tower, symmetric padding, and an embedding read from a
-//! hidden layer. onnxruntime checks the same files in the CLI's tests.
+//! (odd sizes too), the faces tower, symmetric padding, an embedding read from a hidden
+//! layer, and embeddings averaged over test-time shifts. onnxruntime checks the same files in the CLI's tests.
 
 use std::collections::HashMap;
 
@@ -15,14 +15,28 @@ fn evaluate(model: &ModelProto, images: &Tensor) -> Tensor {
     let graph = model.graph.as_ref().expect("a graph");
     let mut values: HashMap<String, Tensor> = HashMap::new();
     for init in &graph.initializer {
-        assert_eq!(init.data_type, 1, "float32 initialisers");
-        let floats: Vec<f32> = init
-            .raw_data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect();
         let dims: Vec<usize> = init.dims.iter().map(|&d| d as usize).collect();
-        let t = Tensor::from_vec(floats, dims, &Device::Cpu).unwrap();
+        let t = match init.data_type {
+            // FLOAT: the weights.
+            1 => {
+                let floats: Vec<f32> = init
+                    .raw_data
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                    .collect();
+                Tensor::from_vec(floats, dims, &Device::Cpu).unwrap()
+            }
+            // INT64: pads, slices and shapes.
+            7 => {
+                let longs: Vec<i64> = init
+                    .raw_data
+                    .chunks_exact(8)
+                    .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+                    .collect();
+                Tensor::from_vec(longs, dims, &Device::Cpu).unwrap()
+            }
+            other => panic!("initialiser {} of data type {other}", init.name),
+        };
         values.insert(init.name.clone(), t);
     }
     values.insert(graph.input[0].name.clone(), images.clone());
@@ -106,6 +120,54 @@ fn run_node(
         "Sqrt" => x.sqrt()?,
         "Div" => x.broadcast_div(&input(1))?,
         "Identity" => x,
+        "Pad" => {
+            let mode = node.attribute.iter().find(|a| a.name == "mode").unwrap();
+            assert_eq!(mode.s, b"edge");
+            let pads = input(1).to_vec1::<i64>()?;
+            let rank = x.rank();
+            assert_eq!(pads.len(), 2 * rank);
+            let mut y = x;
+            for axis in 0..rank {
+                let (begin, end) = (pads[axis] as usize, pads[rank + axis] as usize);
+                y = y.pad_with_same(axis, begin, end)?;
+            }
+            y
+        }
+        "Slice" => {
+            let (starts, ends) = (input(1).to_vec1::<i64>()?, input(2).to_vec1::<i64>()?);
+            let axes = input(3).to_vec1::<i64>()?;
+            let mut y = x;
+            for ((&start, &end), &axis) in starts.iter().zip(&ends).zip(&axes) {
+                y = y.narrow(axis as usize, start as usize, (end - start) as usize)?;
+            }
+            y
+        }
+        "Concat" => {
+            let axis = ints_i(node, "axis").unwrap() as usize;
+            let parts: Vec<Tensor> = (0..inputs).map(input).collect();
+            Tensor::cat(&parts, axis)?
+        }
+        "Reshape" => {
+            let shape = input(1).to_vec1::<i64>()?;
+            let known: i64 = shape.iter().filter(|&&d| d != -1).product();
+            let dims: Vec<usize> = shape
+                .iter()
+                .map(|&d| {
+                    if d == -1 {
+                        x.elem_count() / known as usize
+                    } else {
+                        d as usize
+                    }
+                })
+                .collect();
+            x.reshape(dims)?
+        }
+        "ReduceMean" => {
+            let axes = ints(node, "axes");
+            assert_eq!(ints_i(node, "keepdims"), Some(0));
+            assert_eq!(axes.len(), 1);
+            x.mean(axes[0])?
+        }
         other => panic!("the evaluator has no {other}"),
     })
 }
@@ -182,7 +244,28 @@ fn the_exported_graph_computes_the_towers_embeddings() {
         ("four-block, odd sizes", TowerConfig::four_block(19, 23, 16)),
         ("faces", TowerConfig::strided_four(56, 46, 64)),
         ("symmetric padding", symmetric),
-        ("embedding from fc2", hidden),
+        ("embedding from fc2", hidden.clone()),
+        (
+            "four-block, averaged over 9 shifts",
+            TowerConfig {
+                shift_average: 1,
+                ..TowerConfig::four_block(28, 28, 64)
+            },
+        ),
+        (
+            "faces, averaged over 25 shifts",
+            TowerConfig {
+                shift_average: 2,
+                ..TowerConfig::strided_four(56, 46, 64)
+            },
+        ),
+        (
+            "embedding from fc2, averaged over 9 shifts, back to unit length",
+            TowerConfig {
+                shift_average: 1,
+                ..hidden
+            },
+        ),
     ];
     for (what, config) in cases {
         let tower = tower(&config, 3);

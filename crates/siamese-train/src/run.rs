@@ -26,7 +26,7 @@ use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 use siamese_data::{Augmenter, Batcher, Dataset, StepSampler};
 use siamese_model::checkpoint;
-use siamese_model::ConvTower;
+use siamese_model::{ConvTower, OneView};
 use siamese_state::Stateful;
 
 use crate::config::{SamplerConfig, StepLoss, TrainConfig};
@@ -493,10 +493,17 @@ impl<'a> Run<'a> {
 
     /// Scores the validation pairs, logs them, and saves the model when its EER is the
     /// best so far (with the threshold in its metadata).
+    ///
+    /// The images are embedded as they are, without the test-time shifts a config may
+    /// average ([`siamese_model::TowerConfig::shift_average`]): choosing the best step
+    /// needs only a ranking, and 25 views of every validation image at each check would
+    /// cost minutes of a run. The final evaluation embeds as every command does, and
+    /// replaces the saved threshold with the one its embeddings give.
     fn validate(&mut self, reporter: &mut dyn Reporter) -> Result<(), TrainError> {
         let (config, done) = (self.config, self.progress.step);
         let validation = &self.data.validation;
-        let embeddings = embed_set(&self.trainer.tower, validation, &self.batcher)?;
+        let tower = OneView(&self.trainer.tower);
+        let embeddings = embed_set(&tower, validation, &self.batcher)?;
         let (validation, _, _) = pair_metrics_of(
             validation,
             &embeddings,

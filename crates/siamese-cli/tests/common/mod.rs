@@ -43,7 +43,12 @@ pub fn stdout(o: &Output) -> String {
 
 /// Success, or a failure showing the child's stderr; returns its stdout.
 pub fn check(o: &Output) -> String {
-    assert!(o.status.success(), "siamese failed: {}", stderr(o));
+    assert!(
+        o.status.success(),
+        "siamese failed ({}): {}",
+        o.status,
+        stderr(o)
+    );
     stdout(o)
 }
 
