@@ -516,6 +516,12 @@ fn omniglot_check(bin: &Path) -> Result<()> {
             OMNIGLOT_CHECK_STEPS,
             "--eval-every",
             "100",
+            // One view per drawing: the preset's 25 test-time shifts would make each of
+            // the check's two evaluations (training's and `siamese eval`'s) 25 times
+            // longer, minutes of CI, for a path the CLI's Omniglot test already runs
+            // (crates/siamese-cli/tests/omniglot.rs, with 9 views).
+            "--shift-average",
+            "0",
         ],
     )?;
     let lake = &written["lake_runs"];
