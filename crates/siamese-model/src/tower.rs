@@ -561,15 +561,7 @@ impl ConvTower {
     ) -> Result<Tensor, ModelError> {
         let shard = shard.filter(|s| train && s.collective.world_size() > 1);
         self.layer_width(layer)?;
-        let c = &self.config;
-        let expected = [c.input_channels, c.input_height, c.input_width];
-        if images.rank() != 4 || images.dims()[1..] != expected {
-            return Err(ModelError::Input {
-                what: "images",
-                expected: format!("[batch, {}, {}, {}]", expected[0], expected[1], expected[2]),
-                found: images.dims().to_vec(),
-            });
-        }
+        self.check_images(images)?;
         let batch = images.dim(0)?;
         if !train && batch > INFERENCE_SLICE {
             // Inference is per image (batch norm uses its running statistics), so a large
@@ -601,6 +593,21 @@ impl ConvTower {
             self.record_last_shift(&x)?;
         }
         self.fully_connected(x.flatten_from(1)?, train, fused, layer, shard)
+    }
+
+    /// An error unless `images` is `[batch, channels, height, width]` of the config's
+    /// sizes.
+    fn check_images(&self, images: &Tensor) -> Result<(), ModelError> {
+        let c = &self.config;
+        let expected = [c.input_channels, c.input_height, c.input_width];
+        if images.rank() != 4 || images.dims()[1..] != expected {
+            return Err(ModelError::Input {
+                what: "images",
+                expected: format!("[batch, {}, {}, {}]", expected[0], expected[1], expected[2]),
+                found: images.dims().to_vec(),
+            });
+        }
+        Ok(())
     }
 
     /// Records, for [`Embedder::shift_activity`], how the last convolution's shift
@@ -826,14 +833,8 @@ impl ConvTower {
         let c = &self.config;
         let r = c.shift_average;
         let offsets = c.shift_offsets();
-        let (batch, _, h, w) = images.dims4().map_err(|_| ModelError::Input {
-            what: "images",
-            expected: format!(
-                "[batch, {}, {}, {}]",
-                c.input_channels, c.input_height, c.input_width
-            ),
-            found: images.dims().to_vec(),
-        })?;
+        self.check_images(images)?;
+        let (batch, _, h, w) = images.dims4()?;
         let slice = (INFERENCE_SLICE / offsets.len()).max(1);
         let mut parts = Vec::with_capacity(batch.div_ceil(slice));
         for start in (0..batch).step_by(slice) {

@@ -179,15 +179,15 @@ fn model(tower: &ConvTower, metadata: &[(String, String)]) -> Result<ModelProto,
         initializers: Vec::new(),
         tensors: tower.named_tensors().into_iter().collect(),
     };
-    let views = c.shift_offsets();
-    let mut x = if views.len() > 1 {
+    // With test-time shifts the tower runs on every shifted view, and its output is
+    // averaged after it.
+    let averaged = c.shift_average > 0;
+    let mut x = if averaged {
         shifted_views(&mut b, c)
     } else {
         INPUT.to_string()
     };
-    // With test-time shifts the tower's output holds every view's embedding, averaged
-    // after it.
-    let tower_output = if views.len() > 1 { "views" } else { OUTPUT };
+    let tower_output = if averaged { "views" } else { OUTPUT };
     for (i, g) in c.conv_layers().iter().enumerate() {
         let n = i + 1;
         let (pad_h, pad_w, _) = c.conv_geometry()[i];
@@ -265,8 +265,8 @@ fn model(tower: &ConvTower, metadata: &[(String, String)]) -> Result<ModelProto,
             }
         }
     };
-    if views.len() > 1 {
-        output = mean_of_views(&mut b, &output, views.len(), c);
+    if averaged {
+        output = mean_of_views(&mut b, &output, c);
     }
     let mut graph = GraphProto::new();
     graph.name = "siamese_tower".into();
@@ -334,11 +334,11 @@ fn shifted_views(b: &mut Builder, c: &siamese_model::TowerConfig) -> String {
     b.node("Concat", &refs, "views.stacked", vec![int("axis", 0)])
 }
 
-/// The mean over the `count` views of each image of the tower's output `x` (`[V * N,
-/// D]`, view-major), back to unit length when the tower's embeddings are: the graph's
-/// output.
-fn mean_of_views(b: &mut Builder, x: &str, count: usize, c: &siamese_model::TowerConfig) -> String {
-    let shape = b.constant_i64("views.shape", &[count as i64, -1, c.output_dim() as i64]);
+/// The mean over the views of each image of the tower's output `x` (`[V * N, D]`,
+/// view-major), back to unit length when the tower's embeddings are: the graph's output.
+fn mean_of_views(b: &mut Builder, x: &str, c: &siamese_model::TowerConfig) -> String {
+    let views = c.shift_offsets().len() as i64;
+    let shape = b.constant_i64("views.shape", &[views, -1, c.output_dim() as i64]);
     let grouped = b.node("Reshape", &[x, &shape], "views.grouped", vec![]);
     let name = if c.unit_length_embeddings() {
         "views.mean"
