@@ -3,8 +3,9 @@
 The question: do 2 ranks with a global batch of 12 hold one process's parameters within
 1e-5 after 20 steps, when the tower has batch norm over its convolutions? The test
 `crates/siamese-train/tests/data_parallel.rs` asks it of siamese; this script asks it of
-PyTorch, on the same synthetic images, episodes and tower shape (16x16, 4-way 1-shot
-with 2 queries, four blocks of conv3x3-64, batch norm, ReLU, max-pool, a linear 8-D
+PyTorch, on the same synthetic images and tower shape, with episodes of the same shape
+but its own draws and initialisation, undistorted (16x16, 4-way 1-shot with 2 queries,
+four blocks of conv3x3-64, batch norm, ReLU, max-pool, a linear 8-D
 embedding, the prototypical loss), float32, one thread per process:
 
 - one process: the 12-image episode as one batch;

@@ -266,8 +266,9 @@ fn two_ranks_compute_the_one_process_gradient_and_stay_identical() {
 ///   convolution weights have a true gradient within rounding of zero (measured from
 ///   the start: 2 of conv2.weight's 36,864 entries, under 2e-7 where the largest is
 ///   0.25), so the two runs step them in opposite directions by the full rate.
-///   PyTorch's data-parallel arithmetic does the same on this tower and these
-///   episodes (`benches/torch_ddp_drift.py`: 1.6e-3 under Adam, 8.1e-8 under SGD).
+///   PyTorch's data-parallel arithmetic does the same on these images, this tower and
+///   episodes of this shape (`benches/torch_ddp_drift.py`: 1.6e-3 under Adam, 8.1e-8
+///   under SGD).
 #[test]
 fn after_twenty_steps_two_ranks_hold_the_one_process_parameters() {
     let set = images();
