@@ -138,7 +138,7 @@ pub struct SourceArgs {
     pub data: Option<String>,
     /// Image folders: resize every image to HxW (default: the first image's size,
     /// which all must then have). Omniglot: reduce its 105x105 drawings to HxW
-    /// (default 28x28).
+    /// (default 28x28; the `omniglot` preset's 32x32).
     #[arg(long, value_name = "HxW", value_parser = parse_size)]
     pub image_size: Option<[usize; 2]>,
     /// Image folders: hold out N whole classes for test (split by class, the default;
@@ -146,7 +146,8 @@ pub struct SourceArgs {
     #[arg(long, value_name = "N", conflicts_with_all = ["test_images", "val_images"])]
     pub test_classes: Option<usize>,
     /// Image folders: hold out N whole classes for validation. Omniglot: N background
-    /// characters kept out of training for validation (default 100).
+    /// characters kept out of training for validation (default 100; the `omniglot`
+    /// preset's 20).
     #[arg(long, value_name = "N", conflicts_with_all = ["test_images", "val_images"])]
     pub val_classes: Option<usize>,
     /// Image folders: split by image instead, N images of every class for test.
